@@ -1,0 +1,154 @@
+"""Read YAML, apply dotted `key.sub=value` overrides, check every key and build typed configs.
+
+All problems found are reported together in one ConfigError, each with a did-you-mean hint.
+"""
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from .errors import ConfigError
+from .schema import SECTIONS, MethodConfig, RunConfig
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = (),
+                method_types: Optional[Mapping[str, type]] = None) -> RunConfig:
+    """Build a RunConfig from a YAML file (or None for defaults) plus `a.b=value` overrides.
+
+    method_types maps a method name to its MethodConfig subclass (from the method registry).
+    Raises ConfigError listing every unknown key, bad value or unreadable file.
+    """
+    raw = _read_yaml(path) if path else {}
+    for item in overrides:
+        _apply_override(raw, item)
+    return build_config(raw, method_types or {}, source=path or "defaults")
+
+
+def build_config(raw: Mapping[str, Any], method_types: Mapping[str, type], source: str = "config") -> RunConfig:
+    errors: list[str] = []
+    allowed = list(SECTIONS) + ["method"]
+    for key in raw:
+        if key not in allowed:
+            errors.append(_unknown(key, allowed, source))
+    sections = {}
+    for name, cls in SECTIONS.items():
+        sections[name] = _build_section(cls, raw.get(name) or {}, name, source, errors)
+    sections["method"] = _build_method(raw.get("method") or {}, method_types, source, errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return RunConfig(**sections)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain dict of a (nested) config dataclass, including the method's own fields."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _read_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, method, data, ...)")
+    return data
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key or "." not in key:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value) if value != "" else None
+
+
+def _build_method(raw: Mapping, method_types: Mapping[str, type], source: str, errors: list) -> MethodConfig:
+    name = raw.get("name", MethodConfig.name)
+    cls = method_types.get(name)
+    if cls is None:
+        if method_types:
+            errors.append(_unknown(name, list(method_types), source, what="method"))
+        return MethodConfig(name=name)
+    return _build_section(cls, raw, "method", source, errors)
+
+
+def _build_section(cls: type, raw: Any, section: str, source: str, errors: list) -> Any:
+    if not isinstance(raw, Mapping):
+        errors.append(f"{section}: expected a mapping of keys, got {raw!r} ({source})")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            errors.append(_unknown(f"{section}.{key}", [f"{section}.{k}" for k in fields], source))
+            continue
+        try:
+            values[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError):
+            errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r} ({source})")
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        errors.append(f"{e} ({source})")
+    except TypeError as e:
+        errors.append(f"{section}: {e} ({source})")
+    return cls()
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Convert YAML scalars to the field type (YAML reads 1e-4 as a string; '3' may mean 3)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(value)
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(value)
+        return str(value)
+    if hint is list or origin is list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _unknown(key: str, allowed: list, source: str, what: str = "key") -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+    return f"unknown {what} {key!r} ({source}){hint}"

