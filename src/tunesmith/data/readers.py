@@ -1,0 +1,101 @@
+"""Read records from JSONL, JSON, CSV/TSV, Parquet, plain text or a saved HF dataset.
+
+Every record carries `_source` ("file:line") so later checks can say where a bad record is.
+"""
+import csv
+import json
+from pathlib import Path
+
+from ..config.errors import DataError
+
+SOURCE = "_source"
+
+
+def read_records(path) -> list[dict]:
+    """All records of a data file as dicts. Raises DataError for a missing, unreadable or empty file."""
+    p = Path(path)
+    if p.is_dir():
+        return _read_hf_dataset(p)
+    if not p.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = p.suffix.lower()
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_csv,
+               ".parquet": _read_parquet, ".txt": _read_text}
+    if suffix not in readers:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt")
+    records = readers[suffix](p)
+    if not records:
+        raise DataError(f"{path}: no records found (the file is empty)")
+    return records
+
+
+def _read_jsonl(p: Path) -> list[dict]:
+    records = []
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+            records.append(_as_record(obj, f"{p}:{lineno}"))
+    return records
+
+
+def _read_json(p: Path) -> list[dict]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} wrappers
+    if not isinstance(data, list):
+        raise DataError(f"{p}: expected a JSON list of records")
+    return [_as_record(obj, f"{p}:record {i + 1}") for i, obj in enumerate(data)]
+
+
+def _read_csv(p: Path) -> list[dict]:
+    tsv = p.suffix.lower() == ".tsv"
+    with p.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        records = []
+        for row in reader:
+            if None in row:
+                raise DataError(f"{p}:{reader.line_num}: more fields than the header has")
+            records.append({**row, SOURCE: f"{p}:{reader.line_num}"})
+    return records
+
+
+def _read_parquet(p: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading Parquet needs pyarrow: pip install pyarrow") from None
+    rows = pq.read_table(p).to_pylist()
+    return [_as_record(r, f"{p}:row {i + 1}") for i, r in enumerate(rows)]
+
+
+def _read_text(p: Path) -> list[dict]:
+    lines = p.read_text(encoding="utf-8").splitlines()
+    return [{"text": line, SOURCE: f"{p}:{i}"} for i, line in enumerate(lines, 1) if line.strip()]
+
+
+def _read_hf_dataset(p: Path) -> list[dict]:
+    try:
+        from datasets import load_from_disk
+    except ImportError:
+        raise DataError(f"{p} is a directory; reading a saved HF dataset needs `pip install datasets`") from None
+    try:
+        ds = load_from_disk(str(p))
+    except FileNotFoundError:
+        raise DataError(f"{p}: not a dataset saved with datasets.save_to_disk") from None
+    if hasattr(ds, "keys"):  # a DatasetDict: take its train split
+        ds = ds["train"] if "train" in ds else ds[next(iter(ds.keys()))]
+    return [_as_record(r, f"{p}:row {i + 1}") for i, r in enumerate(ds)]
+
+
+def _as_record(obj, source: str) -> dict:
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: expected an object with fields, got {type(obj).__name__}")
+    return {**obj, SOURCE: source}

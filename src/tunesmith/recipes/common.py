@@ -1,0 +1,44 @@
+"""Pieces every recipe shares: build the model with its method, evaluate generations, save outputs."""
+import json
+import logging
+from pathlib import Path
+
+from ..config.loader import save_config
+from ..config.schema import RunConfig
+from ..evaluation import contains_match, exact_match, generate
+from ..methods import apply_method
+from ..models import load_base_model
+from ..utils.files import atomic_write_text
+from ..utils.modules import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: RunConfig):
+    """(model with cfg.method applied, tokenizer)."""
+    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype)
+    apply_method(model, cfg.method)
+    trainable, total = count_parameters(model)
+    log.info("method %s: trainable params %s of %s (%.3f%%)", cfg.method.name, f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)
+    return model, tokenizer
+
+
+def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple[dict, list[dict]]:
+    """Exact-match and contains accuracy of generations on examples that have a reference answer."""
+    examples = [e for e in examples if e.prompt_messages][: cfg.eval.limit]
+    if not examples:
+        return {}, []
+    preds = generate(model, tokenizer, [e.prompt_messages for e in examples], cfg.eval.max_new_tokens,
+                     cfg.eval.do_sample, cfg.eval.temperature, cfg.eval.top_p, cfg.eval.batch_size)
+    refs = [e.reference for e in examples]
+    samples = [{"prompt": e.prompt_messages[-1]["content"], "reference": r, "prediction": p}
+               for e, r, p in zip(examples, refs, preds)]
+    return {"exact_match": exact_match(preds, refs), "contains": contains_match(preds, refs), "n": len(refs)}, samples
+
+
+def write_outputs(out_dir: Path, cfg: RunConfig, metrics: dict, samples: list[dict]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))

@@ -1,0 +1,3 @@
+from .loop import TrainResult, train
+
+__all__ = ["TrainResult", "train"]

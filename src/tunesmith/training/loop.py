@@ -1,0 +1,158 @@
+"""The training loop: AdamW, schedule, accumulation, clipping, periodic eval, exact resume.
+
+Data order is a seeded permutation per epoch, so a resumed run replays exactly the batches the
+interrupted run would have seen; the checkpoint also restores RNG (dropout) state.
+"""
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from ..config.errors import ConfigError, TrainingError
+from ..config.schema import TrainConfig
+from ..data.collate import collate
+from ..objectives.sft import causal_lm_loss
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .optim import build_optimizer, build_scheduler
+from .sinks import default_sinks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    best_eval_loss: Optional[float]
+    seconds: float
+    tokens: int
+    resumed_from: int
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def micro_batches(n: int, cfg: TrainConfig, epoch: int, skip: int) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, index in epoch, example indices) from `epoch`/`skip` on, forever."""
+    while True:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        for i in range(skip, math.ceil(n / cfg.batch_size)):
+            yield epoch, i, order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        epoch, skip = epoch + 1, 0
+
+
+def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
+          evaluate: Optional[Callable[[], dict]] = None, on_best: Optional[Callable[[], None]] = None,
+          progress: bool = False) -> TrainResult:
+    """Train the parameters of `model` that require grad on `examples`; checkpoints in out_dir.
+
+    evaluate() returns a dict with 'eval_loss'; on_best() is called when it improves.
+    Raises TrainingError when the loss becomes NaN/inf (the last checkpoint is left as it was).
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ConfigError("nothing to train: the method left no parameter with requires_grad")
+    steps = total_steps(len(examples), cfg)
+    optimizer = build_optimizer(list(params.values()), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    position = {"step": 0, "epoch": 0, "batch": 0, "best_eval_loss": None}
+    ckpt = find_checkpoint(out_dir) if cfg.resume else None
+    if ckpt is not None:
+        position = load_checkpoint(ckpt, params, optimizer, scheduler)
+        log.info("resuming from %s at step %d", ckpt, position["step"])
+    resumed_from = position["step"]
+    sinks = default_sinks(out_dir, resumed_from, steps, progress)
+    loop = _Loop(model, examples, cfg, pad_id, params, optimizer, scheduler, sinks)
+    try:
+        final = loop.run(position, steps, out_dir, evaluate, on_best)
+    finally:
+        for sink in sinks:
+            sink.close()
+    return TrainResult(steps, final, position["best_eval_loss"], loop.seconds, loop.tokens, resumed_from)
+
+
+class _Loop:
+    def __init__(self, model, examples, cfg, pad_id, params, optimizer, scheduler, sinks):
+        self.model, self.examples, self.cfg, self.pad_id = model, examples, cfg, pad_id
+        self.params, self.optimizer, self.scheduler, self.sinks = params, optimizer, scheduler, sinks
+        self.seconds, self.tokens = 0.0, 0
+
+    def run(self, position: dict, steps: int, out_dir: Path, evaluate, on_best) -> float:
+        cfg = self.cfg
+        batches = micro_batches(len(self.examples), cfg, position["epoch"], position["batch"])
+        window, window_tokens, window_time, loss = [], 0, 0.0, float("nan")
+        while position["step"] < steps:
+            group = [next(batches) for _ in range(cfg.grad_accum)]
+            try:
+                start = time.perf_counter()
+                loss, tokens = self.step([g[2] for g in group], position["step"])
+            except KeyboardInterrupt:
+                self.save(out_dir, position)  # the step in flight is discarded; nothing else is lost
+                raise
+            elapsed = time.perf_counter() - start
+            position.update(step=position["step"] + 1, epoch=group[-1][0], batch=group[-1][1] + 1)
+            window.append(loss)
+            window_tokens, window_time = window_tokens + tokens, window_time + elapsed
+            self.seconds, self.tokens = self.seconds + elapsed, self.tokens + tokens
+            step = position["step"]
+            if step % cfg.log_every == 0 or step == steps:
+                self.emit({"step": step, "loss": sum(window) / len(window), "lr": self.scheduler.get_last_lr()[0],
+                           "tokens_per_s": window_tokens / max(window_time, 1e-9), "epoch": position["epoch"]})
+                window, window_tokens, window_time = [], 0, 0.0
+            at_eval = evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps)
+            if at_eval:
+                self.run_eval(position, evaluate, on_best)
+            if at_eval or step == steps or (cfg.save_every and step % cfg.save_every == 0):
+                self.save(out_dir, position)
+        return loss
+
+    def step(self, groups: list[list[int]], step: int) -> tuple[float, int]:
+        """One optimizer step over grad_accum micro-batches; loss is the token mean over all of them."""
+        self.model.train()
+        batches = [collate([self.examples[i] for i in idx], self.pad_id) for idx in groups]
+        n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        total, tokens = 0.0, 0
+        for batch in batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+                loss, n = causal_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; training stopped and the "
+                                    f"last checkpoint was kept. Lower train.lr or check the data")
+            (loss * n / max(n_targets, 1)).backward()
+            total += loss.item() * n
+            tokens += int(batch["attention_mask"].sum())
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm)
+        if not torch.isfinite(norm):
+            raise TrainingError(f"the gradient norm became {norm.item()} at step {step + 1}; training stopped "
+                                f"and the last checkpoint was kept. Lower train.lr or check the data")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / max(n_targets, 1), tokens
+
+    def run_eval(self, position: dict, evaluate, on_best) -> None:
+        self.model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            metrics = evaluate()
+        self.emit({"step": position["step"], **metrics})
+        best = position["best_eval_loss"]
+        if best is None or metrics["eval_loss"] < best:
+            position["best_eval_loss"] = metrics["eval_loss"]
+            if on_best is not None:
+                on_best()
+
+    def save(self, out_dir: Path, position: dict) -> None:
+        save_checkpoint(out_dir / "checkpoints" / "last", self.params, self.optimizer, self.scheduler, dict(position))
+
+    def emit(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.write(record)
