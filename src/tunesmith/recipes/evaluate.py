@@ -1,0 +1,39 @@
+"""Evaluate a base model plus (optionally) a trained adapter on a config's held-out data."""
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..config.schema import RunConfig
+from ..data import load_splits
+from ..evaluation import mean_loss
+from ..methods.io import CONFIG_NAME, load_adapter
+from ..models import load_base_model
+from ..utils.files import atomic_write_text
+from ..utils.seeding import seed_everything
+from .common import generation_scores
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test") -> dict:
+    """Metrics (loss, perplexity, exact match, contains) on `split`; written to output.dir/metrics.json.
+
+    The adapter defaults to the one in output.dir when it holds one; without it the base model is scored.
+    """
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output.dir)
+    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype)
+    adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
+    if adapter:
+        load_adapter(model, adapter)
+    splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
+    examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split] or splits.eval
+    loss = mean_loss(model, examples, tokenizer.pad_token_id, cfg.eval.batch_size)
+    metrics = {"split": split, "adapter": adapter, "loss": loss, "perplexity": math.exp(min(loss, 50))}
+    scores, samples = generation_scores(model, tokenizer, examples, cfg)
+    metrics.update(scores)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return {**metrics, "samples": samples}
