@@ -17,12 +17,13 @@ from ..utils.seeding import rng_state, set_rng_state
 WEIGHTS, STATE = "trainable.safetensors", "state.pt"
 
 
-def save_checkpoint(path: Path, named_params: dict, optimizer, scheduler, position: dict) -> None:
+def save_checkpoint(path: Path, named_params: dict, optimizer, scheduler, position: dict, rng=None) -> None:
+    """rng: the RNG state to restore on resume (default: the current one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     save_file({k: v.detach().contiguous() for k, v in named_params.items()}, str(tmp / WEIGHTS))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "position": position}, tmp / STATE)
+                "rng": rng or rng_state(), "position": position}, tmp / STATE)
     replace_dir(tmp, path)
 
 

@@ -16,6 +16,7 @@ from ..config.errors import ConfigError, TrainingError
 from ..config.schema import TrainConfig
 from ..data.collate import collate
 from ..objectives.sft import causal_lm_loss
+from ..utils.seeding import rng_state
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .sinks import default_sinks
@@ -91,11 +92,13 @@ class _Loop:
         window, window_tokens, window_time, loss = [], 0, 0.0, float("nan")
         while position["step"] < steps:
             group = [next(batches) for _ in range(cfg.grad_accum)]
+            rng_before = rng_state()
             try:
                 start = time.perf_counter()
                 loss, tokens = self.step([g[2] for g in group], position["step"])
             except KeyboardInterrupt:
-                self.save(out_dir, position)  # the step in flight is discarded; nothing else is lost
+                # The step in flight is discarded (its RNG draws too), so a resume replays it exactly.
+                self.save(out_dir, position, rng_before)
                 raise
             elapsed = time.perf_counter() - start
             position.update(step=position["step"] + 1, epoch=group[-1][0], batch=group[-1][1] + 1)
@@ -150,8 +153,9 @@ class _Loop:
             if on_best is not None:
                 on_best()
 
-    def save(self, out_dir: Path, position: dict) -> None:
-        save_checkpoint(out_dir / "checkpoints" / "last", self.params, self.optimizer, self.scheduler, dict(position))
+    def save(self, out_dir: Path, position: dict, rng=None) -> None:
+        save_checkpoint(out_dir / "checkpoints" / "last", self.params, self.optimizer, self.scheduler,
+                        dict(position), rng)
 
     def emit(self, record: dict) -> None:
         for sink in self.sinks:

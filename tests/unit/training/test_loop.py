@@ -1,0 +1,117 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny import tiny_llama, tiny_tokenizer
+from tunesmith.config.errors import TrainingError
+from tunesmith.config.schema import TrainConfig
+from tunesmith.data import encode_records
+from tunesmith.methods import apply_method
+from tunesmith.methods.lora import LoraConfig
+from tunesmith.training import train
+from tunesmith.training.checkpoint import find_checkpoint
+from tunesmith.training.optim import lr_factor
+
+
+def _examples(n=24):
+    recs = [{"instruction": f"count {i}", "output": "x" * (1 + i % 5), "_source": f"t:{i}"} for i in range(n)]
+    return encode_records(recs, tiny_tokenizer(), "auto", 64)[0]
+
+
+def _model():
+    return apply_method(tiny_llama(), LoraConfig(r=4, dropout=0.1, target_modules="all-linear"))
+
+
+def _lora_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _cfg(**kw):
+    base = dict(max_steps=8, batch_size=4, grad_accum=2, lr=5e-3, warmup_steps=2, scheduler="cosine", log_every=1,
+                save_every=3, seed=7)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_lowers_loss_and_writes_metrics(tmp_path):
+    model, ex = _model(), _examples()
+    result = train(model, ex, _cfg(max_steps=12), tmp_path, pad_id=0)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 12 and losses[-1] < losses[0] and math.isfinite(result.final_loss)
+    assert find_checkpoint(tmp_path) is not None
+
+
+def _after_calls(model, n, action):
+    """Forward hook on the final norm: from its n-th call on, `action(output)` replaces the output."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        calls["n"] += 1
+        return action(output) if calls["n"] >= n else output
+
+    return model.model.norm.register_forward_hook(hook)
+
+
+def _interrupt(output):
+    raise KeyboardInterrupt
+
+
+def test_resume_after_interrupt_ends_with_identical_weights(tmp_path):
+    ex = _examples()
+    torch.manual_seed(0)
+    straight = _model()
+    train(straight, ex, _cfg(), tmp_path / "a", pad_id=0)
+
+    torch.manual_seed(0)
+    first = _model()
+    _after_calls(first, 2 * 4 + 1, _interrupt)  # dies in the first micro-batch of step 5
+    with pytest.raises(KeyboardInterrupt):
+        train(first, ex, _cfg(), tmp_path / "b", pad_id=0)
+    position = torch.load(tmp_path / "b/checkpoints/last/state.pt", weights_only=False)["position"]
+    assert position["step"] == 4  # the interrupt saved the last finished step
+
+    torch.manual_seed(123)  # as a new process: other init and RNG, all restored from the checkpoint
+    resumed = _model()
+    result = train(resumed, ex, _cfg(), tmp_path / "b", pad_id=0)
+    assert result.resumed_from == 4
+    for name, value in _lora_state(straight).items():
+        torch.testing.assert_close(_lora_state(resumed)[name], value, atol=0, rtol=0)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # no duplicated metric lines after resume
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
+    model, ex = _model(), _examples()
+    _after_calls(model, 2 * 3 + 1, lambda out: out * float("nan"))  # step 4 produces NaN
+    with pytest.raises(TrainingError, match="loss became nan at step 4"):
+        train(model, ex, _cfg(max_steps=6), tmp_path, pad_id=0)
+    position = torch.load(tmp_path / "checkpoints/last/state.pt", weights_only=False)["position"]
+    saved = load_file(str(tmp_path / "checkpoints/last/trainable.safetensors"))
+    assert position["step"] == 3
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    ex = _examples(8)
+    a, b = tiny_llama(), tiny_llama()
+    for m in (a, b):
+        apply_method(m, LoraConfig(r=2, target_modules="all-linear"))
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.linspace(-0.1, 0.1, p.numel()).reshape(p.shape))
+    train(a, ex, _cfg(max_steps=1, batch_size=8, grad_accum=1, save_every=0), tmp_path / "a", pad_id=0)
+    train(b, ex, _cfg(max_steps=1, batch_size=2, grad_accum=4, save_every=0, seed=7), tmp_path / "b", pad_id=0)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_schedule_shapes():
+    assert lr_factor(0, 10, 2, "linear") == 0.5 and lr_factor(1, 10, 2, "linear") == 1.0
+    assert lr_factor(10, 10, 2, "linear") == 0.0
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(9, 10, 0, "constant") == 1.0
