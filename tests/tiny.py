@@ -1,6 +1,7 @@
 """Tiny random models (2 layers, hidden 16, vocab 128) and a character-level tokenizer, all offline."""
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import BertConfig, BertForMaskedLM
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
 
@@ -25,9 +26,10 @@ def tiny_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
 
 def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True, **overrides)
+    sizes = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = LlamaConfig(**{**sizes, **overrides}, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                      tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -36,6 +38,14 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     cfg = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=4, n_positions=256,
                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_bert(seed: int = 0) -> BertForMaskedLM:
+    """An encoder (post-LayerNorm, biases everywhere, decoder tied to the word embeddings)."""
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=256, pad_token_id=0)
+    return BertForMaskedLM(cfg).eval()
 
 
 def save_tiny_model(path, model=None, tokenizer=None):

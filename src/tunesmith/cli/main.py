@@ -31,6 +31,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_transformers(args.debug)
     try:
         return args.func(args) or 0
     except TunesmithError as e:
@@ -41,6 +42,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (run the same command to resume)", file=sys.stderr)
         return 130
+
+
+def _quiet_transformers(debug: bool) -> None:
+    # transformers' own per-load progress bars and advisory warnings drown our output.
+    from transformers.utils import logging as hf_logging
+
+    if not debug:
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 if __name__ == "__main__":
