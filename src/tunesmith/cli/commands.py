@@ -56,7 +56,9 @@ def cmd_eval(args) -> int:
     from ..recipes import evaluate
 
     cfg = _load(args)
-    metrics = evaluate.run(cfg, adapter=args.adapter, split=args.split)
+    if args.base and args.adapter:
+        raise ConfigError("--base scores the model without an adapter; drop --adapter or --base")
+    metrics = evaluate.run(cfg, adapter=args.adapter, split=args.split, base_only=args.base)
     report.print_samples(metrics.pop("samples"), cfg.eval.show)
     report.print_metrics(metrics, f"metrics written to {cfg.output.dir}/metrics.json")
     return 0
@@ -66,6 +68,7 @@ def _eval_args(p):
     _config_args(p)
     p.add_argument("--adapter", help="adapter directory (default: output.dir when it holds one)")
     p.add_argument("--split", choices=["test", "eval", "train"], default="test", help="data split to score")
+    p.add_argument("--base", action="store_true", help="score the base model without any adapter")
 
 
 def cmd_generate(args) -> int:

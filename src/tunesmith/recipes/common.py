@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..config.loader import save_config
 from ..config.schema import RunConfig
-from ..evaluation import contains_match, exact_match, generate
+from ..evaluation import contains_match, exact_match, generate, rouge_l
 from ..methods import apply_method
 from ..models import load_base_model
 from ..utils.files import atomic_write_text
@@ -34,7 +34,9 @@ def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple
     refs = [e.reference for e in examples]
     samples = [{"prompt": e.prompt_messages[-1]["content"], "reference": r, "prediction": p}
                for e, r, p in zip(examples, refs, preds)]
-    return {"exact_match": exact_match(preds, refs), "contains": contains_match(preds, refs), "n": len(refs)}, samples
+    scores = {"exact_match": exact_match(preds, refs), "contains": contains_match(preds, refs),
+              "rouge_l": rouge_l(preds, refs), "n": len(refs)}
+    return scores, samples
 
 
 def write_outputs(out_dir: Path, cfg: RunConfig, metrics: dict, samples: list[dict]) -> None:

@@ -17,15 +17,19 @@ from .common import generation_scores
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test") -> dict:
+def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test", base_only: bool = False) -> dict:
     """Metrics (loss, perplexity, exact match, contains) on `split`; written to output.dir/metrics.json.
 
-    The adapter defaults to the one in output.dir when it holds one; without it the base model is scored.
+    The adapter defaults to the one in output.dir when it holds one; with base_only (or when there
+    is none) the base model is scored.
     """
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype)
-    adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
+    if base_only:
+        adapter = None
+    elif adapter is None and (out / CONFIG_NAME).is_file():
+        adapter = str(out)
     if adapter:
         load_adapter(model, adapter)
     splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
