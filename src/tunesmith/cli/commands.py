@@ -150,6 +150,26 @@ def _quickstart_args(p):
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=40")
 
 
+def cmd_compare(args) -> int:
+    from ..recipes import compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--methods is empty; give names from `tunesmith methods`, e.g. lora,ia3")
+    out = args.output or str(_load(args).output.dir) + "/compare"
+    rows = compare.run(args.config, methods, args.overrides, out, args.metric)
+    print(compare.markdown_table(rows))
+    print(f"table, CSV and plot written to {out}")
+    return 0
+
+
+def _compare_args(p):
+    _config_args(p)
+    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. lora,ia3,adapter")
+    p.add_argument("--metric", default="exact_match", help="metrics.json key to tabulate (e.g. test_loss)")
+    p.add_argument("--output", help="report directory (default: <output.dir>/compare)")
+
+
 COMMANDS = {
     "train": (cmd_train, _train_args, "fine-tune: tunesmith train CONFIG.yaml [key.sub=value ...]"),
     "eval": (cmd_eval, _eval_args, "score a model (+ adapter) on the config's held-out data"),
@@ -157,5 +177,6 @@ COMMANDS = {
     "merge": (cmd_merge, _merge_args, "merge an adapter into the base and save a transformers directory"),
     "info": (cmd_info, _info_args, "model, parameter counts and trainable counts"),
     "methods": (cmd_methods, lambda p: None, "list the registered fine-tuning methods"),
+    "compare": (cmd_compare, _compare_args, "train several methods on one task and tabulate the results"),
     "quickstart": (cmd_quickstart, _quickstart_args, "fine-tune the embedded model on the built-in task, before/after"),
 }

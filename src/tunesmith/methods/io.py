@@ -16,21 +16,22 @@ from torch import nn
 
 from ..config.errors import CheckpointError
 from ..utils.files import atomic_path, atomic_write_text
-from .base import adapter_configs, adapter_layers
-from .registry import get_method, spec_for_peft_type
+from .base import PEFT_PREFIX, adapter_configs, adapter_layers, base_parameters  # noqa: F401  (PEFT_PREFIX re-exported)
+from .registry import check_quantized_base, get_method, spec_for_peft_type
 
 log = logging.getLogger(__name__)
-PEFT_PREFIX = "base_model.model."
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 
 
 def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The adapter's tensors keyed by PEFT names."""
+    """The adapter's tensors keyed by PEFT names (each layer's `peft_state`)."""
     state = {}
     for path, layer in adapter_layers(model):
         if adapter_name in layer.adapter_names:
-            for key, param in layer.adapter_parameters(adapter_name).items():
-                state[f"{PEFT_PREFIX}{path}.{key}"] = param.detach()
+            for key, tensor in layer.peft_state(adapter_name, path).items():
+                state[key] = tensor.detach()
+    for path, param in base_parameters(model, adapter_name).items():  # full, selected, bitfit ...
+        state[f"{PEFT_PREFIX}{path}"] = param.detach()
     return state
 
 
@@ -40,11 +41,15 @@ def save_adapter(model: nn.Module, out_dir, adapter_name: str = "default",
     cfg = adapter_configs(model).get(adapter_name)
     if cfg is None:
         raise CheckpointError(f"the model has no adapter named {adapter_name!r} to save")
-    spec = get_method(cfg.name)
+    return write_adapter_files(out_dir, cfg, adapter_state_dict(model, adapter_name), base_model)
+
+
+def write_adapter_files(out_dir, cfg, tensors: dict, base_model: Optional[str] = None) -> Path:
+    """Write a method config and its PEFT-named tensors to out_dir in PEFT layout (each file atomically)."""
     peft_cfg = {"task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "inference_mode": True,
-                "revision": None, **spec.to_peft_config(cfg)}
+                "revision": None, **get_method(cfg.name).to_peft_config(cfg)}
     out_dir = Path(out_dir)
-    tensors = {k: v.to(torch.float32).contiguous().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
+    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic_write_text(out_dir / CONFIG_NAME, json.dumps(peft_cfg, indent=2))
@@ -77,6 +82,7 @@ def load_adapter(model: nn.Module, adapter_dir, adapter_name: str = "default") -
         saved = load_file(str(weights))
     except SafetensorError as e:
         raise CheckpointError(f"{weights}: cannot read ({e})") from None
+    check_quantized_base(model, spec)
     spec.apply(model, cfg, adapter_name)
     _copy_into(adapter_state_dict(model, adapter_name), _strip_adapter_name(saved, adapter_name), adapter_dir)
     log.info("loaded %s adapter %r from %s (%d tensors)", cfg.name, adapter_name, adapter_dir, len(saved))

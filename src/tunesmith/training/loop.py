@@ -52,10 +52,11 @@ def micro_batches(n: int, cfg: TrainConfig, epoch: int, skip: int) -> Iterator[t
 
 def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
           evaluate: Optional[Callable[[], dict]] = None, on_best: Optional[Callable[[], None]] = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, on_step: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Train the parameters of `model` that require grad on `examples`; checkpoints in out_dir.
 
-    evaluate() returns a dict with 'eval_loss'; on_best() is called when it improves.
+    evaluate() returns a dict with 'eval_loss'; on_best() is called when it improves; on_step(step)
+    after every optimizer step (method schedules such as pruning).
     Raises TrainingError when the loss becomes NaN/inf (the last checkpoint is left as it was).
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -71,7 +72,7 @@ def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
         log.info("resuming from %s at step %d", ckpt, position["step"])
     resumed_from = position["step"]
     sinks = default_sinks(out_dir, resumed_from, steps, progress)
-    loop = _Loop(model, examples, cfg, pad_id, params, optimizer, scheduler, sinks)
+    loop = _Loop(model, examples, cfg, pad_id, params, optimizer, scheduler, sinks, on_step)
     try:
         final = loop.run(position, steps, out_dir, evaluate, on_best)
     finally:
@@ -81,8 +82,8 @@ def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
 
 
 class _Loop:
-    def __init__(self, model, examples, cfg, pad_id, params, optimizer, scheduler, sinks):
-        self.model, self.examples, self.cfg, self.pad_id = model, examples, cfg, pad_id
+    def __init__(self, model, examples, cfg, pad_id, params, optimizer, scheduler, sinks, on_step=None):
+        self.model, self.examples, self.cfg, self.pad_id, self.on_step = model, examples, cfg, pad_id, on_step
         self.params, self.optimizer, self.scheduler, self.sinks = params, optimizer, scheduler, sinks
         self.seconds, self.tokens = 0.0, 0
 
@@ -102,6 +103,8 @@ class _Loop:
                 raise
             elapsed = time.perf_counter() - start
             position.update(step=position["step"] + 1, epoch=group[-1][0], batch=group[-1][1] + 1)
+            if self.on_step is not None:
+                self.on_step(position["step"])
             window.append(loss)
             window_tokens, window_time = window_tokens + tokens, window_time + elapsed
             self.seconds, self.tokens = self.seconds + elapsed, self.tokens + tokens

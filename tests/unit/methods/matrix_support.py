@@ -2,11 +2,12 @@
 from dataclasses import dataclass
 from typing import Callable
 
-from tests.tiny import tiny_gpt2, tiny_llama
+from tests.tiny import tiny_bert, tiny_gpt2, tiny_llama
 from tunesmith.methods.base import find_target_linears
 from tunesmith.utils.modules import linear_dims
 
-BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "bert": tiny_bert}
+DECODERS = {"llama", "gpt2"}  # architectures that generate text (BERT is a masked LM)
 
 
 @dataclass

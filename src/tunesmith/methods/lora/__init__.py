@@ -1,27 +1,39 @@
-"""LoRA (Hu et al. 2021): low-rank updates on chosen linear layers; mergeable."""
+"""LoRA (Hu et al. 2021): low-rank updates on chosen linear layers; mergeable.
+
+Variants: rsLoRA (use_rslora), DoRA (use_dora), PiSSA (init="pissa"); see config.py and layers.py.
+"""
 from torch import nn
 
 from ...utils.modules import replace_module
 from ..base import MethodSpec, find_target_linears, mark_trainable, record_adapter
 from ..registry import register_method
 from .config import LoraConfig, from_peft_config, to_peft_config
-from .layers import LoraLinear
+from .convert import save_pissa_as_lora
+from .layers import LoraLinear, check_quantized_variant
 
-__all__ = ["LoraConfig", "LoraLinear", "apply_lora"]
+__all__ = ["LoraConfig", "LoraLinear", "apply_lora", "save_pissa_as_lora"]
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> nn.Module:
     """Wrap every targeted linear layer in a LoraLinear and add adapter `adapter_name`.
 
-    Only the new adapter's A and B train afterwards. Raises UnsupportedModuleError when the
-    targets match nothing.
+    Only the new adapter's A and B (and DoRA's magnitude) train afterwards. Quantized linear
+    layers (QLoRA) are wrapped like nn.Linear. Raises UnsupportedModuleError when the targets
+    match nothing, ConfigError when PiSSA would share a layer with another adapter or when DoRA
+    or PiSSA is asked for on a quantized layer.
     """
-    for name in find_target_linears(model, cfg.target_modules):
+    names = find_target_linears(model, cfg.target_modules)
+    for name in names:  # check before changing anything: PiSSA rewrites base weights
+        module = model.get_submodule(name)
+        if isinstance(module, LoraLinear):
+            module.check_can_add(adapter_name, cfg.init)
+        check_quantized_variant(getattr(module, "base_layer", module), cfg.use_dora, cfg.init)
+    for name in names:
         module = model.get_submodule(name)
         if not isinstance(module, LoraLinear):
             module = LoraLinear(module)
             replace_module(model, name, module)
-        module.add_adapter(adapter_name, cfg.r, cfg.scaling, cfg.dropout)
+        module.add_adapter(adapter_name, cfg.r, cfg.scaling, cfg.dropout, use_dora=cfg.use_dora, init=cfg.init)
     # Layers wrapped earlier but not targeted now still hold the other adapters.
     for mod in model.modules():
         if isinstance(mod, LoraLinear) and adapter_name in mod.adapter_names:
@@ -31,5 +43,5 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default")
     return model
 
 
-register_method(MethodSpec(name="lora", config_cls=LoraConfig, apply=apply_lora, can_merge=True,
+register_method(MethodSpec(name="lora", config_cls=LoraConfig, apply=apply_lora, can_merge=True, supports_4bit=True,
                            peft_type="LORA", to_peft_config=to_peft_config, from_peft_config=from_peft_config))

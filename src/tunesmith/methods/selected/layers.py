@@ -1,0 +1,75 @@
+"""Which modules `selected` trains: the last K transformer blocks and modules matched by name.
+
+No module is wrapped; the chosen modules' own parameters train in place.
+"""
+import re
+
+from torch import nn
+
+from ...config.errors import ConfigError, UnsupportedModuleError
+
+
+def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(name, list) of the model's transformer blocks: the ModuleList with num_hidden_layers entries."""
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and len(module) == n_layers:
+            return name, module
+    raise UnsupportedModuleError(f"cannot find the transformer blocks of this {type(model).__name__} (no module list "
+                                 f"of config.num_hidden_layers={n_layers} entries); use method.modules instead")
+
+
+def top_block_names(model: nn.Module, k: int) -> list[str]:
+    """Names of the last k blocks. Raises ConfigError when the model has fewer."""
+    name, blocks = transformer_blocks(model)
+    if k > len(blocks):
+        raise ConfigError(f"method.top_k_layers={k} but the model has only {len(blocks)} blocks ({name}.0-"
+                          f"{len(blocks) - 1}); use at most {len(blocks)}")
+    return [f"{name}.{i}" for i in range(len(blocks) - k, len(blocks))]
+
+
+def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Module names matched by each pattern: the full name, its tail ('.' + pattern), or a full-name regex.
+
+    Raises ConfigError for an invalid regex and UnsupportedModuleError, listing what exists, for a
+    pattern that matches nothing.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    matched = []
+    for pattern in patterns:
+        hits = [n for n in names if n == pattern or n.endswith("." + pattern) or _fullmatch(pattern, n)]
+        if not hits:
+            raise UnsupportedModuleError(f"method.modules entry {pattern!r} matches no module of this model; "
+                                         f"{_what_exists(model, names)}")
+        matched += hits
+    return matched
+
+
+def _fullmatch(pattern: str, name: str) -> bool:
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error as e:
+        raise ConfigError(f"method.modules entry {pattern!r} is neither a module name nor a valid regex "
+                          f"({e})") from None
+
+
+def _what_exists(model: nn.Module, names: list[str]) -> str:
+    # Whole names outside the blocks; inside them only the distinct last parts (q_proj, mlp ...).
+    try:
+        blocks, layers = transformer_blocks(model)
+    except UnsupportedModuleError:
+        return f"its modules are: {', '.join(names)}"
+    prefix = blocks + "."
+    outside = [n for n in names if not n.startswith(prefix)]
+    inside = sorted({n.split(".")[-1] for n in names if n.startswith(prefix)} - {str(i) for i in range(len(layers))})
+    return (f"modules outside the blocks: {', '.join(outside)}; blocks: {blocks}.0-{len(layers) - 1}, "
+            f"which contain: {', '.join(inside)}")
+
+
+def selected_parameters(model: nn.Module, module_names: list[str]) -> list[nn.Parameter]:
+    """Parameters of the named modules (recursively), each once."""
+    params = {}
+    for name in module_names:
+        for p in model.get_submodule(name).parameters():
+            params[id(p)] = p
+    return list(params.values())

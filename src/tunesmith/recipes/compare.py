@@ -1,0 +1,96 @@
+"""Train several methods on one task and tabulate metric, trainable parameters, time and memory.
+
+Each method runs in its own process (`tunesmith train ... method.name=M`) so that its peak
+memory is its own. Results: compare.md, compare.csv and compare.png in the output directory.
+"""
+import csv
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from ..config.errors import TrainingError
+from ..methods import get_method
+
+log = logging.getLogger(__name__)
+COLUMNS = ["method", "metric", "value", "trainable_params", "trainable_pct", "train_seconds", "peak_rss_mb"]
+
+
+def run(config_path: str, methods: Sequence[str], overrides: Sequence[str], out_dir: str, metric: str) -> list[dict]:
+    """Run `tunesmith train` once per method; returns one row per method and writes the report."""
+    for name in methods:
+        get_method(name)  # unknown names fail before any training starts
+    out = Path(out_dir)
+    rows = [_run_one(config_path, name, overrides, out / name, metric) for name in methods]
+    write_report(rows, out)
+    return rows
+
+
+def _run_one(config_path: str, method: str, overrides: Sequence[str], run_dir: Path, metric: str) -> dict:
+    cmd = [sys.executable, "-m", "tunesmith.cli.main", "train", str(_method_config(config_path, method, run_dir)),
+           *overrides, f"output.dir={run_dir}"]
+    log.info("compare: training %s -> %s", method, run_dir)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TrainingError(f"compare: method {method} failed: {last}")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return {"method": method, "metric": metric, "value": m.get(metric), "trainable_params": m["trainable_params"],
+            "trainable_pct": round(100 * m["trainable_params"] / m["total_params"], 4),
+            "train_seconds": m["train_seconds"], "peak_rss_mb": round(m["peak_rss_mb"])}
+
+
+def _method_config(config_path: str, method: str, run_dir: Path) -> Path:
+    """The config with its method section kept when it names `method`, else that method's defaults."""
+    raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    if (raw.get("method") or {}).get("name") != method:
+        raw["method"] = {"name": method}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "input.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def write_report(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "compare.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "compare.md").write_text(markdown_table(rows))
+    _plot(rows, out / "compare.png")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    metric = rows[0]["metric"] if rows else "metric"
+    lines = [f"| method | {metric} | trainable params | % of total | train time (s) | peak RSS (MiB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        value = f"{r['value']:.4f}" if isinstance(r["value"], float) else str(r["value"])
+        lines.append(f"| {r['method']} | {value} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
+                     f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if isinstance(r["value"], (int, float))]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in points:
+        ax.scatter(r["trainable_params"], r["value"])
+        ax.annotate(r["method"], (r["trainable_params"], r["value"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel(points[0]["metric"] if points else "metric")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
