@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.errors import ModelLoadError
+from ..config.errors import ConfigError, ModelLoadError
 from ..utils.files import replace_dir
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,21 @@ def default_model_dir() -> Path:
     return target
 
 
-def load_base_model(name: str = "default", dtype: str = "float32"):
+def load_base_model(name: str = "default", dtype: str = "float32", quantize: str = "none",
+                    quant_block_size: int = 64):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
 
+    quantize: "none", "nf4" (with double quantization) or "int8": replace the linear layers
+    (except lm_head) by QuantizedLinear after loading, with `quant_block_size` weights per scale.
+    A directory written by `tunesmith quantize` loads as saved, without re-quantizing.
     Raises ModelLoadError with the fix when the path is missing, the id is not cached or the
-    architecture has no causal-LM class in transformers.
+    architecture has no causal-LM class in transformers; ConfigError for a bad quantize value.
     """
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    if _is_quantized_dir(name):
+        model, tokenizer = _from_quantized_dir(Path(name), torch_dtype, quantize)
+        _ensure_pad_token(model, tokenizer)
+        return model, tokenizer
     if name == "default":
         model, tokenizer = _from_pretrained(str(default_model_dir()), torch_dtype)
     elif name.endswith(".gguf"):
@@ -58,12 +66,41 @@ def load_base_model(name: str = "default", dtype: str = "float32"):
         model, tokenizer = _from_gguf(Path(name))
         model = model.to(torch_dtype)
     elif Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelLoadError(f"model.name {name!r}: no config.json there; is it a transformers model directory?")
         model, tokenizer = _from_pretrained(name, torch_dtype)
     elif name.startswith((".", "/", "~")) or os.sep in name and Path(name.split(os.sep)[0]).exists():
         raise ModelLoadError(f"model.name: directory not found: {name}")
     else:
         model, tokenizer = _from_pretrained(name, torch_dtype, hub_id=True)
     _ensure_pad_token(model, tokenizer)
+    if quantize != "none":
+        from .quantization import quantize_model
+
+        quantize_model(model, quantize, block_size=quant_block_size)
+    return model, tokenizer
+
+
+def _is_quantized_dir(name: str) -> bool:
+    from .quantization import is_quantized_dir
+
+    return name != "default" and Path(name).is_dir() and is_quantized_dir(name)
+
+
+def _from_quantized_dir(path: Path, torch_dtype, quantize: str):
+    from transformers import AutoTokenizer
+
+    from .quantization import load_pretrained_quantized
+    from .quantization.pretrained import read_marker
+
+    saved = read_marker(path).get("scheme")
+    if quantize not in ("none", saved):
+        raise ConfigError(f"model.name {str(path)!r} holds a model quantized to {saved}; model.quantize="
+                          f"{quantize} would quantize it twice: set model.quantize to {saved} or none, or "
+                          f"use the full-precision model")
+    model = load_pretrained_quantized(path, torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    log.info("loaded %s-quantized model from %s (not re-quantized)", saved, path)
     return model, tokenizer
 
 

@@ -1,0 +1,81 @@
+"""LoRA specifics: PEFT's init, scaling, several named adapters (switch, disable), target errors."""
+import math
+
+import pytest
+import torch
+
+from tests.tiny import tiny_llama
+from tunesmith.config.errors import ConfigError, UnsupportedModuleError
+from tunesmith.methods import apply_method, disabled_adapters, merge_and_unload, set_active_adapter
+from tunesmith.methods.lora import LoraConfig, LoraLinear
+
+IDS = torch.tensor([[5, 9, 13, 40, 41, 42]])
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def _randomise_b(model, name, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoraLinear) and name in m.adapter_names:
+                m.lora_B[name].weight.copy_(torch.randn(m.lora_B[name].weight.shape, generator=g) * 0.1)
+
+
+def test_init_is_kaiming_a_and_zero_b_with_alpha_over_r_scaling():
+    model = apply_method(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=["q_proj"]))
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, LoraLinear) and layer.scaling["default"] == 2.0
+    assert torch.count_nonzero(layer.lora_B["default"].weight) == 0
+    bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform(a=sqrt(5)) bound = 1/sqrt(fan_in)
+    a = layer.lora_A["default"].weight
+    assert a.abs().max() <= bound and a.std() > bound / 4
+    rs = apply_method(tiny_llama(), LoraConfig(r=4, alpha=8, use_rslora=True, target_modules=["q_proj"]))
+    assert rs.model.layers[0].self_attn.q_proj.scaling["default"] == 4.0  # alpha / sqrt(r)
+
+
+def test_forward_adds_scaled_low_rank_update():
+    model = apply_method(tiny_llama(), LoraConfig(r=2, alpha=6, target_modules=["v_proj"]))
+    _randomise_b(model, "default", 0)
+    layer = model.model.layers[1].self_attn.v_proj
+    x = torch.randn(3, layer.in_features)
+    w = layer.base_layer.weight + 3.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    torch.testing.assert_close(layer(x), x @ w.T)
+
+
+def test_two_named_adapters_switch_and_disable():
+    base = tiny_llama()
+    model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), "a")
+    _randomise_b(model, "a", 1)
+    only_a = _logits(model)
+    apply_method(model, LoraConfig(r=4, target_modules=["v_proj"]), "b")
+    _randomise_b(model, "b", 2)
+    only_b = _logits(model)
+    assert not torch.allclose(only_a, only_b)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".b." in n for n in trainable)  # only the newest adapter trains
+    set_active_adapter(model, "a")
+    torch.testing.assert_close(_logits(model), only_a)
+    with disabled_adapters(model):
+        torch.testing.assert_close(_logits(model), _logits(base))
+    with pytest.raises(ConfigError, match="no adapter named 'c'"):
+        set_active_adapter(model, "c")
+
+
+def test_merge_and_unload_leaves_plain_linears_with_same_output():
+    model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules="all-linear"))
+    _randomise_b(model, "default", 3)
+    before = _logits(model)
+    merge_and_unload(model)
+    assert not any(isinstance(m, LoraLinear) for m in model.modules())
+    torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=1e-5)
+
+
+def test_targets_that_match_nothing_list_the_linear_layers():
+    with pytest.raises(UnsupportedModuleError, match="its linear layers are named: .*q_proj.*v_proj"):
+        apply_method(tiny_llama(), LoraConfig(target_modules=["query"]))
+    with pytest.raises(UnsupportedModuleError):
+        apply_method(tiny_llama(), LoraConfig(target_modules=r"nothing\..*"))
