@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ...config.errors import ConfigError
-from ..base import MethodSpec, PromptTable, attach_virtual_tokens, fold_virtual_tokens, mark_trainable, record_adapter
+from ..base import MethodSpec, mark_trainable, record_adapter
+from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from ..registry import register_method
 from .config import SOFT, TEXT, PTuningConfig, from_peft_config, template_pieces, to_peft_config
 from .layers import LstmPromptEncoder, MlpPromptEncoder, PTuningLayer

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ...config.errors import ConfigError, DataError
-from ..base import VirtualTokenLayer, prepend_embeddings
+from ..virtual_tokens import VirtualTokenLayer, prepend_embeddings
 
 
 class LstmPromptEncoder(nn.Module):

@@ -9,7 +9,8 @@ Not mergeable.
 import torch
 from torch import nn
 
-from ..base import MethodSpec, PromptTable, attach_virtual_tokens, fold_virtual_tokens, mark_trainable, record_adapter
+from ..base import MethodSpec, mark_trainable, record_adapter
+from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from ..registry import register_method
 from .config import PrefixTuningConfig, from_peft_config, to_peft_config
 from .layers import PrefixMLP, PrefixTuningLayer

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ...config.errors import UnsupportedModuleError
-from ..base import PromptTable, VirtualTokenLayer
+from ..virtual_tokens import PromptTable, VirtualTokenLayer
 
 
 class PrefixMLP(nn.Module):

@@ -7,7 +7,8 @@ import dataclasses
 from torch import nn
 
 from ...config.errors import ConfigError
-from ..base import MethodSpec, PromptTable, attach_virtual_tokens, mark_trainable, record_adapter
+from ..base import MethodSpec, mark_trainable, record_adapter
+from ..virtual_tokens import PromptTable, attach_virtual_tokens
 from ..registry import register_method
 from .config import PromptTuningConfig, from_peft_config, to_peft_config
 from .layers import PromptTuningLayer, initial_table

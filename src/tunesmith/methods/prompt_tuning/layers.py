@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ...config.errors import ConfigError
-from ..base import VirtualTokenLayer, prepend_embeddings
+from ..virtual_tokens import VirtualTokenLayer, prepend_embeddings
 
 
 class PromptTuningLayer(VirtualTokenLayer):
