@@ -37,7 +37,9 @@ def build_config(raw: Mapping[str, Any], method_types: Mapping[str, type], sourc
     for name, cls in SECTIONS.items():
         sections[name] = _build_section(cls, raw.get(name) or {}, name, source, errors)
     sections["method"] = _build_method(raw.get("method") or {}, method_types, source, errors)
-    if errors:
+    if len(errors) == 1:
+        raise ConfigError(f"invalid config: {errors[0]}")
+    if errors:  # all of them at once, so one edit fixes the file
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return RunConfig(**sections)
 
@@ -74,7 +76,17 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value) if value != "" else None
+    node[leaf] = _parse_value(value)
+
+
+def _parse_value(value: str) -> Any:
+    """YAML scalars/lists/maps; text that is not valid YAML (e.g. "{text} It was {answer}.") stays a string."""
+    if value == "":
+        return None
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def _build_method(raw: Mapping, method_types: Mapping[str, type], source: str, errors: list) -> MethodConfig:

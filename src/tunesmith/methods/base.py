@@ -224,8 +224,11 @@ def find_target_linears(model: nn.Module, targets, exclude=("lm_head",)) -> list
     match the full module name (PEFT's rule), or a list of names matched against the name's tail.
     Raises UnsupportedModuleError listing the available linear layers when nothing matches.
     """
-    linears = [n for n, m in model.named_modules()
-               if not n.endswith(".base_layer")
+    modules = dict(model.named_modules())
+    # An adapter's own parts (lora_A, its base_layer, ...) are not the model's layers.
+    inside_adapters = tuple(f"{n}." for n, m in modules.items() if isinstance(m, AdapterLayer))
+    linears = [n for n, m in modules.items()
+               if not n.startswith(inside_adapters)
                and f".{PROMPT_LAYER_ATTR}." not in f".{n}"  # a prompt method's encoder is not the model's
                and is_linear_like(m.base_layer if isinstance(m, AdapterLayer) else m)]
     candidates = [n for n in linears if n.split(".")[-1] not in exclude]

@@ -79,3 +79,12 @@ def test_targets_that_match_nothing_list_the_linear_layers():
         apply_method(tiny_llama(), LoraConfig(target_modules=["query"]))
     with pytest.raises(UnsupportedModuleError):
         apply_method(tiny_llama(), LoraConfig(target_modules=r"nothing\..*"))
+
+
+def test_all_linear_on_a_second_adapter_wraps_only_the_models_layers():
+    model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules="all-linear"), adapter_name="a")
+    wrapped_once = {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+    apply_method(model, LoraConfig(r=4, target_modules="all-linear"), adapter_name="b")
+    wrapped_twice = {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+    assert wrapped_twice == wrapped_once
+    assert all(set(m.adapter_names) == {"a", "b"} for m in model.modules() if isinstance(m, LoraLinear))

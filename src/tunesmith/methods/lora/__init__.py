@@ -10,8 +10,9 @@ from ..registry import register_method
 from .config import LoraConfig, from_peft_config, to_peft_config
 from .convert import save_pissa_as_lora
 from .layers import LoraLinear, check_quantized_variant
+from .mixed import mixed_adapters
 
-__all__ = ["LoraConfig", "LoraLinear", "apply_lora", "save_pissa_as_lora"]
+__all__ = ["LoraConfig", "LoraLinear", "apply_lora", "mixed_adapters", "save_pissa_as_lora"]
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> nn.Module:

@@ -218,6 +218,8 @@ class LoraLinear(AdapterLayer):
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer(x)
+        if getattr(self, "row_adapters", None) is not None:  # a mixed-adapter batch, see mixed.py
+            return base + self.row_adapters.update(x).to(base.dtype)
         if self.merged_adapters:
             return base
         result = base + self._pissa_restore(x).to(base.dtype) if self.pissa_init else base
