@@ -1,6 +1,8 @@
 """Load a base causal LM and its tokenizer from a local directory, a GGUF file, the local HF
 cache (offline), or `default`: the embedded SmolLM2-135M-Instruct, converted once from its GGUF
-file to safetensors in the user cache so later loads take seconds."""
+file to safetensors in the user cache so later loads take seconds. With `quantize`, the linear layers
+are then replaced by NF4/int8 QuantizedLinear modules (models/quantization); a directory written by
+`tunesmith quantize` is recognised by its marker file and loaded as saved."""
 import importlib.util
 import logging
 import os
@@ -43,6 +45,25 @@ def default_model_dir() -> Path:
     return target
 
 
+def default_bf16_dir() -> Path:
+    """The embedded model stored in bfloat16 (made once from default_model_dir()).
+
+    Loading bf16 weights from a bf16 file maps them without a copy: peak memory stays near the
+    model's bf16 size instead of fp32 file + bf16 copy (about 0.5 GB less for SmolLM2-135M).
+    """
+    target = cache_root() / "models" / f"{DEFAULT_NAME}-bf16"
+    if (target / "model.safetensors").is_file():
+        return target
+    model, tokenizer = _from_pretrained(str(default_model_dir()), torch.bfloat16)
+    log.info("storing a bfloat16 copy of the embedded model in %s (once)", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, target)
+    return target
+
+
 def load_base_model(name: str = "default", dtype: str = "float32", quantize: str = "none",
                     quant_block_size: int = 64):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
@@ -59,7 +80,8 @@ def load_base_model(name: str = "default", dtype: str = "float32", quantize: str
         _ensure_pad_token(model, tokenizer)
         return model, tokenizer
     if name == "default":
-        model, tokenizer = _from_pretrained(str(default_model_dir()), torch_dtype)
+        source = default_bf16_dir() if dtype == "bfloat16" else default_model_dir()
+        model, tokenizer = _from_pretrained(str(source), torch_dtype)
     elif name.endswith(".gguf"):
         if not Path(name).is_file():
             raise ModelLoadError(f"model.name: GGUF file not found: {name}")

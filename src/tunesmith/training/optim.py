@@ -1,9 +1,10 @@
-"""AdamW over the trainable parameters and a warm-up + linear/cosine/constant schedule."""
+"""AdamW (fp32 or 8-bit state) over the trainable parameters and a warm-up + linear/cosine/constant schedule."""
 import math
 
 import torch
 
 from ..config.schema import TrainConfig
+from .optim8bit import AdamW8bit
 
 
 def build_optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -11,7 +12,9 @@ def build_optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    # train.optimizer: adamw, or adamw8bit (same update, moments stored in 8 bits; optim8bit.py)
+    cls = AdamW8bit if cfg.optimizer == "adamw8bit" else torch.optim.AdamW
+    return cls([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:

@@ -15,7 +15,8 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; shared (tied) tensors are counted once."""
+    """(trainable, total) parameter counts; shared (tied) tensors are counted once. The weights of
+    quantized linear layers (stored as buffers) count in the total, as the values they stand for."""
     seen, trainable, total = set(), 0, 0
     for p in model.parameters():
         if id(p) in seen:
@@ -23,6 +24,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         seen.add(id(p))
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
+    for m in model.modules():
+        if is_quantized_linear(m):
+            total += m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)
     return trainable, total
 
 
@@ -31,14 +35,43 @@ def freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def is_quantized_linear(module: nn.Module) -> bool:
+    """A frozen linear layer whose weight is stored quantized (models.quantization.QuantizedLinear).
+
+    Recognised by its `is_quantized` attribute so that utils (and methods) need not import models.
+    """
+    return getattr(type(module), "is_quantized", False) is True
+
+
 def is_linear_like(module: nn.Module) -> bool:
-    """nn.Linear or GPT-2's Conv1D (a linear layer with a transposed weight)."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    """nn.Linear, GPT-2's Conv1D (a linear layer with a transposed weight) or a quantized linear."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" or is_quantized_linear(module)
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an nn.Linear or a Conv1D (weight stored as (in, out))."""
-    if isinstance(module, nn.Linear):
+    """(in_features, out_features) of an nn.Linear, a quantized linear or a Conv1D (weight (in, out))."""
+    if isinstance(module, nn.Linear) or is_quantized_linear(module):
         return module.in_features, module.out_features
     w: torch.Tensor = module.weight
     return w.shape[0], w.shape[1]
+
+
+def quantization_schemes(model: nn.Module) -> dict[str, int]:
+    """{scheme: number of quantized linear layers} of model; empty when nothing is quantized."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if is_quantized_linear(m):
+            counts[m.scheme] = counts.get(m.scheme, 0) + 1
+    return counts
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes held by the weights of model: its parameters and the codes, scales and biases of its
+    quantized linear layers (tied tensors counted once; other buffers such as rotary tables not)."""
+    quantized = [b for m in model.modules() if is_quantized_linear(m) for b in m.buffers(recurse=False)]
+    seen, total = set(), 0
+    for t in list(model.parameters()) + quantized:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total

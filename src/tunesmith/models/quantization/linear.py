@@ -66,8 +66,10 @@ class _ChunkedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: "QuantizedLinear") -> torch.Tensor:
         ctx.layer = layer
-        out = x.new_empty(*x.shape[:-1], layer.out_features)  # (..., out)
         with torch.autocast(x.device.type, enabled=False):
+            if layer.chunk_rows >= layer.out_features:  # one chunk: no output buffer to fill
+                return x @ next(layer._weight_chunks(x.dtype))[1].T
+            out = x.new_empty(*x.shape[:-1], layer.out_features)  # (..., out)
             for r0, w in layer._weight_chunks(x.dtype):  # w: (rows, in)
                 out[..., r0: r0 + w.shape[0]] = x @ w.T
         return out
@@ -85,6 +87,8 @@ class _ChunkedMatmul(torch.autograd.Function):
 
 class QuantizedLinear(nn.Module):
     """A frozen linear layer storing its weight quantized; see the module docstring."""
+
+    is_quantized = True  # how utils.modules.is_quantized_linear recognises it without importing models
 
     def __init__(self, qweight: AbsmaxQuantized | NF4Quantized, scheme: str,
                  bias: torch.Tensor | None = None, chunk_rows: int | None = None):
@@ -147,6 +151,39 @@ class QuantizedLinear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The full weight (out_features, in_features) in fp32 (a new tensor)."""
         return self.qweight().dequantize(torch.float32)
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor) -> dict:
+        """Re-quantize ``weight`` (out, in) with this layer's scheme and block sizes, in place.
+
+        Returns the error this introduced, {"max_abs", "err_sq", "ref_sq"} (sums of squares,
+        so errors of several layers combine), also kept as ``last_requantization_error``.
+        """
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise UnsupportedModuleError(f"set_weight needs shape {(self.out_features, self.in_features)}, "
+                                         f"got {tuple(weight.shape)}")
+        meta = self._meta
+        double_quant = meta.get("double_quant", False) if self.scheme == "nf4" else None
+        block = meta["block_size"] if self.scheme == "nf4" else meta["group_size"]
+        qweight = quantize_weight(weight.float(), self.scheme, double_quant, block)
+        self._meta = qweight.meta()
+        for name, tensor in qweight.to_tensors().items():
+            setattr(self, name, tensor)  # replaces the registered buffer
+        diff = qweight.dequantize(torch.float32) - weight.float()
+        self.last_requantization_error = {"max_abs": diff.abs().max().item(),
+                                          "err_sq": diff.pow(2).sum().item(),
+                                          "ref_sq": weight.float().pow(2).sum().item()}
+        return self.last_requantization_error
+
+    def to_linear(self, weight: torch.Tensor | None = None) -> nn.Linear:
+        """A full-precision fp32 nn.Linear holding ``weight`` (default: the dequantized weight)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.bias.device if self.bias is not None else None)
+        with torch.no_grad():
+            linear.weight.copy_(self.dequantized_weight() if weight is None else weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
 
     def weight_bytes(self) -> int:
         """Bytes held by the codes, every scale/absmax tensor and the bias."""

@@ -8,8 +8,11 @@ Notable:
   giving each quantized layer's scheme, shape and block sizes. Loading builds the same
   architecture unquantized (cheap, e.g. from a config), swaps in QuantizedLinear modules
   built straight from the saved codes and scales (nothing is re-quantized), then loads the
-  remaining weights. Tied weights (e.g. lm_head/embeddings) are handled by safetensors'
-  ``save_model``/``load_model``.
+  remaining weights. Saving drops tied duplicates (safetensors' ``save_model``).
+- Loading reads every tensor of the file once and ASSIGNS it to the model (no copy into the
+  model's own tensors, which are dropped untouched), then re-ties tensors the model shared
+  (e.g. lm_head/embeddings). So the peak memory of a load is about the file size on top of
+  an architecture built without initialising its weights.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from tunesmith.config.errors import CheckpointError
@@ -81,6 +84,29 @@ def quantize_model(model: nn.Module, scheme: str = "nf4", double_quant: bool | N
     return report
 
 
+def dequantize_model(model: nn.Module) -> int:
+    """Replace every QuantizedLinear of ``model`` by an fp32 nn.Linear holding its dequantized
+    weight, in place; returns how many layers were replaced."""
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
+    for name, qlinear in targets:
+        model.set_submodule(name, qlinear.to_linear())
+    return len(targets)
+
+
+def requantization_error(model: nn.Module) -> dict:
+    """The error the last ``set_weight`` (e.g. merging an adapter) introduced, over all layers.
+
+    Returns {"layers": n, "max_abs": largest |W_requantized - W_intended|, "relative":
+    ||W_requantized - W_intended||_F / ||W_intended||_F over the n layers}; n = 0 (and zeros)
+    when no quantized layer was re-quantized.
+    """
+    stats = [m.last_requantization_error for m in model.modules()
+             if isinstance(m, QuantizedLinear) and hasattr(m, "last_requantization_error")]
+    err_sq, ref_sq = sum(s["err_sq"] for s in stats), sum(s["ref_sq"] for s in stats)
+    return {"layers": len(stats), "max_abs": max((s["max_abs"] for s in stats), default=0.0),
+            "relative": (err_sq / ref_sq) ** 0.5 if ref_sq > 0 else 0.0}
+
+
 def quantization_specs(model: nn.Module) -> dict[str, dict]:
     """{module name: QuantizedLinear.spec()} for every quantized layer of ``model``."""
     return {n: m.spec() for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
@@ -103,31 +129,52 @@ def load_quantized(model: nn.Module, path: str | Path, strict: bool = True) -> n
         CheckpointError: no quantization metadata, a listed layer is missing or not a
             Linear, or (with strict) the remaining keys do not match the model.
     """
-    specs, tensors = _read_quantized_layers(path)
+    specs, tensors = _read_file(path)
     for name, spec in specs.items():
         _check_target(model, name, path)
         prefix = name + "."
         own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.set_submodule(name, QuantizedLinear.from_tensors(own, spec))
-    try:
-        load_model(model, str(path), strict=strict)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not fit the model: {err}") from err
+    _assign(model, tensors, path, strict)
     log.info("loaded quantized model from %s (%d quantized layers)", path, len(specs))
     return model
 
 
-def _read_quantized_layers(path) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
-    """The layer specs and the tensors that belong to the quantized layers."""
+def _read_file(path) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+    """The layer specs and every tensor of the file."""
     with safe_open(str(path), framework="pt") as f:
         meta = (f.metadata() or {}).get(META_KEY)
         if meta is None:
             raise CheckpointError(f"{path} has no '{META_KEY}' metadata; write it with "
                                   f"save_quantized()")
-        specs = json.loads(meta)
-        prefixes = tuple(n + "." for n in specs)
-        tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
-    return specs, tensors
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return json.loads(meta), tensors
+
+
+def _assign(model: nn.Module, tensors: dict[str, torch.Tensor], path, strict: bool) -> None:
+    """Assign the file's tensors to the model (cast to the model's float dtypes), then re-tie."""
+    groups = _shared_names(model)
+    current = model.state_dict(keep_vars=True)
+    state = {k: v.to(current[k].dtype) if k in current and current[k].is_floating_point() else v
+             for k, v in tensors.items()}
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not any(o in state for o in groups.get(k, ()))]
+    if strict and (missing or result.unexpected_keys):
+        raise CheckpointError(f"{path} does not fit the model: missing {missing[:3]}, unexpected "
+                              f"{result.unexpected_keys[:3]}")
+    for name, others in groups.items():
+        if name in state:
+            for other in others:
+                owner, _, attr = other.rpartition(".")
+                setattr(model.get_submodule(owner), attr, model.get_parameter(name))
+
+
+def _shared_names(model: nn.Module) -> dict[str, list[str]]:
+    """{parameter name: the other names of the same tensor} for tied parameters."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return {n: [o for o in names if o != n] for names in by_id.values() if len(names) > 1 for n in names}
 
 
 def _check_target(model: nn.Module, name: str, path) -> None:

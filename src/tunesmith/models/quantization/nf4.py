@@ -40,6 +40,9 @@ NF4_TABLE = torch.tensor([
 # Decision thresholds between neighbouring levels: (15,)
 _MIDPOINTS = (NF4_TABLE[:-1] + NF4_TABLE[1:]) / 2
 _DQ_BLOCK = 256  # absmax constants per double-quant block, as in bitsandbytes
+# The two levels of every packed byte (high nibble first): decoding is one gather per byte
+# instead of unpack + per-code gather, which keeps the transient memory of a forward small.
+_PAIR_TABLE = torch.stack([NF4_TABLE.repeat_interleave(16), NF4_TABLE.repeat(16)], dim=1)  # (256, 2)
 
 
 def nf4_table_from_quantiles(offset: float = 0.9677083) -> torch.Tensor:
@@ -150,10 +153,11 @@ class NF4Quantized:
         """Flattened elements [start, stop) reconstructed, decoding only the blocks they touch."""
         bs = self.block_size
         first, last = start // bs, -(-stop // bs)  # blocks touched: [first, last)
-        codes = unpack_nibbles(self.packed[first * bs // 2: last * bs // 2])  # (nb * bs,)
-        levels = NF4_TABLE.to(self.packed.device)[codes.long()].view(-1, bs)  # (nb, bs)
-        values = (levels * self.absmax_range(first, last)[:, None]).reshape(-1)
-        return values[start - first * bs: stop - first * bs].to(dtype)
+        packed = self.packed[first * bs // 2: last * bs // 2]  # (nb * bs / 2,)
+        # index_select: ~3x faster than advanced indexing on CPU
+        values = torch.index_select(_PAIR_TABLE.to(packed.device), 0, packed.int()).view(-1, bs)  # (nb, bs)
+        values.mul_(self.absmax_range(first, last)[:, None])
+        return values.view(-1)[start - first * bs: stop - first * bs].to(dtype)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to store (buffers or a safetensors file)."""
