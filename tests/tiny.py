@@ -53,3 +53,18 @@ def save_tiny_model(path, model=None, tokenizer=None):
     (model or tiny_llama()).save_pretrained(path)
     (tokenizer or tiny_tokenizer()).save_pretrained(path)
     return path
+
+
+def tiny_encoder_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer for tiny_bert: [CLS] text [SEP], with a [MASK] token."""
+    from tokenizers import processors
+
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                                   mask_token="[MASK]", unk_token="[UNK]")

@@ -1,20 +1,30 @@
 """Causal-LM loss computed only where labels carry loss.
 
 The output head runs on the selected positions only (not the full (B, T, vocab) logits), in
-chunks, each recomputed in backward, so memory stays at one chunk of logits.
+chunks, so memory stays at one chunk of logits: a plain bias-free linear head computes its
+gradients during the forward pass (head_loss.py); other heads recompute each chunk in backward.
 """
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .head_loss import fused_head_loss
 
 IGNORE = -100
 
 
-def causal_lm_loss(model, input_ids, attention_mask, labels, chunk_size: int = 1024) -> tuple[torch.Tensor, int]:
-    """(mean next-token cross-entropy over label positions, number of such positions)."""
+def causal_lm_loss(model, input_ids, attention_mask, labels, chunk_size: int = 256,
+                   position_ids=None) -> tuple[torch.Tensor, int]:
+    """(mean next-token cross-entropy over label positions, number of such positions).
+
+    With `position_ids` (a packed batch, see data.packing) the model gets no 2D attention mask:
+    the restarting position_ids confine attention to each example.
+    """
+    inputs = _inputs(input_ids, attention_mask, position_ids)
     if not supports_hidden_path(model):
-        return _full_logits_loss(model, input_ids, attention_mask, labels)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return _full_logits_loss(model, inputs, labels)
+    hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)
     targets = labels[:, 1:]  # position t predicts token t+1
     mask = targets != IGNORE
     selected = hidden[:, :-1][mask]  # (N, H)
@@ -23,6 +33,8 @@ def causal_lm_loss(model, input_ids, attention_mask, labels, chunk_size: int = 1
     if n == 0:
         return hidden.sum() * 0.0, 0
     head = model.get_output_embeddings()
+    if torch.is_grad_enabled() and type(head) is nn.Linear and head.bias is None:
+        return fused_head_loss(selected, head.weight, wanted, chunk_size) / n, n
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk_size):
         h, t = selected[start:start + chunk_size], wanted[start:start + chunk_size]
@@ -41,12 +53,19 @@ def supports_hidden_path(model) -> bool:
     return not any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier"))
 
 
+def _inputs(input_ids, attention_mask, position_ids) -> dict:
+    if position_ids is None:
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    # No cache: transformers only detects packed position_ids when past_key_values is None.
+    return {"input_ids": input_ids, "attention_mask": None, "position_ids": position_ids, "use_cache": False}
+
+
 def _chunk_loss(head, h, t):
     return F.cross_entropy(head(h).float(), t, reduction="sum")
 
 
-def _full_logits_loss(model, input_ids, attention_mask, labels):
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+def _full_logits_loss(model, inputs, labels):
+    logits = model(**inputs).logits[:, :-1].float()
     targets = labels[:, 1:]
     n = int((targets != IGNORE).sum())
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,

@@ -38,6 +38,10 @@ def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dic
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing[0]}: it belongs to a different model or method; "
                               f"use another output.dir or train.resume=false")
+    extra = sorted(set(weights) - set(named_params))
+    if extra:
+        raise CheckpointError(f"checkpoint {path} holds {extra[0]}, which this run does not train: it belongs to a "
+                              f"different model or method; use another output.dir or train.resume=false")
     with torch.no_grad():
         for name, p in named_params.items():
             if weights[name].shape != p.shape:

@@ -15,6 +15,7 @@ import torch
 from ..config.errors import ConfigError, TrainingError
 from ..config.schema import TrainConfig
 from ..data.collate import collate
+from ..data.sampling import epoch_order
 from ..objectives.sft import causal_lm_loss
 from ..utils.seeding import rng_state
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -41,22 +42,35 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
 
 
-def micro_batches(n: int, cfg: TrainConfig, epoch: int, skip: int) -> Iterator[tuple[int, int, list[int]]]:
-    """(epoch, index in epoch, example indices) from `epoch`/`skip` on, forever."""
+def micro_batches(n: int, cfg: TrainConfig, epoch: int, skip: int,
+                  lengths: Optional[list[int]] = None) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, index in epoch, example indices) from `epoch`/`skip` on, forever (grouped by length
+    when `lengths` is given)."""
     while True:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+        order = epoch_order(n, cfg.batch_size, cfg.seed + epoch, lengths)
         for i in range(skip, math.ceil(n / cfg.batch_size)):
             yield epoch, i, order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         epoch, skip = epoch + 1, 0
 
 
+def sft_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """The default objective: next-token loss on labelled tokens, (mean loss, number of tokens)."""
+    return causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                          position_ids=batch.get("position_ids"))  # position_ids: a packed batch
+
+
 def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
           evaluate: Optional[Callable[[], dict]] = None, on_best: Optional[Callable[[], None]] = None,
-          progress: bool = False, on_step: Optional[Callable[[int], None]] = None) -> TrainResult:
+          progress: bool = False, on_step: Optional[Callable[[int], None]] = None,
+          loss_fn: Callable = sft_loss, collate_fn: Optional[Callable[[list], dict]] = None,
+          lengths: Optional[list[int]] = None) -> TrainResult:
     """Train the parameters of `model` that require grad on `examples`; checkpoints in out_dir.
 
     evaluate() returns a dict with 'eval_loss'; on_best() is called when it improves; on_step(step)
-    after every optimizer step (method schedules such as pruning).
+    after every optimizer step (method schedules such as pruning). loss_fn(model, batch) returns
+    (mean loss, number of loss terms) of a batch made by collate_fn(examples) (default: SFT's
+    next-token loss on `collate(examples, pad_id)`); micro-batches are weighted by their term counts.
+    `lengths` (one per example) groups batches by length (data.group_by_length).
     Raises TrainingError when the loss becomes NaN/inf (the last checkpoint is left as it was).
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -73,6 +87,8 @@ def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
     resumed_from = position["step"]
     sinks = default_sinks(out_dir, resumed_from, steps, progress)
     loop = _Loop(model, examples, cfg, pad_id, params, optimizer, scheduler, sinks, on_step)
+    loop.loss_fn, loop.collate_fn = loss_fn, collate_fn or (lambda items: collate(items, pad_id))
+    loop.lengths = lengths
     try:
         final = loop.run(position, steps, out_dir, evaluate, on_best)
     finally:
@@ -89,7 +105,8 @@ class _Loop:
 
     def run(self, position: dict, steps: int, out_dir: Path, evaluate, on_best) -> float:
         cfg = self.cfg
-        batches = micro_batches(len(self.examples), cfg, position["epoch"], position["batch"])
+        batches = micro_batches(len(self.examples), cfg, position["epoch"], position["batch"],
+                                getattr(self, "lengths", None))
         window, window_tokens, window_time, loss = [], 0, 0.0, float("nan")
         while position["step"] < steps:
             group = [next(batches) for _ in range(cfg.grad_accum)]
@@ -121,20 +138,24 @@ class _Loop:
         return loss
 
     def step(self, groups: list[list[int]], step: int) -> tuple[float, int]:
-        """One optimizer step over grad_accum micro-batches; loss is the token mean over all of them."""
+        """One optimizer step over grad_accum micro-batches; loss is the mean over all their loss terms
+        (tokens for SFT): each micro-batch's summed loss is back-propagated, then gradients are divided
+        by the total term count."""
         self.model.train()
-        batches = [collate([self.examples[i] for i in idx], self.pad_id) for idx in groups]
-        n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        total, tokens = 0.0, 0
-        for batch in batches:
+        total, tokens, n_terms = 0.0, 0, 0
+        for idx in groups:
+            batch = self.collate_fn([self.examples[i] for i in idx])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-                loss, n = causal_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                loss, n = self.loss_fn(self.model, batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; training stopped and the "
                                     f"last checkpoint was kept. Lower train.lr or check the data")
-            (loss * n / max(n_targets, 1)).backward()
-            total += loss.item() * n
+            (loss * n).backward()
+            total, n_terms = total + loss.item() * n, n_terms + n
             tokens += int(batch["attention_mask"].sum())
+        for p in self.params.values():
+            if p.grad is not None:
+                p.grad.div_(max(n_terms, 1))
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm)
         if not torch.isfinite(norm):
@@ -143,7 +164,7 @@ class _Loop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total / max(n_targets, 1), tokens
+        return total / max(n_terms, 1), tokens
 
     def run_eval(self, position: dict, evaluate, on_best) -> None:
         self.model.eval()

@@ -44,3 +44,41 @@ def test_loss_on_hand_made_logits_matches_definition():
     loss, n = causal_lm_loss(model, ids, torch.ones_like(ids), ids.clone())
     assert n == 1
     torch.testing.assert_close(loss, torch.tensor(float(torch.log(torch.tensor(128.0)))))
+
+
+def _wrapped_head(model):
+    """The same model, its head wrapped so that causal_lm_loss takes the checkpointed chunk path."""
+    class Head(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    model.set_output_embeddings(Head(model.get_output_embeddings()))
+    return model
+
+
+def test_fused_head_and_checkpointed_chunks_give_the_same_loss_and_grads():
+    ids, mask, labels = _batch()
+    for precision in (torch.float32, torch.bfloat16):
+        results = []
+        for model in (tiny_llama(), _wrapped_head(tiny_llama())):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+                loss, _ = causal_lm_loss(model, ids, mask, labels, chunk_size=5)
+            results.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+        (fused, fused_grads), (ref, ref_grads) = results
+        tol = 1e-6 if precision == torch.float32 else 1e-2
+        torch.testing.assert_close(fused, ref, atol=tol, rtol=tol)
+        for g, r in zip(fused_grads, ref_grads):
+            torch.testing.assert_close(g, r, atol=tol, rtol=10 * tol)
+
+
+def test_no_grad_loss_equals_training_loss():
+    model = tiny_llama()
+    ids, mask, labels = _batch()
+    with torch.no_grad():
+        evaluated, _ = causal_lm_loss(model, ids, mask, labels)
+    trained, _ = causal_lm_loss(model, ids, mask, labels)
+    torch.testing.assert_close(evaluated, trained.detach())

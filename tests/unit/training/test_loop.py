@@ -59,23 +59,26 @@ def _interrupt(output):
     raise KeyboardInterrupt
 
 
-def test_resume_after_interrupt_ends_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
+def test_resume_after_interrupt_ends_with_identical_weights(tmp_path, optimizer, monkeypatch):
+    monkeypatch.setattr("tunesmith.training.optim8bit.MIN_8BIT_SIZE", 0)  # tiny LoRA tensors in 8 bits too
+    cfg = _cfg(optimizer=optimizer)
     ex = _examples()
     torch.manual_seed(0)
     straight = _model()
-    train(straight, ex, _cfg(), tmp_path / "a", pad_id=0)
+    train(straight, ex, cfg, tmp_path / "a", pad_id=0)
 
     torch.manual_seed(0)
     first = _model()
     _after_calls(first, 2 * 4 + 1, _interrupt)  # dies in the first micro-batch of step 5
     with pytest.raises(KeyboardInterrupt):
-        train(first, ex, _cfg(), tmp_path / "b", pad_id=0)
+        train(first, ex, cfg, tmp_path / "b", pad_id=0)
     position = torch.load(tmp_path / "b/checkpoints/last/state.pt", weights_only=False)["position"]
     assert position["step"] == 4  # the interrupt saved the last finished step
 
     torch.manual_seed(123)  # as a new process: other init and RNG, all restored from the checkpoint
     resumed = _model()
-    result = train(resumed, ex, _cfg(), tmp_path / "b", pad_id=0)
+    result = train(resumed, ex, cfg, tmp_path / "b", pad_id=0)
     assert result.resumed_from == 4
     for name, value in _lora_state(straight).items():
         torch.testing.assert_close(_lora_state(resumed)[name], value, atol=0, rtol=0)

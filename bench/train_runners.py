@@ -1,0 +1,125 @@
+"""One LoRA SFT run per configuration: (seconds per step, loss per step) over the given batches.
+
+Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, constant lr, clip 1.0):
+- peft-trainer-bf16: HF PEFT + transformers Trainer with bf16=True (autocast), padded batches.
+- peft-loop-fp32 / peft-loop-bf16: HF PEFT + a plain PyTorch loop, fp32 or bf16 autocast.
+- tunesmith: tunesmith.training.train with bf16 weights (train.precision=bf16), data.packing=true;
+  the loss runs the output head only where labels are (objectives.sft).
+- tunesmith-eager: tunesmith with transformers' eager attention instead of sdpa (CPU flash
+  attention's backward is slow for short rows).
+- tunesmith-fp32w: the same with fp32 weights (autocast casts them every step).
+- tunesmith-nopack: bf16 weights, padded batches (no packing): the packing lever alone.
+"""
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import TARGETS, Hyper, set_lora_weights
+
+CONFIGS = ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
+           "tunesmith-fp32w", "tunesmith-nopack"]
+
+
+def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> dict:
+    """{'times': seconds of each step, 'losses': training loss of each step}."""
+    if config == "peft-trainer-bf16":
+        return _peft_trainer(examples, batches, hyper)
+    if config.startswith("peft-loop"):
+        return _peft_loop(examples, batches, hyper, bf16=config.endswith("bf16"))
+    weights = "float32" if config == "tunesmith-fp32w" else "bfloat16"
+    return _tunesmith(examples, batches, hyper, weights, packing=config != "tunesmith-nopack",
+                      attention="eager" if config == "tunesmith-eager" else None)
+
+
+def _peft_model(hyper: Hyper):
+    import peft
+    import tunesmith
+    model, tokenizer = tunesmith.load_model("default")
+    cfg = peft.LoraConfig(r=hyper.r, lora_alpha=hyper.alpha, lora_dropout=0.0, target_modules=TARGETS,
+                          task_type="CAUSAL_LM")
+    model = peft.get_peft_model(model, cfg)
+    set_lora_weights(model, hyper.seed)
+    return model, tokenizer
+
+
+def _peft_loop(examples, batches, hyper: Hyper, bf16: bool) -> dict:
+    from tunesmith.data import collate
+    model, tokenizer = _peft_model(hyper)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=hyper.lr)
+    times, losses = [], []
+    for idx in batches:
+        start = time.perf_counter()
+        batch = collate([examples[i] for i in idx], tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        times.append(time.perf_counter() - start)
+    return {"times": times, "losses": losses}
+
+
+def _peft_trainer(examples, batches, hyper: Hyper) -> dict:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from tunesmith.data import Example, collate
+    model, tokenizer = _peft_model(hyper)
+    rows = [{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for idx in batches for i in idx]
+
+    class Clock(TrainerCallback):
+        ends, losses, start = [], [], 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            Clock.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            Clock.ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                Clock.losses.append(float(logs["loss"]))
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(out, per_device_train_batch_size=hyper.batch_size, max_steps=len(batches),
+                                 learning_rate=hyper.lr, lr_scheduler_type="constant", weight_decay=0.0,
+                                 max_grad_norm=1.0, bf16=True, use_cpu=True, logging_steps=1, save_strategy="no",
+                                 report_to="none", disable_tqdm=True, seed=hyper.seed, optim="adamw_torch",
+                                 train_sampling_strategy="sequential", dataloader_num_workers=0,
+                                 remove_unused_columns=False)
+        pad = tokenizer.pad_token_id
+        trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[Clock()],
+                          data_collator=lambda f: collate([Example(x["input_ids"], x["labels"]) for x in f], pad))
+        trainer.train()
+    ends = [Clock.start] + Clock.ends
+    return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": Clock.losses}
+
+
+def _tunesmith(examples, batches, hyper: Hyper, weights: str, packing: bool, attention=None) -> dict:
+    import tunesmith
+    from tunesmith.config.schema import DataConfig, TrainConfig
+    from tunesmith.data.packing import batching
+    from tunesmith.methods.lora import LoraConfig
+    from tunesmith.training import train
+    model, tokenizer = tunesmith.load_model("default", dtype=weights)
+    if attention:
+        model.set_attn_implementation(attention)
+    tunesmith.apply_method(model, LoraConfig(r=hyper.r, alpha=hyper.alpha, target_modules=TARGETS))
+    set_lora_weights(model, hyper.seed)
+    cfg = TrainConfig(max_steps=len(batches), batch_size=hyper.batch_size, lr=hyper.lr, scheduler="constant",
+                      precision="bf16", log_every=1, seed=hyper.seed, resume=False, max_grad_norm=1.0)
+    data = DataConfig(packing=packing, max_length=hyper.max_length)
+    ends = []
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        train(model, examples, cfg, Path(out), tokenizer.pad_token_id, on_step=lambda s: ends.append(time.perf_counter()),
+              **batching(data, examples, tokenizer.pad_token_id))
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    ends = [start] + ends
+    return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": [r["loss"] for r in records if "loss" in r]}
