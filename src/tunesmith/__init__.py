@@ -1,5 +1,6 @@
 """tunesmith: adapt pretrained transformer language models (LoRA and more) on small machines."""
-from .api import describe, load_model, merge_to_directory
+from .api import (describe, load_model, merge_to_directory, merge_to_quantized_directory,
+                  quantize_to_directory)
 from .config.errors import (CheckpointError, ConfigError, DataError, ModelLoadError, TrainingError,
                             TunesmithError, UnsupportedModuleError)
 from .config.loader import load_config
@@ -8,5 +9,6 @@ from .methods.io import load_adapter, save_adapter
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "ModelLoadError", "TrainingError", "TunesmithError",
            "UnsupportedModuleError", "apply_method", "describe", "load_adapter", "load_config", "load_model",
-           "merge_to_directory", "method_names", "save_adapter"]
+           "merge_to_directory", "merge_to_quantized_directory", "method_names", "quantize_to_directory",
+           "save_adapter"]
 __version__ = "0.1.0"

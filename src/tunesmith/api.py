@@ -1,35 +1,46 @@
-"""The Python entry points: load a model (+ adapter), merge an adapter into a directory, describe."""
+"""The Python entry points: load a model (+ adapter), merge an adapter into a directory, quantize a
+model into a directory, describe."""
 import logging
 from pathlib import Path
 from typing import Optional
 
 from .config.errors import ConfigError
-from .methods import adapter_configs, apply_method, get_method, merge_and_unload
+from .methods import adapter_configs, apply_method, get_method, merge_adapters, merge_and_unload
 from .methods.io import load_adapter, read_adapter_config
 from .methods.registry import spec_for_peft_type
 from .models import load_base_model
-from .utils.modules import count_parameters
+from .models.quantization import (dequantize_model, quantize_model, requantization_error,
+                                  save_pretrained_quantized)
+from .utils.modules import count_parameters, quantization_schemes, weight_bytes
 
 log = logging.getLogger(__name__)
 
 
-def load_model(name_or_path: str = "default", adapter: Optional[str] = None, dtype: str = "float32"):
+def load_model(name_or_path: str = "default", adapter: Optional[str] = None, dtype: str = "float32",
+               quantize: str = "none", quant_block_size: int = 64):
     """(model, tokenizer): a transformers causal LM (a torch module returning `.logits`), with the
-    adapter in `adapter` (tunesmith or PEFT layout) applied when given."""
-    model, tokenizer = load_base_model(name_or_path, dtype)
+    adapter in `adapter` (tunesmith or PEFT layout) applied when given.
+
+    quantize: "none", "nf4" or "int8" quantizes the base's linear layers first (QLoRA adapters were
+    trained on that); a directory written by `quantize_to_directory` loads quantized as saved.
+    """
+    model, tokenizer = load_base_model(name_or_path, dtype, quantize, quant_block_size)
     if adapter:
         load_adapter(model, adapter)
     model.eval()
     return model, tokenizer
 
 
-def merge_to_directory(model_name: str, adapter: str, output: str) -> Path:
-    """Fold `adapter` into the base weights and save a plain transformers model + tokenizer."""
-    spec = spec_for_peft_type(read_adapter_config(adapter).get("peft_type", ""))
-    if not spec.can_merge:
-        raise ConfigError(f"{spec.name} adapters cannot be merged into the weights; serve them with --adapter")
-    model, tokenizer = load_model(model_name, adapter)
+def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str = "none") -> Path:
+    """Fold `adapter` into the base weights and save a plain transformers model + tokenizer.
+
+    With `quantize` (or a quantized model directory) the adapter is merged into the dequantized
+    base it was trained on (QLoRA), and everything is saved in full precision (float32).
+    """
+    _check_mergeable(adapter)
+    model, tokenizer = load_model(model_name, adapter, quantize=quantize)
     merge_and_unload(model)
+    dequantize_model(model)  # layers the adapter did not touch
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -38,10 +49,46 @@ def merge_to_directory(model_name: str, adapter: str, output: str) -> Path:
     return out
 
 
-def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None) -> dict:
-    """Model class, architecture sizes and parameter counts (with a method or adapter applied)."""
-    model, _ = load_base_model(model_name)
+def merge_to_quantized_directory(model_name: str, adapter: str, output: str, quantize: str = "none"):
+    """(directory, error): fold `adapter` into a quantized base, re-quantize the merged layers and save
+    a quantized model directory (loadable as model.name). error is `requantization_error`: what
+    re-quantizing the merged weights changed ({"layers", "max_abs", "relative"}).
+
+    Raises ConfigError when the base is not quantized (give quantize or a quantized directory).
+    """
+    _check_mergeable(adapter)
+    model, tokenizer = load_model(model_name, adapter, quantize=quantize)
+    if not quantization_schemes(model):
+        raise ConfigError(f"{model_name} is not quantized, so there is nothing to re-quantize; give "
+                          f"--quantize nf4/int8, or merge in full precision without --keep-quantized")
+    merge_adapters(model)
+    error = requantization_error(model)
+    merge_and_unload(model)  # merged in place: the quantized layers stay
+    out = save_pretrained_quantized(model, tokenizer, output)
+    log.info("merged %s into %s -> %s (re-quantization error: max %.3g, relative %.3g)", adapter,
+             model_name, out, error["max_abs"], error["relative"])
+    return out, error
+
+
+def quantize_to_directory(model_name: str, scheme: str, output: str, block_size: int = 64,
+                          dtype: str = "float32") -> dict:
+    """Quantize a base model's linear layers (not lm_head) and save a directory that load_model /
+    model.name load without re-quantizing. Returns {"path", "layers", "bytes_before", "bytes_after"}
+    (bytes of the quantized layers' weights before and after)."""
+    model, tokenizer = load_base_model(model_name, dtype)
+    report = quantize_model(model, scheme, block_size=block_size)
+    path = save_pretrained_quantized(model, tokenizer, output)
+    return {"path": path, "layers": report.num_layers, "bytes_before": report.bytes_before,
+            "bytes_after": report.bytes_after}
+
+
+def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None, quantize: str = "none",
+             quant_block_size: int = 64) -> dict:
+    """Model class, architecture sizes, parameter counts (with a method or adapter applied), the bytes
+    the base weights hold and the quantization in use."""
+    model, _ = load_base_model(model_name, quantize=quantize, quant_block_size=quant_block_size)
     _, total = count_parameters(model)
+    base_bytes = weight_bytes(model)
     if method_cfg is not None:
         apply_method(model, method_cfg)
     if adapter:
@@ -50,7 +97,9 @@ def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None) ->
     cfg = model.config
     info = {"model": model_name, "class": type(model).__name__, "layers": getattr(cfg, "num_hidden_layers", "?"),
             "hidden size": getattr(cfg, "hidden_size", "?"), "vocab size": getattr(cfg, "vocab_size", "?"),
-            "base parameters": f"{total:,}", "base weight bytes": f"{_weight_bytes(model):,}"}
+            "base parameters": f"{total:,}",
+            "base weight bytes": f"{base_bytes:,} ({base_bytes / max(4 * total, 1):.3f}x of float32)",
+            "quantization": _quantization_text(model)}
     for name, mcfg in adapter_configs(model).items():
         info[f"adapter {name}"] = f"{mcfg.name} (mergeable: {get_method(mcfg.name).can_merge})"
     if adapter_configs(model):
@@ -59,10 +108,15 @@ def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None) ->
     return info
 
 
-def _weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+def _check_mergeable(adapter: str) -> None:
+    spec = spec_for_peft_type(read_adapter_config(adapter).get("peft_type", ""))
+    if not spec.can_merge:
+        raise ConfigError(f"{spec.name} adapters cannot be merged into the weights; serve them with --adapter")
+
+
+def _quantization_text(model) -> str:
+    schemes = quantization_schemes(model)
+    if not schemes:
+        return "none"
+    kinds = ", ".join(f"{k} ({n} linear layers)" for k, n in schemes.items())
+    return f"{kinds}; other weights {next(model.parameters()).dtype}".replace("torch.", "")

@@ -39,12 +39,24 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
+    cfg = _load(args)
+    train_fn, _ = TASKS[cfg.task.type]
+    train_fn(cfg, args)
+    return 0
+
+
+def _train_sft(cfg, args) -> None:
     from ..recipes import sft
 
-    cfg = _load(args)
     metrics = sft.run(cfg, progress=sys.stderr.isatty() or args.progress)
     report.print_metrics(metrics, f"trained; adapter in {cfg.output.dir}")
-    return 0
+
+
+def _train_classify(cfg, args) -> None:
+    from ..recipes import classify
+
+    metrics = classify.run(cfg, progress=sys.stderr.isatty() or args.progress)
+    report.print_classification(metrics, f"trained; classifier and metrics in {cfg.output.dir}")
 
 
 def _train_args(p):
@@ -53,15 +65,69 @@ def _train_args(p):
 
 
 def cmd_eval(args) -> int:
+    cfg = _load(args)
+    _, eval_fn = TASKS[cfg.task.type]
+    eval_fn(cfg, args)
+    return 0
+
+
+def _eval_sft(cfg, args) -> None:
     from ..recipes import evaluate
 
-    cfg = _load(args)
     if args.base and args.adapter:
         raise ConfigError("--base scores the model without an adapter; drop --adapter or --base")
     metrics = evaluate.run(cfg, adapter=args.adapter, split=args.split, base_only=args.base)
     report.print_samples(metrics.pop("samples"), cfg.eval.show)
     report.print_metrics(metrics, f"metrics written to {cfg.output.dir}/metrics.json")
+
+
+def _eval_classify(cfg, args) -> None:
+    from ..recipes import classify
+
+    if args.base or args.adapter:
+        raise ConfigError("--base and --adapter are for task.type=sft; a classifier is read from output.dir "
+                          "(for a zero-shot prompt classifier train with task.mode=prompt task.trainable=none)")
+    metrics = classify.evaluate(cfg, split=args.split)
+    report.print_classification(metrics, f"metrics written to {cfg.output.dir}/metrics.json")
+
+
+# task.type -> (train, eval) command bodies
+TASKS = {"sft": (_train_sft, _eval_sft), "classify": (_train_classify, _eval_classify)}
+
+
+def cmd_classify(args) -> int:
+    from ..recipes import classify
+
+    texts = [args.text] if args.text else [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError("no text: give one as an argument or on stdin (one per line)")
+    run_dir = _load(args).output.dir if args.config else args.run
+    for label, prob in classify.classify_texts(run_dir, texts):
+        print(f"{label}\t{prob:.4f}")
     return 0
+
+
+def _classify_args(p):
+    p.add_argument("text", nargs="?", help="text to classify (default: read texts from stdin, one per line)")
+    p.add_argument("--run", default="runs/default", help="output.dir of a classification training run")
+    p.add_argument("--config", help="the training config instead of --run (its output.dir is used)")
+    p.set_defaults(overrides=[])
+
+
+def cmd_table(args) -> int:
+    from ..recipes import table
+
+    rows = table.run(args.spec, args.overrides, force=args.force, progress=sys.stderr.isatty())
+    spec = table.read_spec(args.spec)
+    print(table.markdown(rows, spec["columns"]))
+    print(f"table written to {spec['output']}/table.md (.csv, .json)")
+    return 0
+
+
+def _table_args(p):
+    p.add_argument("spec", help="table spec YAML: base config, rows of overrides, columns, output (see examples/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every row, e.g. model.name=...")
+    p.add_argument("--force", action="store_true", help="rerun rows that already have results")
 
 
 def _eval_args(p):
@@ -78,7 +144,7 @@ def cmd_generate(args) -> int:
     prompts = [args.prompt] if args.prompt else [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not prompts:
         raise ConfigError("no prompt: give one as an argument or on stdin (one per line)")
-    model, tokenizer = load_model(args.model, adapter=args.adapter)
+    model, tokenizer = load_model(args.model, adapter=args.adapter, quantize=args.quantize)
     inputs = prompts if args.raw else [[{"role": "user", "content": p}] for p in prompts]
     outputs = generate(model, tokenizer, inputs, args.max_new_tokens, args.sample, args.temperature, args.top_p)
     for text in outputs:
@@ -95,12 +161,19 @@ def _generate_args(p):
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
+    _quantize_arg(p, "quantize the base's linear layers first (as for a QLoRA adapter)")
 
 
 def cmd_merge(args) -> int:
-    from ..api import merge_to_directory
+    from ..api import merge_to_directory, merge_to_quantized_directory
 
-    path = merge_to_directory(args.model, args.adapter, args.output)
+    if args.keep_quantized:
+        path, err = merge_to_quantized_directory(args.model, args.adapter, args.output, args.quantize)
+        print(f"merged and re-quantized model written to {path} (load it with --model {path}); re-quantizing "
+              f"{err['layers']} layers changed their weights by at most {err['max_abs']:.3g} "
+              f"(relative Frobenius error {err['relative']:.3g})")
+        return 0
+    path = merge_to_directory(args.model, args.adapter, args.output, args.quantize)
     print(f"merged model written to {path} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
 
@@ -109,6 +182,30 @@ def _merge_args(p):
     p.add_argument("--model", default="default", help="base model")
     p.add_argument("--adapter", required=True, help="adapter directory")
     p.add_argument("--output", required=True, help="directory for the merged transformers model")
+    _quantize_arg(p, "quantize the base as in training (QLoRA) before merging; the result is float32 "
+                     "unless --keep-quantized")
+    p.add_argument("--keep-quantized", action="store_true",
+                   help="re-quantize the merged layers and write a quantized model directory, reporting the error")
+
+
+def _quantize_arg(p, help_text: str) -> None:
+    p.add_argument("--quantize", choices=["none", "nf4", "int8"], default="none", help=help_text)
+
+
+def cmd_quantize(args) -> int:
+    from ..api import quantize_to_directory
+
+    result = quantize_to_directory(args.model, args.scheme, args.output, args.block_size)
+    print(f"quantized {result['layers']} linear layers to {args.scheme}: {result['bytes_before']:,} -> "
+          f"{result['bytes_after']:,} bytes; written to {result['path']} (use it as --model or model.name)")
+    return 0
+
+
+def _quantize_args(p):
+    p.add_argument("--model", default="default", help="base model to quantize")
+    p.add_argument("--scheme", choices=["nf4", "int8"], default="nf4", help="nf4 (with double quantization) or int8")
+    p.add_argument("--block-size", type=int, default=64, help="weights per absmax scale (even; 64 as in QLoRA)")
+    p.add_argument("--output", required=True, help="directory for the quantized model")
 
 
 def cmd_info(args) -> int:
@@ -116,9 +213,14 @@ def cmd_info(args) -> int:
 
     if args.config:
         cfg = _load(args)
-        info = describe(cfg.model.name, method_cfg=cfg.method, adapter=args.adapter)
+        if args.quantize != "none" and cfg.model.quantize not in ("none", args.quantize):
+            raise ConfigError(f"--quantize {args.quantize} contradicts model.quantize={cfg.model.quantize} in "
+                              f"{args.config}; drop one of them")
+        quantize = cfg.model.quantize if args.quantize == "none" else args.quantize
+        info = describe(cfg.model.name, method_cfg=cfg.method, adapter=args.adapter, quantize=quantize,
+                        quant_block_size=cfg.model.quant_block_size)
     else:
-        info = describe(args.model, adapter=args.adapter)
+        info = describe(args.model, adapter=args.adapter, quantize=args.quantize)
     for key, value in info.items():
         print(f"{key:<22} {value}")
     return 0
@@ -129,6 +231,7 @@ def _info_args(p):
     p.add_argument("overrides", nargs="*", help="dotted overrides for the config")
     p.add_argument("--model", default="default", help="base model when no config is given")
     p.add_argument("--adapter", help="adapter directory to apply")
+    _quantize_arg(p, "quantize the base's linear layers (default: none, or model.quantize of the config)")
 
 
 def cmd_methods(args) -> int:
@@ -175,8 +278,11 @@ COMMANDS = {
     "eval": (cmd_eval, _eval_args, "score a model (+ adapter) on the config's held-out data"),
     "generate": (cmd_generate, _generate_args, "generate text from a prompt (argument or stdin)"),
     "merge": (cmd_merge, _merge_args, "merge an adapter into the base and save a transformers directory"),
-    "info": (cmd_info, _info_args, "model, parameter counts and trainable counts"),
+    "info": (cmd_info, _info_args, "model, parameter counts, trainable counts, weight bytes and quantization"),
+    "quantize": (cmd_quantize, _quantize_args, "quantize a base model (nf4/int8) into a directory that loads as is"),
     "methods": (cmd_methods, lambda p: None, "list the registered fine-tuning methods"),
     "compare": (cmd_compare, _compare_args, "train several methods on one task and tabulate the results"),
     "quickstart": (cmd_quickstart, _quickstart_args, "fine-tune the embedded model on the built-in task, before/after"),
+    "classify": (cmd_classify, _classify_args, "label texts (argument or stdin) with a trained classifier"),
+    "table": (cmd_table, _table_args, "run a config with several override sets and tabulate the metrics"),
 }

@@ -10,10 +10,17 @@ from .fields import opt
 class ModelConfig:
     name: str = opt("default", "base model: 'default' (embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a cached HF id")
     dtype: str = opt("float32", "weights dtype: float32 or bfloat16")
+    quantize: str = opt("none", "store the frozen linear weights quantized (QLoRA): none, nf4 (4-bit NormalFloat + double quant) or int8")
+    quant_block_size: int = opt(64, "weights sharing one absmax scale when model.quantize is set; 64 is the QLoRA value")
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.quantize not in ("none", "nf4", "int8"):
+            raise ConfigError(f"model.quantize must be none, nf4 or int8, got {self.quantize!r}")
+        if self.quant_block_size < 2 or self.quant_block_size % 2:
+            raise ConfigError(f"model.quant_block_size must be an even number >= 2 (two 4-bit codes share a "
+                              f"byte), got {self.quant_block_size}; use 64")
 
 
 @dataclass
@@ -34,8 +41,23 @@ class DataConfig:
     completion_only: bool = opt(True, "compute the loss on response tokens only (instruction and chat formats)")
     system_prompt: Optional[str] = opt(None, "system message put before every instruction/chat example")
     limit: Optional[int] = opt(None, "use only the first N training records (quick experiments)")
+    packing: bool = opt(False, "pack each micro-batch's examples into rows of up to data.max_length tokens, "
+                                "each example attending only to itself (less padding, same loss)")
+    group_by_length: bool = opt(False, "batch examples of similar length together (less padding; still each "
+                                       "example once per epoch)")
+    file_type: str = opt("auto", "file type when the name does not tell: auto (from the suffix), jsonl, json, csv, tsv, parquet or txt")
+    columns: list = opt([], "column names of a CSV/TSV file without a header row, e.g. [label, text]")
+    text_field: str = opt("text", "classification: field holding the text")
+    text_pair_field: Optional[str] = opt(None, "classification: field holding an optional second text (pairs)")
+    label_field: str = opt("label", "classification: field holding the label")
+    balance: str = opt("none", "classification: none; undersample (drop majority records at random before splitting, "
+                               "so every split is balanced); oversample (repeat minority training records after splitting)")
 
     def __post_init__(self):
+        if self.file_type not in ("auto", "jsonl", "json", "csv", "tsv", "parquet", "txt"):
+            raise ConfigError(f"data.file_type must be auto, jsonl, json, csv, tsv, parquet or txt, got {self.file_type!r}")
+        if self.balance not in ("none", "undersample", "oversample"):
+            raise ConfigError(f"data.balance must be none, undersample or oversample, got {self.balance!r}")
         if self.format not in ("auto", "text", "instruction", "chat"):
             raise ConfigError(f"data.format must be auto, text, instruction or chat, got {self.format!r}")
         if self.max_length < 8:
@@ -61,6 +83,7 @@ class TrainConfig:
     save_every: int = opt(0, "write a resumable checkpoint every N steps (0: only at eval and the end)")
     log_every: int = opt(10, "write metrics every N steps")
     resume: bool = opt(True, "continue from output.dir/checkpoints/last when it exists")
+    optimizer: str = opt("adamw", "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)")
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum"):
@@ -70,6 +93,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.scheduler not in ("linear", "cosine", "constant"):
             raise ConfigError(f"train.scheduler must be linear, cosine or constant, got {self.scheduler!r}")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ConfigError(f"train.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
         if self.max_steps < 0 or self.epochs <= 0:
@@ -87,6 +112,66 @@ class EvalConfig:
     show: int = opt(3, "sample generations to print")
 
 
+TASK_MODES = ("head", "features", "prompt", "icl")
+TRAINABLE = ("head", "last_block", "last_two_blocks", "all", "method", "none")
+ICL_SELECTIONS = ("random", "similar", "vote_k", "mdl")
+
+
+@dataclass
+class TaskConfig:
+    type: str = opt("sft", "sft (language modelling, instruction tuning) or classify (labelled text)")
+    mode: str = opt("head", "classify: head (classification head on the model), features (frozen embeddings -> "
+                            "scikit-learn), prompt (label words at an answer slot) or icl (k-shot prompting, no training)")
+    pooling: str = opt("auto", "token the head or features read: last (last real token), first, mean, or auto "
+                               "(last for decoders, first for encoders)")
+    trainable: str = opt("last_block", "head/prompt modes: what trains: head (head only), last_block or last_two_blocks "
+                                       "(+ final norm + head), all, method (the method section, + head) or none")
+    labels: list = opt([], "class order; empty: the sorted labels of the training split")
+    class_weights: bool = opt(False, "weight the loss by inverse class frequency, n / (classes * count)")
+    cache_frozen: bool = opt(True, "run the frozen lower blocks once per example and reuse their output every epoch "
+                                   "(used only where checked exact on the first batch, e.g. Llama-family models)")
+    feature_layer: int = opt(-1, "features mode: hidden-state layer to read (0 = embeddings, -1 = last)")
+    feature_classifier: str = opt("logreg", "features mode: logreg (logistic regression) or mlp (small MLP)")
+    feature_c: float = opt(1.0, "features mode: inverse regularisation strength C of the logistic regression")
+    template: str = opt("{text} This message is {answer}", "prompt/icl modes: template with {text} (optional "
+                                                           "{text_pair}) and the answer slot {answer}")
+    label_words: dict = opt({}, "prompt/icl modes: label -> word put at the answer slot, e.g. {spam: spam, ham: normal}")
+    multi_token: bool = opt(True, "prompt/icl modes: allow label words of several tokens (scored by their joint "
+                                  "probability); false makes them an error")
+    demonstrations: str = opt("none", "prompt mode: none, random or similar: one training example per class put "
+                                      "before the input, with its label word (LM-BFF)")
+    icl_shots: int = opt(4, "icl mode: demonstrations per prompt (k)")
+    icl_selection: str = opt("random", "icl mode: random, similar (top-k by embedding), vote_k or mdl")
+    icl_pool: int = opt(16, "icl mode, vote_k: examples vote-k selects, the pool each prompt's demonstrations come from")
+    icl_candidates: int = opt(4, "icl mode, mdl: candidate demonstration sets per input; the one with the lowest "
+                                 "label entropy (description length) is used")
+
+    def __post_init__(self):
+        _choice("task.type", self.type, ("sft", "classify"))
+        _choice("task.mode", self.mode, TASK_MODES)
+        _choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
+        _choice("task.trainable", self.trainable, TRAINABLE)
+        _choice("task.feature_classifier", self.feature_classifier, ("logreg", "mlp"))
+        _choice("task.demonstrations", self.demonstrations, ("none", "random", "similar"))
+        _choice("task.icl_selection", self.icl_selection, ICL_SELECTIONS)
+        if "{answer}" not in self.template or "{text}" not in self.template:
+            raise ConfigError(f"task.template must contain the input slot {{text}} and the answer slot {{answer}}, "
+                              f"got {self.template!r}; e.g. '{{text}} It was {{answer}}.'")
+        if not isinstance(self.label_words, dict):
+            raise ConfigError(f"task.label_words must map labels to words, e.g. {{spam: spam, ham: normal}}, "
+                              f"got {self.label_words!r}")
+        self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
+        self.labels = [str(x) for x in self.labels]
+        for key in ("icl_shots", "icl_pool", "icl_candidates"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"task.{key} must be >= 1, got {getattr(self, key)}")
+
+
+def _choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 @dataclass
 class OutputConfig:
     dir: str = opt("runs/default", "output directory: adapter (PEFT layout), checkpoints, metrics, plots")
@@ -100,7 +185,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "output": OutputConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "output": OutputConfig,
+            "task": TaskConfig}
 Number = Union[int, float]

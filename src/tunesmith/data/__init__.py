@@ -29,15 +29,15 @@ def load_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
     """
     if not cfg.train:
         raise DataError("data.train is not set: give a training file (JSONL, JSON, CSV, TSV, Parquet)")
-    train = read_records(cfg.train)
+    train = read_records(cfg.train, cfg.file_type, cfg.columns)
     if cfg.limit:
         train = train[: cfg.limit]
     if cfg.eval is None and cfg.test is None:
         train, val, test = split_records(train, cfg.split, seed)
         log.info("split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed)
     else:
-        val = read_records(cfg.eval) if cfg.eval else []
-        test = read_records(cfg.test) if cfg.test else []
+        val = read_records(cfg.eval, cfg.file_type, cfg.columns) if cfg.eval else []
+        test = read_records(cfg.test, cfg.file_type, cfg.columns) if cfg.test else []
     parts = []
     for name, records in (("train", train), ("eval", val), ("test", test)):
         examples, stats = encode_records(records, tokenizer, cfg.format, cfg.max_length, cfg.completion_only,

@@ -11,18 +11,26 @@ from ..config.errors import DataError
 SOURCE = "_source"
 
 
-def read_records(path) -> list[dict]:
-    """All records of a data file as dicts. Raises DataError for a missing, unreadable or empty file."""
+def read_records(path, file_type: str = "auto", columns=()) -> list[dict]:
+    """All records of a data file as dicts. Raises DataError for a missing, unreadable or empty file.
+
+    file_type overrides the suffix (e.g. "tsv" for a file named without one); columns names the
+    fields of a CSV/TSV file that has no header row.
+    """
     p = Path(path)
     if p.is_dir():
         return _read_hf_dataset(p)
     if not p.is_file():
         raise DataError(f"data file not found: {path}")
-    suffix = p.suffix.lower()
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_csv,
-               ".parquet": _read_parquet, ".txt": _read_text}
+    suffix = p.suffix.lower() if file_type == "auto" else "." + file_type
+    columns = list(columns)
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": lambda q: _read_csv(q, False, columns),
+               ".tsv": lambda q: _read_csv(q, True, columns), ".parquet": _read_parquet, ".txt": _read_text}
     if suffix not in readers:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt")
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt, "
+                        f"or set data.file_type")
+    if columns and suffix not in (".csv", ".tsv"):
+        raise DataError(f"{path}: data.columns names the fields of a header-less CSV/TSV file, but this is {suffix}")
     records = readers[suffix](p)
     if not records:
         raise DataError(f"{path}: no records found (the file is empty)")
@@ -55,14 +63,15 @@ def _read_json(p: Path) -> list[dict]:
     return [_as_record(obj, f"{p}:record {i + 1}") for i, obj in enumerate(data)]
 
 
-def _read_csv(p: Path) -> list[dict]:
-    tsv = p.suffix.lower() == ".tsv"
+def _read_csv(p: Path, tsv: bool = False, columns=None) -> list[dict]:
     with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        reader = csv.DictReader(f, fieldnames=columns or None, delimiter="\t" if tsv else ",",
+                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
         records = []
         for row in reader:
             if None in row:
-                raise DataError(f"{p}:{reader.line_num}: more fields than the header has")
+                raise DataError(f"{p}:{reader.line_num}: more fields than {'data.columns' if columns else 'the header'} "
+                                f"names ({len(reader.fieldnames)})")
             records.append({**row, SOURCE: f"{p}:{reader.line_num}"})
     return records
 

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: RunConfig):
     """(model with cfg.method applied, tokenizer)."""
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype)
+    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
+                                       cfg.model.quant_block_size)
     apply_method(model, cfg.method)
     trainable, total = count_parameters(model)
     log.info("method %s: trainable params %s of %s (%.3f%%)", cfg.method.name, f"{trainable:,}", f"{total:,}",

@@ -25,7 +25,8 @@ def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test", base
     """
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype)
+    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
+                                       cfg.model.quant_block_size)
     if base_only:
         adapter = None
     elif adapter is None and (out / CONFIG_NAME).is_file():

@@ -37,7 +37,8 @@ def run(config_path=None, overrides: Sequence[str] = (), progress: bool = True) 
     out = Path(cfg.output.dir)
     paths = write_task_data(out / "data")
     cfg.data.train, cfg.data.eval, cfg.data.test = paths["train"], paths["eval"], paths["test"]
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype)
+    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
+                                       cfg.model.quant_block_size)
     test = load_splits(cfg.data, tokenizer, cfg.train.seed).test
     log.info("scoring the base model zero-shot on %d held-out examples", min(len(test), cfg.eval.limit or len(test)))
     zero_shot, before = generation_scores(model, tokenizer, test, cfg)

@@ -6,7 +6,9 @@ from pathlib import Path
 from ..config.schema import RunConfig
 from ..config.loader import save_config
 from ..data import load_splits
+from ..data.packing import batching
 from ..evaluation import mean_loss
+from ..methods import get_method
 from ..methods.io import save_adapter
 from ..methods.registry import run_step_hooks
 from ..training import train
@@ -35,7 +37,8 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     evaluate = (lambda: {"eval_loss": mean_loss(model, splits.eval, pad, cfg.eval.batch_size)}) if splits.eval else None
     result = train(model, splits.train, cfg.train, out, pad, evaluate=evaluate,
                    on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name), progress=progress,
-                   on_step=lambda step: run_step_hooks(model, step))
+                   on_step=lambda step: run_step_hooks(model, step),
+                   **batching(cfg.data, splits.train, pad, get_method(cfg.method.name).is_prompt_based))
     save_adapter(model, out, base_model=cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     trainable, total = count_parameters(model)

@@ -1,0 +1,119 @@
+"""Text classification: train (or fit) a classifier in one of four modes, evaluate, classify new text.
+
+Modes (task.mode), each a (fit, load) pair in MODES:
+  head      a linear head on the model's last/first token (classify_head.py)
+  features  frozen embeddings -> scikit-learn logistic regression or MLP (feature_based.py)
+  prompt    label words scored at a template's answer slot, zero-shot or fine-tuned (prompt_based.py)
+  icl       k-shot prompting with chosen demonstrations; nothing trains (icl.py)
+A mode's fit(cfg, splits, out, progress) returns (predictor, info); load(cfg, out, labels) returns
+the predictor again from out. A predictor has `labels` and `predict_proba(examples) -> (N, K)`.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from ..config.errors import CheckpointError, DataError
+from ..config.loader import load_config, save_config
+from ..config.schema import RunConfig
+from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
+from ..evaluation.classification import classification_metrics, plot_confusion
+from ..utils.files import atomic_write_text
+from ..utils.seeding import seed_everything
+from . import classify_head, feature_based, icl, prompt_based
+
+log = logging.getLogger(__name__)
+LABELS_FILE = "classifier.json"
+MODES = {
+    "head": (classify_head.fit_head, classify_head.load_head),
+    "features": (feature_based.fit_features, feature_based.load_features),
+    "prompt": (prompt_based.fit_prompt, prompt_based.load_prompt),
+    "icl": (icl.fit_icl, icl.load_icl),
+}
+
+
+def run(cfg: RunConfig, progress: bool = False) -> dict:
+    """Fit cfg.task.mode on the training split and score every split; returns the metrics.
+
+    Writes to output.dir: config.yaml, classifier.json (mode, labels), the mode's trained state,
+    metrics.json (test metrics as accuracy / macro_f1 / per_class / confusion, plus train_, val_ and
+    test_accuracy and timings), confusion.png and, when the loop ran, metrics.jsonl and checkpoints.
+    """
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    splits = load_labelled_splits(cfg.data, cfg.train.seed, cfg.task.labels)
+    fit_fn, _ = MODES[cfg.task.mode]
+    predictor, info = fit_fn(cfg, splits, out, progress)
+    atomic_write_text(out / LABELS_FILE, json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2))
+    metrics = {"mode": cfg.task.mode, **info}
+    scored = {}
+    # Untrained modes (zero-shot prompts, icl) have nothing to select on validation data and no
+    # training fit to report: they score the test split only (each pass over a split costs minutes).
+    trained = info.get("trained", True)
+    parts = (("train", splits.train if trained else []), ("val", splits.eval if trained else []), ("test", splits.test))
+    for name, part in parts:
+        if part:
+            scored[name] = score(predictor, part)
+            metrics[f"{name}_accuracy"] = scored[name]["accuracy"]
+            metrics[f"{name}_macro_f1"] = scored[name]["macro_f1"]
+    if not scored:
+        raise DataError("nothing to score: the test split is empty; set data.test or data.split fractions that leave one")
+    held_out = "test" if "test" in scored else "val" if "val" in scored else "train"
+    metrics.update(split=held_out, **scored[held_out])
+    _write(out, metrics, splits.labels)
+    return metrics
+
+
+def evaluate(cfg: RunConfig, split: str = "test") -> dict:
+    """Metrics of the classifier trained in output.dir on `split` (test, eval or train) of cfg.data;
+    written to output.dir/metrics.json. Raises DataError for labels the classifier never saw."""
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output.dir)
+    predictor = load_predictor(cfg)
+    splits = load_labelled_splits(cfg.data, cfg.train.seed, predictor.labels)
+    examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
+    if not examples:
+        raise DataError(f"the {split} split is empty: set data.{split} or use data.split fractions that leave one")
+    check_known_labels(examples, predictor.labels, split)
+    metrics = {"split": split, "mode": cfg.task.mode, **score(predictor, examples)}
+    _write(out, metrics, predictor.labels)
+    return metrics
+
+
+def load_predictor(cfg: RunConfig):
+    """The classifier trained in cfg.output.dir (mode and labels from its classifier.json)."""
+    out = Path(cfg.output.dir)
+    path = out / LABELS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{out} holds no trained classifier ({LABELS_FILE} is missing): run "
+                              f"`tunesmith train CONFIG.yaml` with task.type=classify first")
+    saved = json.loads(path.read_text())
+    _, load_fn = MODES[saved["mode"]]
+    return load_fn(cfg, out, saved["labels"])
+
+
+def classify_texts(run_dir: str, texts: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, float]]:
+    """(label, probability) for each text, with the classifier trained in run_dir (its config.yaml)."""
+    from ..methods import config_classes
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise CheckpointError(f"{run_dir} is not a classification run: config.yaml is missing")
+    cfg = load_config(str(config), [*overrides, f"output.dir={run_dir}"], config_classes())
+    predictor = load_predictor(cfg)
+    probs = predictor.predict_proba([LabelledExample(t, "") for t in texts])
+    return [(predictor.labels[int(i)], float(p[i])) for p, i in zip(probs, probs.argmax(1))]
+
+
+def score(predictor, examples: list) -> dict:
+    probs = predictor.predict_proba(examples)
+    y_true = [predictor.labels.index(e.label) for e in examples]
+    return classification_metrics(y_true, probs.argmax(1).tolist(), predictor.labels)
+
+
+def _write(out: Path, metrics: dict, labels: list) -> None:
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    plot_confusion(metrics["confusion"], labels, out / "confusion.png",
+                   f"{metrics.get('split', '')} accuracy {metrics['accuracy']:.3f}")
