@@ -1,4 +1,5 @@
 """The CLI end to end on a tiny model directory: train three steps, eval, generate, merge, info, errors."""
+import csv
 import io
 import json
 
@@ -98,3 +99,20 @@ def test_adapter_for_another_base_names_the_mismatched_tensor(run_dir, capsys):
     other = save_tiny_model(run_dir / "other", tiny_llama(hidden_size=32, intermediate_size=64))
     assert main(["generate", "--model", str(other), "--adapter", str(run_dir / "out"), "hi"]) == 2
     assert "lora_A.weight has shape" in capsys.readouterr().err
+
+
+def test_compare_tabulates_each_method_with_its_own_overrides(run_dir, capsys):
+    out = run_dir / "cmp"
+    assert main(["compare", str(run_dir / "cfg.yaml"), "train.max_steps=2", "--methods", "lora,ia3",
+                 "--set", "ia3:train.lr=0.05", "--output", str(out)]) == 0
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["method"] for r in rows] == ["lora", "ia3"]
+    assert all(float(r["value"]) >= 0 and int(r["trainable_params"]) > 0 for r in rows)
+    assert yaml.safe_load((out / "ia3/config.yaml").read_text())["train"]["lr"] == 0.05
+    assert yaml.safe_load((out / "lora/config.yaml").read_text())["train"]["lr"] == 0.01
+    assert (out / "compare.png").stat().st_size > 0 and "| ia3 |" in (out / "compare.md").read_text()
+
+
+def test_compare_rejects_an_override_for_a_method_not_compared(run_dir, capsys):
+    assert main(["compare", str(run_dir / "cfg.yaml"), "--methods", "lora", "--set", "ia3:train.lr=0.05"]) == 2
+    assert "'ia3' is not among --methods" in capsys.readouterr().err

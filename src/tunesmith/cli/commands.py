@@ -260,7 +260,7 @@ def cmd_compare(args) -> int:
     if not methods:
         raise ConfigError("--methods is empty; give names from `tunesmith methods`, e.g. lora,ia3")
     out = args.output or str(_load(args).output.dir) + "/compare"
-    rows = compare.run(args.config, methods, args.overrides, out, args.metric)
+    rows = compare.run(args.config, methods, args.overrides, out, args.metric, args.set)
     print(compare.markdown_table(rows))
     print(f"table, CSV and plot written to {out}")
     return 0
@@ -270,6 +270,8 @@ def _compare_args(p):
     _config_args(p)
     p.add_argument("--methods", required=True, help="comma-separated method names, e.g. lora,ia3,adapter")
     p.add_argument("--metric", default="exact_match", help="metrics.json key to tabulate (e.g. test_loss)")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="an override for one method only, e.g. --set prompt_tuning:train.lr=3e-2 (repeatable)")
     p.add_argument("--output", help="report directory (default: <output.dir>/compare)")
 
 

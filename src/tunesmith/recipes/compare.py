@@ -13,21 +13,38 @@ from typing import Sequence
 
 import yaml
 
-from ..config.errors import TrainingError
+from ..config.errors import ConfigError, TrainingError
 from ..methods import get_method
 
 log = logging.getLogger(__name__)
 COLUMNS = ["method", "metric", "value", "trainable_params", "trainable_pct", "train_seconds", "peak_rss_mb"]
 
 
-def run(config_path: str, methods: Sequence[str], overrides: Sequence[str], out_dir: str, metric: str) -> list[dict]:
-    """Run `tunesmith train` once per method; returns one row per method and writes the report."""
+def run(config_path: str, methods: Sequence[str], overrides: Sequence[str], out_dir: str, metric: str,
+        method_overrides: Sequence[str] = ()) -> list[dict]:
+    """Run `tunesmith train` once per method; returns one row per method and writes the report.
+
+    method_overrides: "METHOD:key=value" items applied to that method only (after `overrides`),
+    e.g. a learning rate that suits it."""
     for name in methods:
         get_method(name)  # unknown names fail before any training starts
+    own = _per_method(method_overrides, methods)
     out = Path(out_dir)
-    rows = [_run_one(config_path, name, overrides, out / name, metric) for name in methods]
+    rows = [_run_one(config_path, name, [*overrides, *own[name]], out / name, metric) for name in methods]
     write_report(rows, out)
     return rows
+
+
+def _per_method(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
+    own = {name: [] for name in methods}
+    for item in items:
+        name, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            raise ConfigError(f"--set {item!r}: expected METHOD:key=value, e.g. prompt_tuning:train.lr=3e-2")
+        if name not in own:
+            raise ConfigError(f"--set {item!r}: {name!r} is not among --methods ({', '.join(methods)})")
+        own[name].append(override)
+    return own
 
 
 def _run_one(config_path: str, method: str, overrides: Sequence[str], run_dir: Path, metric: str) -> dict:
