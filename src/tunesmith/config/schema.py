@@ -1,9 +1,19 @@
 """The config schema: one dataclass per concern (model, method, data, train, eval, output)."""
+import logging
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..utils.hardware import has_native_bf16
 from .errors import ConfigError
 from .fields import opt
+
+log = logging.getLogger(__name__)
+
+
+def _warn_if_bf16_is_emulated(setting: str) -> None:
+    if not has_native_bf16():
+        log.warning("%s: this CPU has no native bf16 instructions, so bf16 matmuls are emulated and run "
+                    "many times slower than fp32; use train.precision=auto (or fp32) here", setting)
 
 
 @dataclass
@@ -16,6 +26,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype == "bfloat16":
+            _warn_if_bf16_is_emulated("model.dtype=bfloat16")
         if self.quantize not in ("none", "nf4", "int8"):
             raise ConfigError(f"model.quantize must be none, nf4 or int8, got {self.quantize!r}")
         if self.quant_block_size < 2 or self.quant_block_size % 2:
@@ -78,7 +90,8 @@ class TrainConfig:
     scheduler: str = opt("linear", "learning-rate decay after warm-up: linear, cosine or constant")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping")
     seed: int = opt(42, "seed for initialisation, shuffling, dropout and splits")
-    precision: str = opt("fp32", "fp32, or bf16 (autocast on CPU; weights stay fp32)")
+    precision: str = opt("auto", "fp32, bf16 (autocast on CPU; weights stay fp32) or auto (bf16 where the CPU "
+                                 "has native bf16 instructions, else fp32; the saved config shows the choice)")
     eval_every: int = opt(0, "run validation every N steps (0: only at the end)")
     save_every: int = opt(0, "write a resumable checkpoint every N steps (0: only at eval and the end)")
     log_every: int = opt(10, "write metrics every N steps")
@@ -95,8 +108,12 @@ class TrainConfig:
             raise ConfigError(f"train.scheduler must be linear, cosine or constant, got {self.scheduler!r}")
         if self.optimizer not in ("adamw", "adamw8bit"):
             raise ConfigError(f"train.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision == "auto":
+            self.precision = "bf16" if has_native_bf16() else "fp32"
+        elif self.precision == "bf16":
+            _warn_if_bf16_is_emulated("train.precision=bf16")
         if self.max_steps < 0 or self.epochs <= 0:
             raise ConfigError(f"train.max_steps must be >= 0 and train.epochs > 0, got {self.max_steps}, {self.epochs}")
 

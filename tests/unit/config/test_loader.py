@@ -2,6 +2,7 @@ import pytest
 
 from tunesmith.config.errors import ConfigError
 from tunesmith.config.loader import load_config
+from tunesmith.config.schema import TrainConfig
 from tunesmith.methods import config_classes
 from tunesmith.methods.lora import LoraConfig
 
@@ -58,3 +59,16 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(_write(tmp_path, "train: [unclosed"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_with_native_bf16(monkeypatch, native):
+    monkeypatch.setattr("tunesmith.config.schema.has_native_bf16", lambda: native)
+    assert TrainConfig().precision == ("bf16" if native else "fp32")
+    assert TrainConfig(precision="fp32").precision == "fp32"
+
+
+def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
+    monkeypatch.setattr("tunesmith.config.schema.has_native_bf16", lambda: False)
+    assert TrainConfig(precision="bf16").precision == "bf16"
+    assert "no native bf16 instructions" in caplog.text
