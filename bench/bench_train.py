@@ -17,11 +17,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (Hyper, batch_order, emit, instruction_examples, lora_step_flops, machine, median,  # noqa: E402
                     peak_gemm, peak_rss_mb, run_child, set_threads, table, text_examples)
 
-REFERENCE = "peft-trainer-bf16"
-DEFAULT = {"a": ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
-                 "tunesmith-fp32w", "tunesmith-nopack"],
-           "b": ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
-                 "tunesmith-fp32w"]}
+from tunesmith.utils.hardware import has_native_bf16  # noqa: E402
+
+# Without native bf16 instructions the bf16 configurations would measure PyTorch's emulation, so
+# the comparison runs in fp32 (reference: PEFT + Trainer in fp32).
+PRECISION = "bf16" if has_native_bf16() else "fp32"
+REFERENCE = f"peft-trainer-{PRECISION}"
+DEFAULT = {"bf16": {"a": ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
+                          "tunesmith-fp32w", "tunesmith-nopack"],
+                    "b": ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
+                          "tunesmith-fp32w"]},
+           "fp32": {"a": ["peft-trainer-fp32", "peft-loop-fp32", "tunesmith-fp32", "tunesmith-fp32-nopack"],
+                    "b": ["peft-trainer-fp32", "peft-loop-fp32", "tunesmith-fp32"]}}[PRECISION]
 
 
 def child(config: str, case: str, steps: int, warmup: int) -> None:
@@ -63,9 +70,9 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
         rows.append([r["config"], median(r["times"]), s["tok_s"], s["tok_s"] / base["tok_s"] if base else "-",
                      round(s["rss"]), s["rss"] / base["rss"] if base else "-", round(s["loss"], 4),
                      f"{100 * (s['loss'] / base['loss'] - 1):+.2f}%" if base else "-",
-                     s["flop_s"] / 1e9, f"{100 * s['flop_s'] / peak['bf16']:.0f}%"])
+                     s["flop_s"] / 1e9, f"{100 * s['flop_s'] / peak[PRECISION]:.0f}%"])
     headers = ["config", "median step s", "useful tok/s", f"x {REFERENCE}", "peak RSS MB", "RSS ratio",
-               "mean loss", "loss vs ref", "model GFLOP/s", "MFU (bf16 peak)"]
+               "mean loss", "loss vs ref", "model GFLOP/s", f"MFU ({PRECISION} peak)"]
     text = table(headers, rows)
     if ref is not None:
         per_token = sum(ref["flops"]) / sum(ref["tokens"])

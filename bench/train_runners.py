@@ -9,6 +9,8 @@ Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, con
   attention's backward is slow for short rows).
 - tunesmith-fp32w: the same with fp32 weights (autocast casts them every step).
 - tunesmith-nopack: bf16 weights, padded batches (no packing): the packing lever alone.
+- peft-trainer-fp32 / tunesmith-fp32 / tunesmith-fp32-nopack: the same in fp32 throughout, for CPUs
+  without native bf16 instructions (there PyTorch emulates bf16 matmuls, hundreds of times slower).
 """
 import json
 import tempfile
@@ -20,18 +22,19 @@ import torch
 from common import TARGETS, Hyper, set_lora_weights
 
 CONFIGS = ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
-           "tunesmith-fp32w", "tunesmith-nopack"]
+           "tunesmith-fp32w", "tunesmith-nopack", "peft-trainer-fp32", "tunesmith-fp32", "tunesmith-fp32-nopack"]
 
 
 def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> dict:
     """{'times': seconds of each step, 'losses': training loss of each step}."""
-    if config == "peft-trainer-bf16":
-        return _peft_trainer(examples, batches, hyper)
+    if config.startswith("peft-trainer"):
+        return _peft_trainer(examples, batches, hyper, bf16=config.endswith("bf16"))
     if config.startswith("peft-loop"):
         return _peft_loop(examples, batches, hyper, bf16=config.endswith("bf16"))
-    weights = "float32" if config == "tunesmith-fp32w" else "bfloat16"
-    return _tunesmith(examples, batches, hyper, weights, packing=config != "tunesmith-nopack",
-                      attention="eager" if config == "tunesmith-eager" else None)
+    fp32 = config.startswith("tunesmith-fp32")
+    return _tunesmith(examples, batches, hyper, weights="float32" if fp32 else "bfloat16",
+                      precision="fp32" if fp32 and config != "tunesmith-fp32w" else "bf16",
+                      packing=not config.endswith("nopack"), attention="eager" if config == "tunesmith-eager" else None)
 
 
 def _peft_model(hyper: Hyper):
@@ -66,7 +69,7 @@ def _peft_loop(examples, batches, hyper: Hyper, bf16: bool) -> dict:
     return {"times": times, "losses": losses}
 
 
-def _peft_trainer(examples, batches, hyper: Hyper) -> dict:
+def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from tunesmith.data import Example, collate
@@ -89,7 +92,7 @@ def _peft_trainer(examples, batches, hyper: Hyper) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(out, per_device_train_batch_size=hyper.batch_size, max_steps=len(batches),
                                  learning_rate=hyper.lr, lr_scheduler_type="constant", weight_decay=0.0,
-                                 max_grad_norm=1.0, bf16=True, use_cpu=True, logging_steps=1, save_strategy="no",
+                                 max_grad_norm=1.0, bf16=bf16, use_cpu=True, logging_steps=1, save_strategy="no",
                                  report_to="none", disable_tqdm=True, seed=hyper.seed, optim="adamw_torch",
                                  train_sampling_strategy="sequential", dataloader_num_workers=0,
                                  remove_unused_columns=False)
@@ -101,7 +104,7 @@ def _peft_trainer(examples, batches, hyper: Hyper) -> dict:
     return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": Clock.losses}
 
 
-def _tunesmith(examples, batches, hyper: Hyper, weights: str, packing: bool, attention=None) -> dict:
+def _tunesmith(examples, batches, hyper: Hyper, weights: str, precision: str, packing: bool, attention=None) -> dict:
     import tunesmith
     from tunesmith.config.schema import DataConfig, TrainConfig
     from tunesmith.data.packing import batching
@@ -113,7 +116,7 @@ def _tunesmith(examples, batches, hyper: Hyper, weights: str, packing: bool, att
     tunesmith.apply_method(model, LoraConfig(r=hyper.r, alpha=hyper.alpha, target_modules=TARGETS))
     set_lora_weights(model, hyper.seed)
     cfg = TrainConfig(max_steps=len(batches), batch_size=hyper.batch_size, lr=hyper.lr, scheduler="constant",
-                      precision="bf16", log_every=1, seed=hyper.seed, resume=False, max_grad_norm=1.0)
+                      precision=precision, log_every=1, seed=hyper.seed, resume=False, max_grad_norm=1.0)
     data = DataConfig(packing=packing, max_length=hyper.max_length)
     ends = []
     with tempfile.TemporaryDirectory() as out:

@@ -116,3 +116,12 @@ def test_compare_tabulates_each_method_with_its_own_overrides(run_dir, capsys):
 def test_compare_rejects_an_override_for_a_method_not_compared(run_dir, capsys):
     assert main(["compare", str(run_dir / "cfg.yaml"), "--methods", "lora", "--set", "ia3:train.lr=0.05"]) == 2
     assert "'ia3' is not among --methods" in capsys.readouterr().err
+
+
+def test_compare_keeps_going_past_a_method_that_does_not_apply(run_dir, capsys):
+    out = run_dir / "cmp"
+    assert main(["compare", str(run_dir / "cfg.yaml"), "train.max_steps=1", "--methods", "bitfit,lora",
+                 "--output", str(out)]) == 1
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert rows[0]["value"].startswith("failed: ") and "bias" in rows[0]["value"]
+    assert rows[1]["method"] == "lora" and int(rows[1]["trainable_params"]) > 0

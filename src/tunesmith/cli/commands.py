@@ -263,7 +263,7 @@ def cmd_compare(args) -> int:
     rows = compare.run(args.config, methods, args.overrides, out, args.metric, args.set)
     print(compare.markdown_table(rows))
     print(f"table, CSV and plot written to {out}")
-    return 0
+    return 1 if any(compare.failed(r) for r in rows) else 0
 
 
 def _compare_args(p):

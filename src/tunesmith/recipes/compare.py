@@ -13,7 +13,7 @@ from typing import Sequence
 
 import yaml
 
-from ..config.errors import ConfigError, TrainingError
+from ..config.errors import ConfigError
 from ..methods import get_method
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,10 @@ def run(config_path: str, methods: Sequence[str], overrides: Sequence[str], out_
         get_method(name)  # unknown names fail before any training starts
     own = _per_method(method_overrides, methods)
     out = Path(out_dir)
-    rows = [_run_one(config_path, name, [*overrides, *own[name]], out / name, metric) for name in methods]
-    write_report(rows, out)
+    rows = []
+    for name in methods:  # the report is rewritten after each method: an interruption keeps what finished
+        rows.append(_run_one(config_path, name, [*overrides, *own[name]], out / name, metric))
+        write_report(rows, out)
     return rows
 
 
@@ -52,9 +54,10 @@ def _run_one(config_path: str, method: str, overrides: Sequence[str], run_dir: P
            *overrides, f"output.dir={run_dir}"]
     log.info("compare: training %s -> %s", method, run_dir)
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode != 0:  # e.g. a method that does not apply to this model: a row says why
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise TrainingError(f"compare: method {method} failed: {last}")
+        log.error("compare: method %s failed: %s", method, last)
+        return {"method": method, "metric": metric, "value": f"failed: {last.removeprefix('error: ')}"}
     m = json.loads((run_dir / "metrics.json").read_text())
     return {"method": method, "metric": metric, "value": m.get(metric), "trainable_params": m["trainable_params"],
             "trainable_pct": round(100 * m["trainable_params"] / m["total_params"], 4),
@@ -88,9 +91,16 @@ def markdown_table(rows: list[dict]) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         value = f"{r['value']:.4f}" if isinstance(r["value"], float) else str(r["value"])
+        if failed(r):
+            lines.append(f"| {r['method']} | {value} | | | | |")
+            continue
         lines.append(f"| {r['method']} | {value} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
                      f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |")
     return "\n".join(lines) + "\n"
+
+
+def failed(row: dict) -> bool:
+    return "trainable_params" not in row
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -99,7 +109,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [r for r in rows if isinstance(r["value"], (int, float))]
+    points = [r for r in rows if not failed(r) and isinstance(r["value"], (int, float))]
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in points:
         ax.scatter(r["trainable_params"], r["value"])
