@@ -39,6 +39,7 @@ class MethodSpec:
     to_peft_config: Optional[Callable] = None  # cfg -> dict of PEFT config keys
     from_peft_config: Optional[Callable] = None  # dict -> cfg
     on_step: Optional[Callable] = None  # on_step(model, adapter_name, step) after each optimizer step
+    report: Optional[Callable] = None  # report(model, adapter_name) -> dict of method-specific metrics
 
 
 class AdapterLayer(nn.Module):

@@ -35,6 +35,16 @@ def run_step_hooks(model, step: int) -> None:
             hook(model, adapter_name, step)
 
 
+def method_reports(model) -> dict:
+    """The `report` metrics of every method loaded on model (e.g. the sparsity sparse training reached)."""
+    metrics = {}
+    for adapter_name, cfg in adapter_configs(model).items():
+        report = get_method(cfg.name).report
+        if report is not None:
+            metrics.update(report(model, adapter_name))
+    return metrics
+
+
 def spec_for_peft_type(peft_type: str) -> MethodSpec:
     for spec in _REGISTRY.values():
         if spec.peft_type == peft_type:

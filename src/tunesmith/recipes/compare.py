@@ -59,8 +59,10 @@ def _run_one(config_path: str, method: str, overrides: Sequence[str], run_dir: P
         log.error("compare: method %s failed: %s", method, last)
         return {"method": method, "metric": metric, "value": f"failed: {last.removeprefix('error: ')}"}
     m = json.loads((run_dir / "metrics.json").read_text())
-    return {"method": method, "metric": metric, "value": m.get(metric), "trainable_params": m["trainable_params"],
-            "trainable_pct": round(100 * m["trainable_params"] / m["total_params"], 4),
+    # Methods whose trainable tensors are partly frozen by masks (sparse) report what can still change.
+    trainable = m.get("effective_trainable_params", m["trainable_params"])
+    return {"method": method, "metric": metric, "value": m.get(metric), "trainable_params": trainable,
+            "trainable_pct": round(100 * trainable / m["total_params"], 4),
             "train_seconds": m["train_seconds"], "peak_rss_mb": round(m["peak_rss_mb"])}
 
 

@@ -10,7 +10,7 @@ from ..data.packing import batching
 from ..evaluation import mean_loss
 from ..methods import get_method
 from ..methods.io import save_adapter
-from ..methods.registry import run_step_hooks
+from ..methods.registry import method_reports, run_step_hooks
 from ..training import train
 from ..training.plots import plot_loss_curve
 from ..utils.memory import peak_rss_mb
@@ -44,7 +44,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     trainable, total = count_parameters(model)
     metrics = {"train_loss": result.final_loss, "steps": result.steps, "train_seconds": round(result.seconds, 1),
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), "trainable_params": trainable,
-               "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1)}
+               "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1), **method_reports(model)}
     held_out = splits.test or splits.eval
     if held_out:
         loss = mean_loss(model, held_out, pad, cfg.eval.batch_size)

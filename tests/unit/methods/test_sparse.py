@@ -6,7 +6,7 @@ from tests.tiny import tiny_llama
 from tunesmith.config.errors import ConfigError
 from tunesmith.methods import apply_method
 from tunesmith.methods.io import load_adapter, save_adapter
-from tunesmith.methods.registry import run_step_hooks
+from tunesmith.methods.registry import method_reports, run_step_hooks
 from tunesmith.methods.sparse import SparseConfig, SparseDeltaLinear, kept_count, prune, reached_sparsity
 
 INPUT = torch.tensor([[5, 9, 13, 40, 41, 42, 7, 8]])
@@ -70,6 +70,8 @@ def test_step_hooks_follow_the_schedule():
     _train(model, steps=3, hooks=True)  # steps 1-3 again: the schedule saturates at round 2
     assert reached_sparsity(model) == 0.5
     assert all(torch.all(m.sparse_delta["default"][~m.mask("default")] == 0) for m in _layers(model))
+    targeted = sum(m.base_layer.weight.numel() for m in _layers(model))
+    assert method_reports(model) == {"sparsity": 0.5, "effective_trainable_params": targeted // 2}
 
 
 def test_masks_are_saved_and_loaded(tmp_path):

@@ -66,6 +66,11 @@ def on_step(model: nn.Module, adapter_name: str, step: int) -> None:
         layer.zero_pruned(adapter_name)
 
 
+def report(model: nn.Module, adapter_name: str) -> dict:
+    return {"sparsity": round(reached_sparsity(model, adapter_name), 4),
+            "effective_trainable_params": kept_count(model, adapter_name)}
+
+
 register_method(MethodSpec(name="sparse", config_cls=SparseConfig, apply=apply_sparse, can_merge=True,
                            peft_type=PEFT_TYPE, to_peft_config=to_peft_config, from_peft_config=from_peft_config,
-                           on_step=on_step))
+                           on_step=on_step, report=report))
