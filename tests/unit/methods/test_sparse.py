@@ -62,6 +62,14 @@ def test_pruned_entries_stay_at_the_pretrained_value():
             assert torch.equal(layer.base_layer.weight, base.get_submodule(name).weight)
 
 
+def test_report_warns_when_training_ends_before_the_target(caplog):
+    model = apply_method(tiny_llama(), SparseConfig(target_modules=TARGETS, sparsity=0.5, rounds=2, prune_every=1,
+                                                   schedule="linear"))
+    _train(model, steps=1, hooks=True)
+    assert method_reports(model)["sparsity"] == 0.25
+    assert "reached sparsity 0.250 of the target 0.500" in caplog.text
+
+
 def test_step_hooks_follow_the_schedule():
     model = apply_method(tiny_llama(), SparseConfig(target_modules=TARGETS, sparsity=0.5, rounds=2, prune_every=1,
                                                    schedule="linear"))

@@ -10,6 +10,8 @@ entries return to the pretrained value and stop training. Trainers drive this th
 Counting: D is a dense tensor, so `count_parameters` reports in * out per layer as trainable;
 `kept_count` gives the entries that can still change and `reached_sparsity` the fraction that cannot.
 """
+import logging
+
 from torch import nn
 
 from ...utils.modules import replace_module
@@ -18,6 +20,7 @@ from ..registry import register_method
 from .config import PEFT_TYPE, SparseConfig, from_peft_config, to_peft_config
 from .layers import SparseDeltaLinear
 
+log = logging.getLogger(__name__)
 __all__ = ["SparseConfig", "SparseDeltaLinear", "apply_sparse", "kept_count", "prune", "reached_sparsity"]
 
 
@@ -67,8 +70,12 @@ def on_step(model: nn.Module, adapter_name: str, step: int) -> None:
 
 
 def report(model: nn.Module, adapter_name: str) -> dict:
-    return {"sparsity": round(reached_sparsity(model, adapter_name), 4),
-            "effective_trainable_params": kept_count(model, adapter_name)}
+    reached, cfg = reached_sparsity(model, adapter_name), adapter_configs(model)[adapter_name]
+    if reached < cfg.sparsity:
+        log.warning("sparse: reached sparsity %.3f of the target %.3f: training ended before the last of %d "
+                    "pruning rounds (one every %d steps); lower method.prune_every or train longer", reached,
+                    cfg.sparsity, cfg.rounds, cfg.prune_every)
+    return {"sparsity": round(reached, 4), "effective_trainable_params": kept_count(model, adapter_name)}
 
 
 register_method(MethodSpec(name="sparse", config_cls=SparseConfig, apply=apply_sparse, can_merge=True,
