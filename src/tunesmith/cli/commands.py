@@ -1,13 +1,12 @@
 """One function per subcommand, plus its argument definitions. No training logic lives here."""
 import argparse
 import dataclasses
-import json
 import sys
 
 from ..config.errors import ConfigError
 from ..config.loader import load_config
 from ..config.schema import SECTIONS
-from ..methods import config_classes, get_method, method_names
+from ..methods import config_classes, method_names
 from . import report
 
 

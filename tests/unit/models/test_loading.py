@@ -1,5 +1,4 @@
 """Base model loading: local directory, local HF cache (offline), and the errors for bad names."""
-import shutil
 
 import pytest
 import torch
