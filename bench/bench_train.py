@@ -77,8 +77,9 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
     if ref is not None:
         per_token = sum(ref["flops"]) / sum(ref["tokens"])
         useful = sum(ref["tokens"]) / sum(ref["padded_tokens"])
-        text += (f"\n\nFLOPs per useful token: {per_token / 1e6:.0f} M; bf16 bound {peak['bf16'] / per_token:.0f} "
-                 f"tok/s, fp32 bound {peak['fp32'] / per_token:.0f} tok/s; real tokens / padded tokens "
+        bounds = ", ".join(f"{p} bound {peak[p] / per_token:.0f} tok/s" for p in ("bf16", "fp32")
+                           if p == "fp32" or PRECISION == "bf16")  # emulated bf16 has no meaningful bound
+        text += (f"\n\nFLOPs per useful token: {per_token / 1e6:.0f} M; {bounds}; real tokens / padded tokens "
                  f"{100 * useful:.0f}%")
     failed = [f"{r.get('config')}: {r.get('error')}" for r in results if "times" not in r]
     return text + ("\n\nfailed: " + "; ".join(failed) if failed else ""), stats
