@@ -86,9 +86,8 @@ def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
         log.info("resuming from %s at step %d", ckpt, position["step"])
     resumed_from = position["step"]
     sinks = default_sinks(out_dir, resumed_from, steps, progress)
-    loop = _Loop(model, examples, cfg, pad_id, params, optimizer, scheduler, sinks, on_step)
-    loop.loss_fn, loop.collate_fn = loss_fn, collate_fn or (lambda items: collate(items, pad_id))
-    loop.lengths = lengths
+    loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, on_step, loss_fn,
+                 collate_fn or (lambda items: collate(items, pad_id)), lengths)
     try:
         final = loop.run(position, steps, out_dir, evaluate, on_best)
     finally:
@@ -98,15 +97,16 @@ def train(model, examples: list, cfg: TrainConfig, out_dir: Path, pad_id: int,
 
 
 class _Loop:
-    def __init__(self, model, examples, cfg, pad_id, params, optimizer, scheduler, sinks, on_step=None):
-        self.model, self.examples, self.cfg, self.pad_id, self.on_step = model, examples, cfg, pad_id, on_step
+    def __init__(self, model, examples, cfg, params, optimizer, scheduler, sinks, on_step, loss_fn, collate_fn,
+                 lengths):
+        self.model, self.examples, self.cfg, self.on_step = model, examples, cfg, on_step
+        self.loss_fn, self.collate_fn, self.lengths = loss_fn, collate_fn, lengths
         self.params, self.optimizer, self.scheduler, self.sinks = params, optimizer, scheduler, sinks
         self.seconds, self.tokens = 0.0, 0
 
     def run(self, position: dict, steps: int, out_dir: Path, evaluate, on_best) -> float:
         cfg = self.cfg
-        batches = micro_batches(len(self.examples), cfg, position["epoch"], position["batch"],
-                                getattr(self, "lengths", None))
+        batches = micro_batches(len(self.examples), cfg, position["epoch"], position["batch"], self.lengths)
         window, window_tokens, window_time, loss = [], 0, 0.0, float("nan")
         while position["step"] < steps:
             group = [next(batches) for _ in range(cfg.grad_accum)]
