@@ -15,7 +15,7 @@ from ..methods import apply_method
 from ..models.prefix_cache import FINAL_NORMS, find_blocks
 from ..training import train
 from ..utils.files import atomic_path
-from ..utils.modules import count_parameters, freeze
+from ..utils.modules import freeze
 
 log = logging.getLogger(__name__)
 STATE_FILE = "classifier.safetensors"
@@ -45,12 +45,6 @@ def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
     for module in modules:
         for p in module.parameters():
             p.requires_grad_(True)
-
-
-def log_parameters(model: nn.Module, what: str) -> tuple[int, int]:
-    trainable, total = count_parameters(model)
-    log.info("%s: trainable params %s of %s (%.3f%%)", what, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return trainable, total
 
 
 def save_trained(model: nn.Module, out_dir: Path) -> Path:

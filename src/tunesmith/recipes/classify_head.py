@@ -20,8 +20,9 @@ from ..models.encoders import load_language_model
 from ..models.heads import SequenceClassifier
 from ..models.prefix_cache import make_prefix
 from ..objectives.classification import weighted_cross_entropy
-from .classify_common import (autocast, cache_hidden, fit, length_batches, load_trained, log_parameters, pad_batch, pad_hidden,
+from .classify_common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch, pad_hidden,
                               save_trained, set_trainable)
+from .common import log_parameters
 
 log = logging.getLogger(__name__)
 

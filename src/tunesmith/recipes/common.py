@@ -19,10 +19,14 @@ def build_model(cfg: RunConfig):
     model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
                                        cfg.model.quant_block_size)
     apply_method(model, cfg.method)
-    trainable, total = count_parameters(model)
-    log.info("method %s: trainable params %s of %s (%.3f%%)", cfg.method.name, f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)
+    log_parameters(model, f"method {cfg.method.name}")
     return model, tokenizer
+
+
+def log_parameters(model, what: str) -> tuple[int, int]:
+    trainable, total = count_parameters(model)
+    log.info("%s: trainable params %s of %s (%.3f%%)", what, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return trainable, total
 
 
 def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple[dict, list[dict]]:

@@ -27,8 +27,9 @@ from ..models.heads import is_decoder
 from ..models.prefix_cache import make_prefix
 from ..objectives.classification import label_word_scores, weighted_cross_entropy
 from ..objectives.sft import supports_hidden_path
-from .classify_common import (autocast, cache_hidden, fit, length_batches, load_trained, log_parameters, pad_batch,
+from .classify_common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch,
                               pad_hidden, save_trained, set_trainable)
+from .common import log_parameters
 from .feature_based import texts_of
 
 log = logging.getLogger(__name__)
