@@ -1,7 +1,7 @@
 """tunesmith: adapt pretrained transformer language models (LoRA and more) on small machines."""
 from .api import (describe, load_model, merge_to_directory, merge_to_quantized_directory,
                   quantize_to_directory)
-from .config.errors import (CheckpointError, ConfigError, DataError, ModelLoadError, TrainingError,
+from .errors import (CheckpointError, ConfigError, DataError, ModelLoadError, TrainingError,
                             TunesmithError, UnsupportedModuleError)
 from .config.loader import load_config
 from .methods import apply_method, method_names

@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from .config.errors import ConfigError
+from .errors import ConfigError
 from .methods import adapter_configs, apply_method, get_method, merge_adapters, merge_and_unload
 from .methods.io import load_adapter, read_adapter_config
 from .methods.registry import spec_for_peft_type

@@ -3,7 +3,7 @@ import argparse
 import dataclasses
 import sys
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from ..config.loader import load_config
 from ..config.schema import SECTIONS
 from ..methods import config_classes, method_names

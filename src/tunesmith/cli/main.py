@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from ..config.errors import TunesmithError
+from ..errors import TunesmithError
 from . import commands
 
 log = logging.getLogger("tunesmith")

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .schema import SECTIONS, MethodConfig, RunConfig
 
 

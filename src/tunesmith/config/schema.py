@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ..utils.hardware import has_native_bf16
-from .errors import ConfigError
+from ..errors import ConfigError
 from .fields import opt
 
 log = logging.getLogger(__name__)

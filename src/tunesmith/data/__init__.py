@@ -2,7 +2,7 @@
 import logging
 from dataclasses import dataclass
 
-from ..config.errors import DataError
+from ..errors import DataError
 from ..config.schema import DataConfig
 from .collate import collate
 from .encode import IGNORE, EncodeStats, Example, encode_records

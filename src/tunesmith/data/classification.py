@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..config.errors import DataError
+from ..errors import DataError
 from ..config.schema import DataConfig
 from .readers import SOURCE, read_records
 from .split import split_records

@@ -2,7 +2,7 @@
 import logging
 from dataclasses import dataclass, field
 
-from ..config.errors import DataError
+from ..errors import DataError
 from .formats import detect_format, plain_text, to_messages
 from .readers import SOURCE
 from .templates import render

@@ -4,7 +4,7 @@
 - instruction: {"instruction", optional "input", "output"}     (also {"prompt", "completion"})
 - chat:        {"messages": [{"role", "content"}, ...]}
 """
-from ..config.errors import DataError
+from ..errors import DataError
 from .readers import SOURCE
 
 FORMAT_FIELDS = {"chat": ("messages",), "instruction": ("instruction", "output"), "text": ("text",)}

@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from .encode import IGNORE, Example
 
 

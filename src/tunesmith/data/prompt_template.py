@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 
 SLOTS = ("{text}", "{text_pair}", "{answer}")
 

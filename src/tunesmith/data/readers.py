@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from ..config.errors import DataError
+from ..errors import DataError
 
 SOURCE = "_source"
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..config.errors import ConfigError, UnsupportedModuleError
+from ..errors import ConfigError, UnsupportedModuleError
 from ..config.schema import MethodConfig
 from ..utils.modules import is_linear_like
 

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config.errors import CheckpointError
+from ..errors import CheckpointError
 from ..utils.files import atomic_path, atomic_write_text
 from .base import PEFT_PREFIX, adapter_configs, adapter_layers, base_parameters  # noqa: F401  (PEFT_PREFIX re-exported)
 from .registry import check_quantized_base, get_method, spec_for_peft_type

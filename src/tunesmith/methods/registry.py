@@ -1,5 +1,5 @@
 """Name -> MethodSpec. Methods register themselves on import of `tunesmith.methods`."""
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from ..utils.modules import quantization_schemes
 from .base import MethodSpec, adapter_configs
 

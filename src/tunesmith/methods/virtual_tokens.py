@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..config.errors import ConfigError, UnsupportedModuleError
+from ..errors import ConfigError, UnsupportedModuleError
 from .base import PROMPT_LAYER_ATTR, AdapterLayer, adapter_configs, record_adapter
 
 PROMPT_EMBEDDINGS = "prompt_embeddings"  # PEFT's one saved tensor for prompt-learning methods

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from .encoders import load_language_model
 from .heads import POOLINGS, pool, resolve_pooling
 from .loading import cache_root

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.errors import ModelLoadError
+from ..errors import ModelLoadError
 from .loading import load_base_model
 
 log = logging.getLogger(__name__)

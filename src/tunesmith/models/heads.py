@@ -8,7 +8,7 @@ whole text), encoders their first ([CLS]).
 import torch
 from torch import nn
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 
 POOLINGS = ("last", "first", "mean")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from ..utils.files import replace_dir
 
 log = logging.getLogger(__name__)

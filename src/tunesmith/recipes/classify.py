@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..config.errors import CheckpointError, DataError
+from ..errors import CheckpointError, DataError
 from ..config.loader import load_config, save_config
 from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits

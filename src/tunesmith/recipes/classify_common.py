@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config.errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..config.schema import RunConfig
 from ..methods import apply_method
 from ..models.prefix_cache import FINAL_NORMS, find_blocks

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from ..config.schema import RunConfig
 from ..data.classification import LabelledSplits, class_weights
 from ..models.encoders import load_language_model

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import yaml
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from ..methods import get_method
 
 log = logging.getLogger(__name__)

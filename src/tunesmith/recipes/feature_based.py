@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config.errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..config.schema import RunConfig
 from ..data.classification import LabelledSplits
 from ..models.embeddings import Embedder

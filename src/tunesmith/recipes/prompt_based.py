@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from ..config.schema import RunConfig
 from ..data.classification import LabelledSplits, class_weights, load_labelled_splits
 from ..data.prompt_template import PromptTemplate, mask_fill

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import yaml
 
-from ..config.errors import ConfigError
+from ..errors import ConfigError
 from ..config.loader import config_to_dict, load_config
 from ..methods import config_classes
 from ..utils.files import atomic_write_text

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config.errors import CheckpointError
+from ..errors import CheckpointError
 from ..utils.files import replace_dir
 from ..utils.seeding import rng_state, set_rng_state
 

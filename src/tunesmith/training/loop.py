@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..config.errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError
 from ..config.schema import TrainConfig
 from ..data.collate import collate
 from ..data.sampling import epoch_order

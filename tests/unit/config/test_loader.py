@@ -1,6 +1,6 @@
 import pytest
 
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.config.loader import load_config
 from tunesmith.config.schema import TrainConfig
 from tunesmith.methods import config_classes

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from tunesmith.config.errors import DataError
+from tunesmith.errors import DataError
 from tunesmith.config.schema import DataConfig
 from tunesmith.data.classification import (LabelledExample, class_weights, label_names, load_labelled_splits,
                                            oversample, read_labelled, undersample)

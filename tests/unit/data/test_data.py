@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tests.tiny import tiny_tokenizer
-from tunesmith.config.errors import DataError
+from tunesmith.errors import DataError
 from tunesmith.config.schema import DataConfig
 from tunesmith.data import IGNORE, collate, encode_records, load_splits, read_records, split_records
 

@@ -134,7 +134,7 @@ def test_training_with_packing_follows_the_unpacked_run(tmp_path):
 
 
 def test_packing_with_a_prompt_based_method_is_an_error():
-    from tunesmith.config.errors import ConfigError
+    from tunesmith.errors import ConfigError
     from tunesmith.data.packing import batching
     with pytest.raises(ConfigError, match="data.packing"):
         batching(DataConfig(packing=True), _examples(), 0, prompt_based=True)

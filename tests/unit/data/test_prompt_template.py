@@ -1,7 +1,7 @@
 import pytest
 
 from tests.tiny import tiny_encoder_tokenizer, tiny_tokenizer
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.data.classification import LabelledExample
 from tunesmith.data.prompt_template import PromptTemplate, mask_fill
 

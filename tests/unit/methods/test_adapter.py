@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from tests.tiny import tiny_bert, tiny_gpt2, tiny_llama
-from tunesmith.config.errors import ConfigError, UnsupportedModuleError
+from tunesmith.errors import ConfigError, UnsupportedModuleError
 from tunesmith.methods import apply_method, merge_adapters
 from tunesmith.methods.adapter import AdapterConfig, BottleneckAdapter
 from tunesmith.utils.modules import count_parameters

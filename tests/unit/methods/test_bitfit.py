@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tests.tiny import tiny_bert, tiny_gpt2, tiny_llama
-from tunesmith.config.errors import UnsupportedModuleError
+from tunesmith.errors import UnsupportedModuleError
 from tunesmith.methods import apply_method
 from tunesmith.methods.bitfit import BitfitConfig
 from tunesmith.methods.io import save_adapter

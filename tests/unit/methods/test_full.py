@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_gpt2, tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method, disabled_adapters, merge_and_unload
 from tunesmith.methods.base import BASE_PARAMS_ATTR
 from tunesmith.methods.bitfit import BitfitConfig

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_gpt2, tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.config.loader import build_config
 from tunesmith.methods import adapter_configs, apply_method, config_classes, merge_adapters, unmerge_adapters
 from tunesmith.methods.ia3 import Ia3Config, Ia3Linear

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from tunesmith.config.errors import ConfigError, UnsupportedModuleError
+from tunesmith.errors import ConfigError, UnsupportedModuleError
 from tunesmith.methods import apply_method, disabled_adapters, merge_and_unload, set_active_adapter
 from tunesmith.methods.lora import LoraConfig, LoraLinear
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.evaluation.decode import greedy_decode
 from tunesmith.methods import apply_method, disabled_adapters, merge_adapters, set_active_adapter
 from tunesmith.methods.lora import LoraConfig, mixed_adapters

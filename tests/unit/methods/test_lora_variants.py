@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method, set_active_adapter
 from tunesmith.methods.base import disabled_adapters
 from tunesmith.methods.lora import LoraConfig

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.unit.methods.matrix_support import BUILDERS
-from tunesmith.config.errors import CheckpointError
+from tunesmith.errors import CheckpointError
 from tunesmith.methods import apply_method, merge_adapters
 from tunesmith.methods.base import adapter_layers
 from tunesmith.methods.ia3 import Ia3Config

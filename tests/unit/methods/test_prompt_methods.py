@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
-from tunesmith.config.errors import ConfigError, DataError, UnsupportedModuleError
+from tunesmith.errors import ConfigError, DataError, UnsupportedModuleError
 from tunesmith.methods import (adapter_configs, apply_method, disabled_adapters, merge_and_unload,
                                set_active_adapter)
 from tunesmith.methods.base import adapter_layers, mark_trainable

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.tiny import tiny_gpt2, tiny_llama
-from tunesmith.config.errors import ConfigError, UnsupportedModuleError
+from tunesmith.errors import ConfigError, UnsupportedModuleError
 from tunesmith.methods import apply_method
 from tunesmith.methods.selected import SelectedConfig, transformer_blocks
 from tunesmith.utils.modules import count_parameters

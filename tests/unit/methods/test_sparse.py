@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.methods.registry import method_reports, run_step_hooks

@@ -5,7 +5,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from tests.tiny import save_tiny_model, tiny_tokenizer
-from tunesmith.config.errors import ModelLoadError
+from tunesmith.errors import ModelLoadError
 from tunesmith.models import load_base_model
 
 

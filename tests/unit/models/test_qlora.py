@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from tests.tiny import save_tiny_model, tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.config.schema import ModelConfig
 from tunesmith.methods import (apply_method, get_method, merge_adapters, merge_and_unload, method_names,
                                unmerge_adapters)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.config.errors import ConfigError, TunesmithError
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.models.quantization import (
     NF4_TABLE,
     QuantizedLinear,

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import save_tiny_model, tiny_bert, tiny_encoder_tokenizer
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.config.loader import load_config
 from tunesmith.methods import config_classes
 from tunesmith.recipes import classify

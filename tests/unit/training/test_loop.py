@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import tiny_llama, tiny_tokenizer
-from tunesmith.config.errors import TrainingError
+from tunesmith.errors import TrainingError
 from tunesmith.config.schema import TrainConfig
 from tunesmith.data import encode_records
 from tunesmith.methods import apply_method

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 from tunesmith.config.schema import TrainConfig
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig

@@ -6,7 +6,7 @@ its output added). Works on Llama-style, GPT-2 and BERT-style models; not mergea
 """
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import replace_module
 from ..base import MethodSpec, mark_trainable, record_adapter
 from ..registry import register_method

@@ -1,7 +1,7 @@
 """Bottleneck adapter config (Houlsby et al. 2019, Pfeiffer et al. 2020, He et al. 2021)."""
 from dataclasses import dataclass
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

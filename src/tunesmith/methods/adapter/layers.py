@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.errors import ConfigError, UnsupportedModuleError
+from ...errors import ConfigError, UnsupportedModuleError
 from ..base import AdapterLayer
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}

@@ -1,7 +1,7 @@
 """BitFit config (Ben Zaken et al. 2021): only the bias terms train."""
 from dataclasses import dataclass
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

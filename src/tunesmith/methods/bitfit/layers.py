@@ -4,7 +4,7 @@ No module is wrapped; the biases train in place.
 """
 from torch import nn
 
-from ...config.errors import UnsupportedModuleError
+from ...errors import UnsupportedModuleError
 from ..base import adapter_layers
 
 

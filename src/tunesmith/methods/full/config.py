@@ -1,7 +1,7 @@
 """Full fine-tuning config: every base parameter trains; saved as peft_type TUNESMITH_FULL."""
 from dataclasses import dataclass
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import replace_module
 from ..base import MethodSpec, find_target_linears, mark_trainable, record_adapter
 from ..registry import register_method

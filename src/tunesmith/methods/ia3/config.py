@@ -4,7 +4,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

@@ -7,7 +7,7 @@ layer, initialised to ones so the model starts unchanged.
 import torch
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import linear_dims
 from ..base import AdapterLayer
 

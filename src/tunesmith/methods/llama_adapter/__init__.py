@@ -5,7 +5,7 @@ starts at zero, so training starts from the base model's output exactly. PEFT's 
 """
 from torch import nn
 
-from ...config.errors import ConfigError, UnsupportedModuleError
+from ...errors import ConfigError, UnsupportedModuleError
 from ...utils.modules import replace_module
 from ..base import MethodSpec, mark_trainable, record_adapter
 from ..registry import register_method

@@ -1,7 +1,7 @@
 """LLaMA-Adapter config: adaption prompts in the top layers, attended through a zero-initialised gate."""
 from dataclasses import dataclass
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ..base import AdapterLayer
 
 

@@ -4,7 +4,7 @@ rsLoRA (scaling alpha / sqrt(r)), DoRA (a learned per-row magnitude) and PiSSA (
 from dataclasses import dataclass
 from typing import Union
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ..base import PEFT_PREFIX, adapter_configs, adapter_layers
 from ..io import write_adapter_files
 

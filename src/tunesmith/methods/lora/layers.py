@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import is_quantized_linear, linear_dims
 from ..base import AdapterLayer
 

@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from .layers import LoraLinear
 
 

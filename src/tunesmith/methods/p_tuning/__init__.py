@@ -11,7 +11,7 @@ Not mergeable.
 import torch
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ..base import MethodSpec, mark_trainable, record_adapter
 from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from ..registry import register_method

@@ -3,7 +3,7 @@ in front of the input and into the template's [P] slots."""
 import torch
 from torch import nn
 
-from ...config.errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
 from ..virtual_tokens import VirtualTokenLayer, prepend_embeddings
 
 

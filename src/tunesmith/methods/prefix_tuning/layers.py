@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ...config.errors import UnsupportedModuleError
+from ...errors import UnsupportedModuleError
 from ..virtual_tokens import PromptTable, VirtualTokenLayer
 
 

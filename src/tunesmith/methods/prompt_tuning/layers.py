@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ..virtual_tokens import VirtualTokenLayer, prepend_embeddings
 
 

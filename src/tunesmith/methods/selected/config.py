@@ -1,7 +1,7 @@
 """Selected-module fine-tuning config: the last K blocks and/or modules picked by name."""
 from dataclasses import dataclass
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

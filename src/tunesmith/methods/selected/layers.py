@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from ...config.errors import ConfigError, UnsupportedModuleError
+from ...errors import ConfigError, UnsupportedModuleError
 
 
 def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from typing import Union
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.errors import ConfigError
+from ...errors import ConfigError
 from ...utils.modules import linear_dims
 from ..base import PEFT_PREFIX, AdapterLayer
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

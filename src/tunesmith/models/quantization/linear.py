@@ -23,7 +23,7 @@ import logging
 import torch
 from torch import nn
 
-from tunesmith.config.errors import ConfigError, UnsupportedModuleError
+from tunesmith.errors import ConfigError, UnsupportedModuleError
 
 from .int8 import AbsmaxQuantized, check_block_size, quantize_absmax
 from .nf4 import NF4Quantized, quantize_nf4

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 from torch import nn
 
-from tunesmith.config.errors import CheckpointError
+from tunesmith.errors import CheckpointError
 
 from .linear import QuantizedLinear, check_scheme
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.config.errors import ConfigError
+from tunesmith.errors import ConfigError
 
 from .int8 import AbsmaxQuantized, check_block_size, quantize_absmax
 

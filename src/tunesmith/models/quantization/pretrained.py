@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.config.errors import CheckpointError
+from tunesmith.errors import CheckpointError
 
 from .model import load_quantized, quantization_specs, save_quantized
 
