@@ -109,7 +109,7 @@ def _tunesmith(examples, batches, hyper: Hyper, weights: str, precision: str, pa
     from tunesmith.config.schema import DataConfig, TrainConfig
     from tunesmith.data.packing import batching
     from tunesmith.methods.lora import LoraConfig
-    from tunesmith.training import train
+    from tunesmith.training import sft_objective, train
     model, tokenizer = tunesmith.load_model("default", dtype=weights)
     if attention:
         model.set_attn_implementation(attention)
@@ -118,11 +118,16 @@ def _tunesmith(examples, batches, hyper: Hyper, weights: str, precision: str, pa
     cfg = TrainConfig(max_steps=len(batches), batch_size=hyper.batch_size, lr=hyper.lr, scheduler="constant",
                       precision=precision, log_every=1, seed=hyper.seed, resume=False, max_grad_norm=1.0)
     data = DataConfig(packing=packing, max_length=hyper.max_length)
-    ends = []
+    objective = sft_objective(tokenizer.pad_token_id, **batching(data, examples, tokenizer.pad_token_id))
+    starts, collate = [], objective.collate
+
+    def timed_collate(items):  # one micro-batch per step here, so each step starts with its collate
+        starts.append(time.perf_counter())
+        return collate(items)
+
+    objective.collate = timed_collate
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        train(model, examples, cfg, Path(out), tokenizer.pad_token_id, on_step=lambda s: ends.append(time.perf_counter()),
-              **batching(data, examples, tokenizer.pad_token_id))
+        train(model, examples, cfg, Path(out), objective)
+        ends = starts + [time.perf_counter()]
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    ends = [start] + ends
     return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": [r["loss"] for r in records if "loss" in r]}

@@ -13,7 +13,7 @@ from tunesmith.data.synthetic import extraction_records
 from tunesmith.methods import apply_method
 from tunesmith.methods.io import save_adapter
 from tunesmith.methods.lora import LoraConfig
-from tunesmith.training import train
+from tunesmith.training import sft_objective, train
 from tunesmith.utils.modules import count_parameters
 
 pytestmark = [pytest.mark.integration,
@@ -41,7 +41,7 @@ def test_lora_steps_lower_loss_and_peft_reads_the_adapter(base, tmp_path):
     records = [dict(r, _source=f"gen:{i}") for i, r in enumerate(extraction_records(16, seed=5))]
     examples, _ = encode_records(records, tokenizer, "auto", 128)
     cfg = TrainConfig(max_steps=4, batch_size=4, lr=2e-3, log_every=1, precision="bf16")
-    result = train(model, examples, cfg, tmp_path / "run", tokenizer.pad_token_id)
+    result = train(model, examples, cfg, tmp_path / "run", sft_objective(tokenizer.pad_token_id))
     first = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert result.final_loss < first
 

@@ -4,9 +4,9 @@ import dataclasses
 import sys
 
 from ..errors import ConfigError
-from ..config.loader import load_config
 from ..config.schema import SECTIONS
 from ..methods import config_classes, method_names
+from ..tasks import EvalRequest, all_sections, get_task, load_config, task_names
 from . import report
 
 
@@ -21,6 +21,7 @@ def config_keys_help() -> str:
     lines = ["config keys:"]
     sections = dict(SECTIONS)
     sections.update({f"method ({name})": cls for name, cls in config_classes().items()})
+    sections.update(all_sections())
     for section, cls in sections.items():
         prefix = section.split(" ")[0]
         for f in dataclasses.fields(cls):
@@ -34,28 +35,14 @@ def _default(f):
 
 
 def _load(args):
-    return load_config(args.config, args.overrides, config_classes())
+    return load_config(args.config, args.overrides)
 
 
 def cmd_train(args) -> int:
     cfg = _load(args)
-    train_fn, _ = TASKS[cfg.task.type]
-    train_fn(cfg, args)
+    metrics = get_task(cfg.task.type).train(cfg, sys.stderr.isatty() or args.progress)
+    _print_task_metrics(cfg, metrics, f"trained; outputs in {cfg.output.dir}")
     return 0
-
-
-def _train_sft(cfg, args) -> None:
-    from ..recipes import sft
-
-    metrics = sft.run(cfg, progress=sys.stderr.isatty() or args.progress)
-    report.print_metrics(metrics, f"trained; adapter in {cfg.output.dir}")
-
-
-def _train_classify(cfg, args) -> None:
-    from ..recipes import classify
-
-    metrics = classify.run(cfg, progress=sys.stderr.isatty() or args.progress)
-    report.print_classification(metrics, f"trained; classifier and metrics in {cfg.output.dir}")
 
 
 def _train_args(p):
@@ -65,33 +52,16 @@ def _train_args(p):
 
 def cmd_eval(args) -> int:
     cfg = _load(args)
-    _, eval_fn = TASKS[cfg.task.type]
-    eval_fn(cfg, args)
+    metrics = get_task(cfg.task.type).evaluate(cfg, EvalRequest(args.split, args.adapter, args.base))
+    _print_task_metrics(cfg, metrics, f"metrics written to {cfg.output.dir}/metrics.json")
     return 0
 
 
-def _eval_sft(cfg, args) -> None:
-    from ..recipes import evaluate
-
-    if args.base and args.adapter:
-        raise ConfigError("--base scores the model without an adapter; drop --adapter or --base")
-    metrics = evaluate.run(cfg, adapter=args.adapter, split=args.split, base_only=args.base)
-    report.print_samples(metrics.pop("samples"), cfg.eval.show)
-    report.print_metrics(metrics, f"metrics written to {cfg.output.dir}/metrics.json")
-
-
-def _eval_classify(cfg, args) -> None:
-    from ..recipes import classify
-
-    if args.base or args.adapter:
-        raise ConfigError("--base and --adapter are for task.type=sft; a classifier is read from output.dir "
-                          "(for a zero-shot prompt classifier train with task.mode=prompt task.trainable=none)")
-    metrics = classify.evaluate(cfg, split=args.split)
-    report.print_classification(metrics, f"metrics written to {cfg.output.dir}/metrics.json")
-
-
-# task.type -> (train, eval) command bodies
-TASKS = {"sft": (_train_sft, _eval_sft), "classify": (_train_classify, _eval_classify)}
+def _print_task_metrics(cfg, metrics: dict, footer: str) -> None:
+    if "samples" in metrics:
+        metrics = {**metrics, "samples": metrics["samples"][:cfg.eval.show]}
+    print(get_task(cfg.task.type).text(metrics))
+    print(footer)
 
 
 def cmd_classify(args) -> int:
@@ -233,6 +203,12 @@ def _info_args(p):
     _quantize_arg(p, "quantize the base's linear layers (default: none, or model.quantize of the config)")
 
 
+def cmd_tasks(args) -> int:
+    for name in task_names():
+        print(f"{name:<12} {get_task(name).help}")
+    return 0
+
+
 def cmd_methods(args) -> int:
     for name in method_names():
         print(name)
@@ -282,6 +258,7 @@ COMMANDS = {
     "info": (cmd_info, _info_args, "model, parameter counts, trainable counts, weight bytes and quantization"),
     "quantize": (cmd_quantize, _quantize_args, "quantize a base model (nf4/int8) into a directory that loads as is"),
     "methods": (cmd_methods, lambda p: None, "list the registered fine-tuning methods"),
+    "tasks": (cmd_tasks, lambda p: None, "list the registered task types (task.type)"),
     "compare": (cmd_compare, _compare_args, "train several methods on one task and tabulate the results"),
     "quickstart": (cmd_quickstart, _quickstart_args, "fine-tune the embedded model on the built-in task, before/after"),
     "classify": (cmd_classify, _classify_args, "label texts (argument or stdin) with a trained classifier"),

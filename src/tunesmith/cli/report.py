@@ -1,34 +1,12 @@
 """Plain-text output of the CLI."""
 from ..data.synthetic import INSTRUCTION
+from ..tasks.text import metrics_text
 
 
 def print_metrics(metrics: dict, footer: str = "") -> None:
-    for key, value in metrics.items():
-        print(f"{key:<18} {value:.4f}" if isinstance(value, float) else f"{key:<18} {value}")
+    print(metrics_text(metrics))
     if footer:
         print(footer)
-
-
-def print_classification(metrics: dict, footer: str = "") -> None:
-    """Scalar metrics, then per-class precision/recall/F1 and the confusion matrix."""
-    scalars = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}
-    print_metrics(scalars)
-    per_class = metrics.get("per_class", {})
-    if per_class:
-        width = max(10, *(len(c) for c in per_class))
-        print(f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
-        for name, m in per_class.items():
-            print(f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['support']:>8}")
-        print("confusion (rows: true, columns: predicted; order " + ", ".join(per_class) + ")")
-        for row in metrics["confusion"]:
-            print("  " + " ".join(f"{v:>6}" for v in row))
-    if footer:
-        print(footer)
-
-
-def print_samples(samples: list[dict], n: int) -> None:
-    for s in samples[:n]:
-        print(f"--- prompt: {s['prompt']}\n    reference:  {s['reference']}\n    prediction: {s['prediction'].strip()}")
 
 
 def print_quickstart(result: dict) -> None:

@@ -5,48 +5,84 @@ All problems found are reported together in one ConfigError, each with a did-you
 import dataclasses
 import difflib
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import yaml
 
 from ..errors import ConfigError
-from .schema import SECTIONS, MethodConfig, RunConfig
+from .schema import SECTIONS, MethodConfig, RunConfig, TaskConfig
+
+
+@dataclass(frozen=True)
+class ConfigTypes:
+    """What the plug-in registries add to the schema. config/ imports no registry, so callers pass
+    this in (`tunesmith.load_config` and the CLI pass the registered methods, tasks and modes)."""
+
+    methods: Mapping[str, type] = field(default_factory=dict)  # method name -> its MethodConfig subclass
+    tasks: Sequence[str] = ()  # registered task.type values (empty: not checked)
+    sections: Mapping[str, type] = field(default_factory=dict)  # plug-in section name -> dataclass
+    # the plug-in sections a run of this task config uses (built with defaults when absent)
+    active: Callable[[TaskConfig], Sequence[str]] = field(default=lambda task: ())
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = (),
-                method_types: Optional[Mapping[str, type]] = None) -> RunConfig:
+                types: Union[ConfigTypes, Mapping[str, type], None] = None) -> RunConfig:
     """Build a RunConfig from a YAML file (or None for defaults) plus `a.b=value` overrides.
 
-    method_types maps a method name to its MethodConfig subclass (from the method registry).
+    types: the registries' additions (a plain mapping means method name -> MethodConfig subclass).
     Raises ConfigError listing every unknown key, bad value or unreadable file.
     """
     raw = _read_yaml(path) if path else {}
     for item in overrides:
         _apply_override(raw, item)
-    return build_config(raw, method_types or {}, source=path or "defaults")
+    return build_config(raw, types, source=path or "defaults")
 
 
-def build_config(raw: Mapping[str, Any], method_types: Mapping[str, type], source: str = "config") -> RunConfig:
+def build_config(raw: Mapping[str, Any], types: Union[ConfigTypes, Mapping[str, type], None] = None,
+                 source: str = "config") -> RunConfig:
+    types = types if isinstance(types, ConfigTypes) else ConfigTypes(methods=types or {})
     errors: list[str] = []
-    allowed = list(SECTIONS) + ["method"]
+    allowed = list(SECTIONS) + ["method"] + list(types.sections)
     for key in raw:
         if key not in allowed:
             errors.append(_unknown(key, allowed, source))
     sections = {}
     for name, cls in SECTIONS.items():
         sections[name] = _build_section(cls, raw.get(name) or {}, name, source, errors)
-    sections["method"] = _build_method(raw.get("method") or {}, method_types, source, errors)
+    sections["method"] = _build_method(raw.get("method") or {}, types.methods, source, errors)
+    task = sections["task"]
+    if types.tasks and task.type not in types.tasks:
+        errors.append(_unknown(task.type, list(types.tasks), source, what="task.type"))
+    plugins = _build_plugins(raw, types, task, source, errors)
     if len(errors) == 1:
         raise ConfigError(f"invalid config: {errors[0]}")
     if errors:  # all of them at once, so one edit fixes the file
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-    return RunConfig(**sections)
+    return RunConfig(**sections, plugins=plugins)
+
+
+def _build_plugins(raw: Mapping, types: ConfigTypes, task, source: str, errors: list) -> dict:
+    """The plug-in sections: those the task uses (defaults filled in); one given for another task
+    or mode is an error, not silently ignored."""
+    active = list(types.active(task)) if not errors else []
+    plugins = {}
+    for name, cls in types.sections.items():
+        if name in raw and name not in active and not errors:
+            errors.append(f"section {name!r} does not apply to task.type={task.type} task.mode={task.mode} "
+                          f"({source}); remove it or change the task")
+        elif name in active:
+            plugins[name] = _build_section(cls, raw.get(name) or {}, name, source, errors)
+    return plugins
 
 
 def config_to_dict(cfg: Any) -> dict:
-    """Plain dict of a (nested) config dataclass, including the method's own fields."""
-    return dataclasses.asdict(cfg)
+    """Plain dict of a (nested) config dataclass, including the method's own fields; a RunConfig's
+    plug-in sections are top-level sections, as in the YAML."""
+    data = dataclasses.asdict(cfg)
+    data.update(data.pop("plugins", {}))
+    return data
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -136,7 +136,8 @@ ICL_SELECTIONS = ("random", "similar", "vote_k", "mdl")
 
 @dataclass
 class TaskConfig:
-    type: str = opt("sft", "sft (language modelling, instruction tuning) or classify (labelled text)")
+    type: str = opt("sft", "registered task: sft (language modelling, instruction tuning), classify (labelled "
+                           "text), ... (see `tunesmith tasks`)")
     mode: str = opt("head", "classify: head (classification head on the model), features (frozen embeddings -> "
                             "scikit-learn), prompt (label words at an answer slot) or icl (k-shot prompting, no training)")
     pooling: str = opt("auto", "token the head or features read: last (last real token), first, mean, or auto "
@@ -164,7 +165,6 @@ class TaskConfig:
                                  "label entropy (description length) is used")
 
     def __post_init__(self):
-        _choice("task.type", self.type, ("sft", "classify"))
         _choice("task.mode", self.mode, TASK_MODES)
         _choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
         _choice("task.trainable", self.trainable, TRAINABLE)
@@ -203,6 +203,15 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    # sections registered by tasks and classification modes (dpo, features, ...), by section name
+    plugins: dict = field(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        # Only reached when normal lookup fails: cfg.dpo reads the plug-in section "dpo".
+        plugins = self.__dict__.get("plugins", {})
+        if name in plugins:
+            return plugins[name]
+        raise AttributeError(f"the config has no section {name!r}")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "output": OutputConfig,

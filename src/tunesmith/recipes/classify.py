@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import CheckpointError, DataError
-from ..config.loader import load_config, save_config
+from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
 from ..evaluation.classification import classification_metrics, plot_confusion
@@ -96,12 +96,12 @@ def load_predictor(cfg: RunConfig):
 
 def classify_texts(run_dir: str, texts: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, float]]:
     """(label, probability) for each text, with the classifier trained in run_dir (its config.yaml)."""
-    from ..methods import config_classes
+    from ..tasks import load_config  # the tasks import this module: a late import
 
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         raise CheckpointError(f"{run_dir} is not a classification run: config.yaml is missing")
-    cfg = load_config(str(config), [*overrides, f"output.dir={run_dir}"], config_classes())
+    cfg = load_config(str(config), [*overrides, f"output.dir={run_dir}"])
     predictor = load_predictor(cfg)
     probs = predictor.predict_proba([LabelledExample(t, "") for t in texts])
     return [(predictor.labels[int(i)], float(p[i])) for p, i in zip(probs, probs.argmax(1))]

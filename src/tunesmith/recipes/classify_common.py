@@ -13,8 +13,9 @@ from ..errors import CheckpointError, ConfigError
 from ..config.schema import RunConfig
 from ..methods import apply_method
 from ..models.prefix_cache import FINAL_NORMS, find_blocks
-from ..training import train
+from ..training import Objective, train
 from ..utils.files import atomic_path
+from ..utils.hardware import autocast as precision_autocast
 from ..utils.modules import freeze
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def cache_hidden(prefix, items: list, cfg: RunConfig, pad_id: int, batch_size: i
 
 
 def autocast(cfg: RunConfig):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+    return precision_autocast(cfg.train.precision)
 
 
 def fit(model: nn.Module, examples: list, cfg: RunConfig, out: Path, loss_fn: Callable, collate_fn: Callable,
@@ -121,8 +122,9 @@ def fit(model: nn.Module, examples: list, cfg: RunConfig, out: Path, loss_fn: Ca
         raise ConfigError(f"task.trainable={cfg.task.trainable} leaves nothing to train in task.mode={cfg.task.mode}; "
                           f"choose head, last_block, last_two_blocks, all or method")
     start = time.perf_counter()
-    result = train(model, examples, cfg.train, out, pad_id=0, evaluate=evaluate, progress=progress,
-                   loss_fn=loss_fn, collate_fn=collate_fn, lengths=lengths if cfg.data.group_by_length else None)
+    objective = Objective(collate_fn, loss_fn, lengths if cfg.data.group_by_length else None)
+    result = train(model, examples, cfg.train, out, objective, evaluate=evaluate, progress=progress)
     return {"steps": result.steps, "epochs": cfg.train.epochs, "final_loss": result.final_loss,
+            "last_step_loss": result.last_step_loss, **result.method_metrics,
             "loop_seconds": round(result.seconds, 1),
             "wall_seconds": round(time.perf_counter() - start, 1)}

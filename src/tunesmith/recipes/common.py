@@ -29,6 +29,14 @@ def log_parameters(model, what: str) -> tuple[int, int]:
     return trainable, total
 
 
+def train_loss_metrics(result) -> dict:
+    """The run's training loss as metrics.json reports it: train_loss is the mean of the last
+    logging window (train.log_every steps, also named train_loss_last_window); one step's loss alone
+    is noisy and is kept as train_loss_last_step."""
+    return {"train_loss": result.final_loss, "train_loss_last_window": result.final_loss,
+            "train_loss_last_step": result.last_step_loss}
+
+
 def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple[dict, list[dict]]:
     """Exact-match and contains accuracy of generations on examples that have a reference answer."""
     examples = [e for e in examples if e.prompt_messages][: cfg.eval.limit]

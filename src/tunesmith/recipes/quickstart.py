@@ -4,10 +4,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..config.loader import load_config
 from ..data.synthetic import extraction_records
 from ..data import load_splits
-from ..methods import config_classes
+from ..tasks import load_config
 from ..models import load_base_model
 from ..utils.files import atomic_write_text
 from . import sft
@@ -33,7 +32,7 @@ def run(config_path=None, overrides: Sequence[str] = (), progress: bool = True) 
 
     Returns {"zero_shot": metrics, "fine_tuned": metrics, "samples": [...], "output_dir": ...}.
     """
-    cfg = load_config(str(config_path or DEFAULT_CONFIG), overrides, config_classes())
+    cfg = load_config(str(config_path or DEFAULT_CONFIG), overrides)
     out = Path(cfg.output.dir)
     paths = write_task_data(out / "data")
     cfg.data.train, cfg.data.eval, cfg.data.test = paths["train"], paths["eval"], paths["test"]

@@ -10,13 +10,12 @@ from ..data.packing import batching
 from ..evaluation import mean_loss
 from ..methods import get_method
 from ..methods.io import save_adapter
-from ..methods.registry import method_reports, run_step_hooks
-from ..training import train
+from ..training import sft_objective, train
 from ..training.plots import plot_loss_curve
 from ..utils.memory import peak_rss_mb
 from ..utils.modules import count_parameters
 from ..utils.seeding import seed_everything
-from .common import build_model, generation_scores, write_outputs
+from .common import build_model, generation_scores, train_loss_metrics, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +34,15 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     evaluate = (lambda: {"eval_loss": mean_loss(model, splits.eval, pad, cfg.eval.batch_size)}) if splits.eval else None
-    result = train(model, splits.train, cfg.train, out, pad, evaluate=evaluate,
-                   on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name), progress=progress,
-                   on_step=lambda step: run_step_hooks(model, step),
-                   **batching(cfg.data, splits.train, pad, get_method(cfg.method.name).is_prompt_based))
+    objective = sft_objective(pad, **batching(cfg.data, splits.train, pad, get_method(cfg.method.name).is_prompt_based))
+    result = train(model, splits.train, cfg.train, out, objective, evaluate=evaluate,
+                   on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name), progress=progress)
     save_adapter(model, out, base_model=cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     trainable, total = count_parameters(model)
-    metrics = {"train_loss": result.final_loss, "steps": result.steps, "train_seconds": round(result.seconds, 1),
+    metrics = {**train_loss_metrics(result), "steps": result.steps, "train_seconds": round(result.seconds, 1),
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), "trainable_params": trainable,
-               "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1), **method_reports(model)}
+               "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1), **result.method_metrics}
     held_out = splits.test or splits.eval
     if held_out:
         loss = mean_loss(model, held_out, pad, cfg.eval.batch_size)

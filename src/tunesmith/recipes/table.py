@@ -25,8 +25,8 @@ from typing import Sequence
 import yaml
 
 from ..errors import ConfigError
-from ..config.loader import config_to_dict, load_config
-from ..methods import config_classes
+from ..config.loader import config_to_dict
+from ..tasks import load_config
 from ..utils.files import atomic_write_text
 from . import classify, sft
 
@@ -64,7 +64,7 @@ def run(spec_path: str, overrides: Sequence[str] = (), force: bool = False, prog
     for row in spec["rows"]:
         row_dir = out / slug(row["name"])
         row_overrides = [*spec.get("overrides", []), *row.get("overrides", []), *overrides, f"output.dir={row_dir}"]
-        cfg = load_config(spec["config"], row_overrides, config_classes())
+        cfg = load_config(spec["config"], row_overrides)
         metrics = _finished(row_dir, cfg, spec["columns"]) if not force else None
         if metrics is None:
             if row_dir.exists():

@@ -1,3 +1,4 @@
-from .loop import TrainResult, train
+from .loop import LoopPosition, TrainResult, train
+from .objective import Objective, sft_objective
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["LoopPosition", "Objective", "TrainResult", "sft_objective", "train"]

@@ -16,3 +16,11 @@ def has_native_bf16() -> bool:
         if line.startswith("flags"):
             return bool(NATIVE_BF16_FLAGS & set(line.split(":", 1)[1].split()))
     return False
+
+
+def autocast(precision: str):
+    """bf16 autocast on CPU when precision == "bf16" (train.precision after `auto` is resolved),
+    else a context that changes nothing."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

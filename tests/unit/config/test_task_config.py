@@ -1,23 +1,21 @@
 import pytest
 
 from tunesmith.errors import ConfigError
-from tunesmith.config.loader import load_config
-from tunesmith.methods import config_classes
+from tunesmith import load_config
 
 
 def test_task_section_defaults_keep_sft_and_parse_classification_keys(tmp_path):
-    assert load_config(None, [], config_classes()).task.type == "sft"
+    assert load_config(None, []).task.type == "sft"
     cfg = load_config(None, ["task.type=classify", "task.mode=prompt", "task.label_words={spam: spam, ham: normal}",
                              "data.text_field=sms", "data.label_field=y", "data.text_pair_field=ctx",
-                             "data.columns=[y, sms]", "data.file_type=tsv", "data.balance=undersample"],
-                      config_classes())
+                             "data.columns=[y, sms]", "data.file_type=tsv", "data.balance=undersample"])
     assert cfg.task.label_words == {"spam": "spam", "ham": "normal"}
     assert (cfg.data.text_field, cfg.data.label_field, cfg.data.text_pair_field) == ("sms", "y", "ctx")
     assert cfg.data.columns == ["y", "sms"] and cfg.data.balance == "undersample"
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("task.type=regress", "task.type must be one of sft, classify"),
+    ("task.type=regress", "unknown task.type .regress."),
     ("task.mode=knn", "task.mode must be one of"),
     ("task.trainable=some", "task.trainable must be one of"),
     ("task.template={text} is spam", "answer slot {answer}"),
@@ -28,4 +26,4 @@ def test_task_section_defaults_keep_sft_and_parse_classification_keys(tmp_path):
 ])
 def test_bad_classification_settings_are_config_errors(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("{", r"\{").replace("}", r"\}")):
-        load_config(None, [override], config_classes())
+        load_config(None, [override])

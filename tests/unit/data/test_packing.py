@@ -9,6 +9,7 @@ from tunesmith.data.packing import collate_packed, pack_rows
 from tunesmith.data.sampling import epoch_order
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig
+from tunesmith.training import sft_objective
 from tunesmith.objectives.sft import causal_lm_loss
 
 
@@ -119,7 +120,7 @@ def _train_losses(tmp_path, data_cfg, examples):
     from tunesmith.training import train
     model = apply_method(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"))
     cfg = TrainConfig(max_steps=4, batch_size=4, lr=1e-2, log_every=1, seed=3)
-    train(model, examples, cfg, tmp_path, pad_id=0, **batching(data_cfg, examples, 0))
+    train(model, examples, cfg, tmp_path, sft_objective(0, **batching(data_cfg, examples, 0)))
     return [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 

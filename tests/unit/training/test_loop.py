@@ -11,9 +11,11 @@ from tunesmith.config.schema import TrainConfig
 from tunesmith.data import encode_records
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig
-from tunesmith.training import train
+from tunesmith.training import sft_objective, train
 from tunesmith.training.checkpoint import find_checkpoint
 from tunesmith.training.optim import lr_factor
+
+OBJ = sft_objective(pad_id=0)
 
 
 def _examples(n=24):
@@ -37,7 +39,7 @@ def _cfg(**kw):
 
 def test_training_lowers_loss_and_writes_metrics(tmp_path):
     model, ex = _model(), _examples()
-    result = train(model, ex, _cfg(max_steps=12), tmp_path, pad_id=0)
+    result = train(model, ex, _cfg(max_steps=12), tmp_path, OBJ)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 12 and losses[-1] < losses[0] and math.isfinite(result.final_loss)
@@ -66,19 +68,19 @@ def test_resume_after_interrupt_ends_with_identical_weights(tmp_path, optimizer,
     ex = _examples()
     torch.manual_seed(0)
     straight = _model()
-    train(straight, ex, cfg, tmp_path / "a", pad_id=0)
+    train(straight, ex, cfg, tmp_path / "a", OBJ)
 
     torch.manual_seed(0)
     first = _model()
     _after_calls(first, 2 * 4 + 1, _interrupt)  # dies in the first micro-batch of step 5
     with pytest.raises(KeyboardInterrupt):
-        train(first, ex, cfg, tmp_path / "b", pad_id=0)
+        train(first, ex, cfg, tmp_path / "b", OBJ)
     position = torch.load(tmp_path / "b/checkpoints/last/state.pt", weights_only=False)["position"]
     assert position["step"] == 4  # the interrupt saved the last finished step
 
     torch.manual_seed(123)  # as a new process: other init and RNG, all restored from the checkpoint
     resumed = _model()
-    result = train(resumed, ex, cfg, tmp_path / "b", pad_id=0)
+    result = train(resumed, ex, cfg, tmp_path / "b", OBJ)
     assert result.resumed_from == 4
     for name, value in _lora_state(straight).items():
         torch.testing.assert_close(_lora_state(resumed)[name], value, atol=0, rtol=0)
@@ -90,7 +92,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
     model, ex = _model(), _examples()
     _after_calls(model, 2 * 3 + 1, lambda out: out * float("nan"))  # step 4 produces NaN
     with pytest.raises(TrainingError, match="loss became nan at step 4"):
-        train(model, ex, _cfg(max_steps=6), tmp_path, pad_id=0)
+        train(model, ex, _cfg(max_steps=6), tmp_path, OBJ)
     position = torch.load(tmp_path / "checkpoints/last/state.pt", weights_only=False)["position"]
     saved = load_file(str(tmp_path / "checkpoints/last/trainable.safetensors"))
     assert position["step"] == 3
@@ -106,8 +108,8 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
             for p in m.parameters():
                 if p.requires_grad:
                     p.copy_(torch.linspace(-0.1, 0.1, p.numel()).reshape(p.shape))
-    train(a, ex, _cfg(max_steps=1, batch_size=8, grad_accum=1, save_every=0), tmp_path / "a", pad_id=0)
-    train(b, ex, _cfg(max_steps=1, batch_size=2, grad_accum=4, save_every=0, seed=7), tmp_path / "b", pad_id=0)
+    train(a, ex, _cfg(max_steps=1, batch_size=8, grad_accum=1, save_every=0), tmp_path / "a", OBJ)
+    train(b, ex, _cfg(max_steps=1, batch_size=2, grad_accum=4, save_every=0, seed=7), tmp_path / "b", OBJ)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         if p.requires_grad:
             torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
@@ -118,3 +120,20 @@ def test_schedule_shapes():
     assert lr_factor(10, 10, 2, "linear") == 0.0
     assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
     assert lr_factor(9, 10, 0, "constant") == 1.0
+
+
+def test_the_loop_runs_method_step_hooks_and_reports(tmp_path):
+    """Sparse pruning happens through the loop itself, whatever task drives it."""
+    from tunesmith.methods.sparse import SparseConfig
+
+    model = apply_method(tiny_llama(), SparseConfig(target_modules=["q_proj"], sparsity=0.5, rounds=1, prune_every=1))
+    result = train(model, _examples(), _cfg(max_steps=2, grad_accum=1), tmp_path, OBJ)
+    assert result.method_metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_final_loss_is_the_mean_of_the_last_logging_window(tmp_path):
+    result = train(_model(), _examples(), _cfg(max_steps=6, log_every=3), tmp_path, OBJ)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [3, 6]
+    assert result.final_loss == pytest.approx(records[-1]["loss"])
+    assert result.last_step_loss != result.final_loss

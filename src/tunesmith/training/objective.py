@@ -1,0 +1,45 @@
+"""What a task trains, as one object the loop takes: how examples become a batch, and a batch a loss.
+
+Every task (SFT, classification, preference tuning, distillation ...) hands `train()` an Objective;
+the loop owns everything else (order, accumulation, clipping, schedules, checkpoints, hooks).
+"""
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+
+from ..data.collate import collate
+from ..objectives.sft import causal_lm_loss
+
+
+@dataclass
+class Objective:
+    """collate(examples) -> batch; loss(model, batch) -> (mean loss, number of loss terms) or
+    (mean loss, number of terms, {metric: mean value}) when the task logs more than the loss
+    (the loop averages those over the logging window, weighted by the term counts).
+
+    lengths: tokens per example, for data.group_by_length (None: seeded random order).
+    """
+
+    collate: Callable[[list], dict]
+    loss: Callable
+    lengths: Optional[list[int]] = field(default=None, repr=False)
+
+    @staticmethod
+    def tokens(batch: dict) -> int:
+        """Real (non-padding) tokens of a batch, for tokens/s."""
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else 0
+
+
+def sft_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Next-token loss on labelled tokens: (mean loss, number of tokens)."""
+    return causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                          position_ids=batch.get("position_ids"))  # position_ids: a packed batch
+
+
+def sft_objective(pad_id: int, collate_fn: Optional[Callable] = None,
+                  lengths: Optional[list[int]] = None) -> Objective:
+    """Language modelling on `Example`s: padded batches (or collate_fn, e.g. packed rows)."""
+    return Objective(collate_fn or partial(collate, pad_id=pad_id), sft_loss, lengths)
