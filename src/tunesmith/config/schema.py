@@ -129,17 +129,19 @@ class EvalConfig:
     show: int = opt(3, "sample generations to print")
 
 
-TASK_MODES = ("head", "features", "prompt", "icl")
 TRAINABLE = ("head", "last_block", "last_two_blocks", "all", "method", "none")
-ICL_SELECTIONS = ("random", "similar", "vote_k", "mdl")
+# Older flat keys of the classification modes' own sections (features.*, prompt.*, icl.*): still
+# read, moved into the section by the classify task (tunesmith/tasks/classify/modes).
+_ALIAS = "older name of {}; use that"
 
 
 @dataclass
 class TaskConfig:
     type: str = opt("sft", "registered task: sft (language modelling, instruction tuning), classify (labelled "
                            "text), ... (see `tunesmith tasks`)")
-    mode: str = opt("head", "classify: head (classification head on the model), features (frozen embeddings -> "
-                            "scikit-learn), prompt (label words at an answer slot) or icl (k-shot prompting, no training)")
+    mode: str = opt("head", "classify: a registered classification mode, e.g. head (classification head on the "
+                            "model), features (frozen embeddings -> scikit-learn), prompt (label words at an answer "
+                            "slot) or icl (k-shot prompting, no training); each may add its own section")
     pooling: str = opt("auto", "token the head or features read: last (last real token), first, mean, or auto "
                                "(last for decoders, first for encoders)")
     trainable: str = opt("last_block", "head/prompt modes: what trains: head (head only), last_block or last_two_blocks "
@@ -148,29 +150,23 @@ class TaskConfig:
     class_weights: bool = opt(False, "weight the loss by inverse class frequency, n / (classes * count)")
     cache_frozen: bool = opt(True, "run the frozen lower blocks once per example and reuse their output every epoch "
                                    "(used only where checked exact on the first batch, e.g. Llama-family models)")
-    feature_layer: int = opt(-1, "features mode: hidden-state layer to read (0 = embeddings, -1 = last)")
-    feature_classifier: str = opt("logreg", "features mode: logreg (logistic regression) or mlp (small MLP)")
-    feature_c: float = opt(1.0, "features mode: inverse regularisation strength C of the logistic regression")
     template: str = opt("{text} This message is {answer}", "prompt/icl modes: template with {text} (optional "
                                                            "{text_pair}) and the answer slot {answer}")
     label_words: dict = opt({}, "prompt/icl modes: label -> word put at the answer slot, e.g. {spam: spam, ham: normal}")
     multi_token: bool = opt(True, "prompt/icl modes: allow label words of several tokens (scored by their joint "
                                   "probability); false makes them an error")
-    demonstrations: str = opt("none", "prompt mode: none, random or similar: one training example per class put "
-                                      "before the input, with its label word (LM-BFF)")
-    icl_shots: int = opt(4, "icl mode: demonstrations per prompt (k)")
-    icl_selection: str = opt("random", "icl mode: random, similar (top-k by embedding), vote_k or mdl")
-    icl_pool: int = opt(16, "icl mode, vote_k: examples vote-k selects, the pool each prompt's demonstrations come from")
-    icl_candidates: int = opt(4, "icl mode, mdl: candidate demonstration sets per input; the one with the lowest "
-                                 "label entropy (description length) is used")
+    feature_layer: Optional[int] = opt(None, _ALIAS.format("features.layer"))
+    feature_classifier: Optional[str] = opt(None, _ALIAS.format("features.classifier"))
+    feature_c: Optional[float] = opt(None, _ALIAS.format("features.c"))
+    demonstrations: Optional[str] = opt(None, _ALIAS.format("prompt.demonstrations"))
+    icl_shots: Optional[int] = opt(None, _ALIAS.format("icl.shots"))
+    icl_selection: Optional[str] = opt(None, _ALIAS.format("icl.selection"))
+    icl_pool: Optional[int] = opt(None, _ALIAS.format("icl.pool"))
+    icl_candidates: Optional[int] = opt(None, _ALIAS.format("icl.candidates"))
 
     def __post_init__(self):
-        _choice("task.mode", self.mode, TASK_MODES)
         _choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
         _choice("task.trainable", self.trainable, TRAINABLE)
-        _choice("task.feature_classifier", self.feature_classifier, ("logreg", "mlp"))
-        _choice("task.demonstrations", self.demonstrations, ("none", "random", "similar"))
-        _choice("task.icl_selection", self.icl_selection, ICL_SELECTIONS)
         if "{answer}" not in self.template or "{text}" not in self.template:
             raise ConfigError(f"task.template must contain the input slot {{text}} and the answer slot {{answer}}, "
                               f"got {self.template!r}; e.g. '{{text}} It was {{answer}}.'")
@@ -179,9 +175,6 @@ class TaskConfig:
                               f"got {self.label_words!r}")
         self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
         self.labels = [str(x) for x in self.labels]
-        for key in ("icl_shots", "icl_pool", "icl_candidates"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"task.{key} must be >= 1, got {getattr(self, key)}")
 
 
 def _choice(key: str, value: str, allowed) -> None:

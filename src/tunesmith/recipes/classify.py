@@ -1,12 +1,10 @@
-"""Text classification: train (or fit) a classifier in one of four modes, evaluate, classify new text.
+"""Text classification: train (or fit) a classifier in the mode task.mode names, evaluate, classify
+new text.
 
-Modes (task.mode), each a (fit, load) pair in MODES:
-  head      a linear head on the model's last/first token (classify_head.py)
-  features  frozen embeddings -> scikit-learn logistic regression or MLP (feature_based.py)
-  prompt    label words scored at a template's answer slot, zero-shot or fine-tuned (prompt_based.py)
-  icl       k-shot prompting with chosen demonstrations; nothing trains (icl.py)
-A mode's fit(cfg, splits, out, progress) returns (predictor, info); load(cfg, out, labels) returns
-the predictor again from out. A predictor has `labels` and `predict_proba(examples) -> (N, K)`.
+The modes (head, features, prompt, icl, ...) are plug-ins in tunesmith/tasks/classify/modes, one
+module each, looked up in their registry. A mode's fit(cfg, splits, out, progress) returns
+(predictor, info); load(cfg, out, labels) returns the predictor again from out. A predictor has
+`labels` and `predict_proba(examples) -> (N, K)`.
 """
 import json
 import logging
@@ -20,16 +18,10 @@ from ..data.classification import LabelledExample, check_known_labels, load_labe
 from ..evaluation.classification import classification_metrics, plot_confusion
 from ..utils.files import atomic_write_text
 from ..utils.seeding import seed_everything
-from . import classify_head, feature_based, icl, prompt_based
+from ..tasks.classify.modes import get_mode, resolve
 
 log = logging.getLogger(__name__)
 LABELS_FILE = "classifier.json"
-MODES = {
-    "head": (classify_head.fit_head, classify_head.load_head),
-    "features": (feature_based.fit_features, feature_based.load_features),
-    "prompt": (prompt_based.fit_prompt, prompt_based.load_prompt),
-    "icl": (icl.fit_icl, icl.load_icl),
-}
 
 
 def run(cfg: RunConfig, progress: bool = False) -> dict:
@@ -39,13 +31,13 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     metrics.json (test metrics as accuracy / macro_f1 / per_class / confusion, plus train_, val_ and
     test_accuracy and timings), confusion.png and, when the loop ran, metrics.jsonl and checkpoints.
     """
+    resolve(cfg)
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     splits = load_labelled_splits(cfg.data, cfg.train.seed, cfg.task.labels)
-    fit_fn, _ = MODES[cfg.task.mode]
-    predictor, info = fit_fn(cfg, splits, out, progress)
+    predictor, info = get_mode(cfg.task.mode).fit(cfg, splits, out, progress)
     atomic_write_text(out / LABELS_FILE, json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2))
     metrics = {"mode": cfg.task.mode, **info}
     scored = {}
@@ -69,6 +61,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
 def evaluate(cfg: RunConfig, split: str = "test") -> dict:
     """Metrics of the classifier trained in output.dir on `split` (test, eval or train) of cfg.data;
     written to output.dir/metrics.json. Raises DataError for labels the classifier never saw."""
+    resolve(cfg)
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     predictor = load_predictor(cfg)
@@ -84,14 +77,14 @@ def evaluate(cfg: RunConfig, split: str = "test") -> dict:
 
 def load_predictor(cfg: RunConfig):
     """The classifier trained in cfg.output.dir (mode and labels from its classifier.json)."""
+    resolve(cfg)
     out = Path(cfg.output.dir)
     path = out / LABELS_FILE
     if not path.is_file():
         raise CheckpointError(f"{out} holds no trained classifier ({LABELS_FILE} is missing): run "
                               f"`tunesmith train CONFIG.yaml` with task.type=classify first")
     saved = json.loads(path.read_text())
-    _, load_fn = MODES[saved["mode"]]
-    return load_fn(cfg, out, saved["labels"])
+    return get_mode(saved["mode"]).load(cfg, out, saved["labels"])
 
 
 def classify_texts(run_dir: str, texts: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, float]]:

@@ -1,23 +1,46 @@
-"""In-context learning baselines: k demonstrations from the training split, each the template filled
+"""task.mode=icl: in-context learning baselines: k demonstrations from the training split, each the template filled
 with its text and label word, then the input; the class is the best-scoring label word (as in
-prompt-based classification, with a frozen model). Demonstrations are chosen by task.icl_selection:
-random, similar, vote_k or mdl (evaluation.icl)."""
+prompt-based classification, with a frozen model). Demonstrations are chosen by icl.selection:
+random, similar, vote_k or mdl (data.demonstrations)."""
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config.schema import RunConfig
-from ..data.classification import LabelledSplits, load_labelled_splits
-from ..evaluation.icl import cosine, mdl_candidates, mdl_choice, random_demos, similar_demos, text_rng, vote_k
-from ..models.embeddings import Embedder
-from ..models.encoders import load_language_model
-from ..utils.modules import freeze
-from .feature_based import texts_of
-from .prompt_based import PromptScorer
+from ....config.fields import opt
+from ....config.schema import RunConfig
+from ....errors import ConfigError
+from ....data.classification import LabelledSplits, load_labelled_splits
+from ....data.demonstrations import cosine, mdl_candidates, mdl_choice, random_demos, similar_demos, text_rng, vote_k
+from ....models.embeddings import Embedder
+from ....models.encoders import load_language_model
+from ....utils.modules import freeze
+from .common import texts_of
+from .prompt import PromptScorer
+from .registry import ModeSpec, register_mode
 
 log = logging.getLogger(__name__)
+SELECTIONS = ("random", "similar", "vote_k", "mdl")
+
+
+@dataclass
+class ICLConfig:
+    """The `icl:` section (task.mode=icl); template and label words are in `task` (prompt uses them too)."""
+
+    shots: int = opt(4, "demonstrations per prompt (k)")
+    selection: str = opt("random", "random, similar (top-k by embedding), vote_k or mdl")
+    pool: int = opt(16, "vote_k: examples vote-k selects, the pool each prompt's demonstrations come from")
+    candidates: int = opt(4, "mdl: candidate demonstration sets per input; the one with the lowest label "
+                             "entropy (description length) is used")
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"icl.selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        for key in ("shots", "pool", "candidates"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"icl.{key} must be >= 1, got {getattr(self, key)}")
 
 
 class ICLPredictor:
@@ -25,12 +48,12 @@ class ICLPredictor:
 
     def __init__(self, scorer: PromptScorer, cfg: RunConfig, pool: list):
         self.scorer, self.cfg, self.pool, self.labels = scorer, cfg, pool, scorer.labels
-        self.selection, self.k = cfg.task.icl_selection, cfg.task.icl_shots
+        self.selection, self.k = cfg.icl.selection, cfg.icl.shots
         self.embedder = None if self.selection == "random" else Embedder(  # the LM is frozen: embed with it
             cfg.model.name, "mean", -1, cfg.data.max_length, cfg.eval.batch_size, cfg.train.precision == "bf16",
             model=scorer.lm, tokenizer=scorer.tokenizer)
         self.pool_vecs = self.embedder.embed(texts_of(pool)) if self.embedder else None
-        self.voted = vote_k(self.pool_vecs, cfg.task.icl_pool) if self.selection == "vote_k" else None
+        self.voted = vote_k(self.pool_vecs, cfg.icl.pool) if self.selection == "vote_k" else None
         if self.voted is not None:
             log.info("vote-k picked %d pool examples: labels %s", len(self.voted), [pool[i].label for i in self.voted])
 
@@ -47,7 +70,7 @@ class ICLPredictor:
             elif self.selection == "vote_k":
                 out.append([similar_demos(sims[i], self.k, among=self.voted)])
             else:
-                out.append(mdl_candidates(sims[i], self.k, self.cfg.task.icl_candidates, rng))
+                out.append(mdl_candidates(sims[i], self.k, self.cfg.icl.candidates, rng))
         return out
 
     def predict_proba(self, examples: list) -> np.ndarray:
@@ -75,8 +98,14 @@ def fit_icl(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bool = 
     start = time.perf_counter()
     predictor = build(cfg, splits)
     return predictor, {"trained": False, "trainable_params": 0, "setup_seconds": round(time.perf_counter() - start, 1),
-                       "shots": cfg.task.icl_shots, "selection": cfg.task.icl_selection}
+                       "shots": cfg.icl.shots, "selection": cfg.icl.selection}
 
 
 def load_icl(cfg: RunConfig, out: Path, labels: list) -> ICLPredictor:
     return build(cfg, load_labelled_splits(cfg.data, cfg.train.seed, labels))
+
+
+register_mode(ModeSpec(name="icl", help="k-shot prompting with chosen demonstrations; nothing trains",
+                       fit=fit_icl, load=load_icl, section=("icl", ICLConfig), trains=False,
+                       aliases={"icl_shots": "shots", "icl_selection": "selection", "icl_pool": "pool",
+                                "icl_candidates": "candidates"}))

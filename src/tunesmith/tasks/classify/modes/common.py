@@ -1,5 +1,6 @@
 """Pieces the classification modes share: what trains, saving/loading the trained tensors, padding
-token batches, and running the training loop with a classification objective."""
+token batches, the input text of an example, and running the training loop with a classification
+objective."""
 import logging
 import time
 from pathlib import Path
@@ -9,14 +10,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from ..config.schema import RunConfig
-from ..methods import apply_method
-from ..models.prefix_cache import FINAL_NORMS, find_blocks
-from ..training import Objective, train
-from ..utils.files import atomic_path
-from ..utils.hardware import autocast as precision_autocast
-from ..utils.modules import freeze
+from ....errors import CheckpointError, ConfigError
+from ....config.schema import RunConfig
+from ....methods import apply_method
+from ....models.prefix_cache import FINAL_NORMS, find_blocks
+from ....training import Objective, train
+from ....utils.files import atomic_path
+from ....utils.hardware import autocast as precision_autocast
+from ....utils.modules import freeze
 
 log = logging.getLogger(__name__)
 STATE_FILE = "classifier.safetensors"
@@ -108,6 +109,11 @@ def cache_hidden(prefix, items: list, cfg: RunConfig, pad_id: int, batch_size: i
             hidden = prefix.capture(ids, mask).float()  # (B, T, H)
         for row, i in enumerate(idx):
             items[i].hidden = hidden[row, :len(items[i].input_ids)].clone()
+
+
+def texts_of(examples: list) -> list[str]:
+    """Input texts, a text pair joined to its text by a newline."""
+    return [e.text if e.pair is None else f"{e.text}\n{e.pair}" for e in examples]
 
 
 def autocast(cfg: RunConfig):

@@ -2,8 +2,8 @@ import random
 
 import numpy as np
 
-from tunesmith.evaluation.icl import (mdl_candidates, mdl_choice, one_per_class, random_demos, similar_demos, text_rng,
-                                      vote_k)
+from tunesmith.data.demonstrations import (mdl_candidates, mdl_choice, one_per_class, random_demos, similar_demos,
+                                           text_rng, vote_k)
 
 
 def test_similar_puts_the_closest_last_and_respects_exclusions():

@@ -1,4 +1,4 @@
-"""Head-based classification: a linear head on the model's last (decoder) or first (encoder) token,
+"""task.mode=head: head-based classification: a linear head on the model's last (decoder) or first (encoder) token,
 trained with the part of the model task.trainable names (head only, top blocks, all, or a PEFT method).
 
 When the lower blocks are frozen their output is computed once per training example and reused every
@@ -13,16 +13,18 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..config.schema import RunConfig
-from ..data.classification import LabelledSplits, class_weights
-from ..models.encoders import load_language_model
-from ..models.heads import SequenceClassifier
-from ..models.prefix_cache import make_prefix
-from ..objectives.classification import weighted_cross_entropy
-from .classify_common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch, pad_hidden,
-                              save_trained, set_trainable)
-from .common import log_parameters
+from ....errors import ConfigError
+from ....config.schema import RunConfig
+from ....data.classification import LabelledSplits, class_weights
+from ....methods.base import adapter_configs, record_adapter
+from ....models.encoders import load_language_model
+from ....models.heads import SequenceClassifier
+from ....models.prefix_cache import make_prefix
+from ....objectives.classification import weighted_cross_entropy
+from ....recipes.common import log_parameters
+from .common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch, pad_hidden,
+                     save_trained, set_trainable)
+from .registry import ModeSpec, register_mode
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ def build(cfg: RunConfig, labels: list):
     lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype)
     set_trainable(lm, cfg, use_lm_head=False)
     model = SequenceClassifier(lm, len(labels), cfg.task.pooling)
+    for name, method_cfg in adapter_configs(lm).items():  # the loop runs method hooks on the model it trains
+        record_adapter(model, name, method_cfg)
     log_parameters(model, f"head classifier ({cfg.task.trainable}, {model.pooling} token)")
     return model, tokenizer
 
@@ -139,3 +143,7 @@ def _evaluator(predictor: HeadPredictor, examples: list, weight):
         loss, _ = weighted_cross_entropy(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y, weight)
         return {"eval_loss": loss.item(), "eval_accuracy": float((probs.argmax(1) == y.numpy()).mean())}
     return evaluate
+
+
+register_mode(ModeSpec(name="head", help="a linear head on the model's last/first token", fit=fit_head,
+                       load=load_head))

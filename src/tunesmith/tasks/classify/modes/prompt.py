@@ -1,9 +1,9 @@
-"""Prompt-based classification (PET / LM-BFF): the template turns an input into a fill-in and each
+"""task.mode=prompt: prompt-based classification (PET / LM-BFF): the template turns an input into a fill-in and each
 class is scored by the LM's probability of its label word at the answer slot. Zero-shot with
 task.trainable=none; fine-tuned (cross-entropy over the class scores) with last_block,
 last_two_blocks, all or method. No parameter is added.
 
-Demonstrations (task.demonstrations): one training example per class, filled with its label word,
+Demonstrations (prompt.demonstrations): one training example per class, filled with its label word,
 put before the input; chosen at random or as the most similar of its class (embeddings of the frozen
 base model, mean-pooled). A training example never gets itself as a demonstration.
 """
@@ -16,23 +16,38 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..config.schema import RunConfig
-from ..data.classification import LabelledSplits, class_weights, load_labelled_splits
-from ..data.prompt_template import PromptTemplate, mask_fill
-from ..evaluation.icl import cosine, one_per_class, text_rng
-from ..models.embeddings import Embedder
-from ..models.encoders import load_language_model
-from ..models.heads import is_decoder
-from ..models.prefix_cache import make_prefix
-from ..objectives.classification import label_word_scores, weighted_cross_entropy
-from ..objectives.sft import supports_hidden_path
-from .classify_common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch,
-                              pad_hidden, save_trained, set_trainable)
-from .common import log_parameters
-from .feature_based import texts_of
+from ....errors import ConfigError
+from ....config.fields import opt
+from ....config.schema import RunConfig
+from ....data.classification import LabelledSplits, class_weights, load_labelled_splits
+from ....data.prompt_template import PromptTemplate, mask_fill
+from ....data.demonstrations import cosine, one_per_class, text_rng
+from ....models.embeddings import Embedder
+from ....models.encoders import load_language_model
+from ....models.heads import is_decoder
+from ....models.prefix_cache import make_prefix
+from ....objectives.classification import label_word_scores, weighted_cross_entropy
+from ....objectives.sft import supports_hidden_path
+from ....recipes.common import log_parameters
+from .common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch, pad_hidden,
+                     save_trained, set_trainable, texts_of)
+from .registry import ModeSpec, register_mode
 
 log = logging.getLogger(__name__)
+DEMONSTRATIONS = ("none", "random", "similar")
+
+
+@dataclass
+class PromptConfig:
+    """The `prompt:` section (task.mode=prompt); template and label words are in `task` (icl uses them too)."""
+
+    demonstrations: str = opt("none", "none, random or similar: one training example per class put before the "
+                                      "input, with its label word (LM-BFF)")
+
+    def __post_init__(self):
+        if self.demonstrations not in DEMONSTRATIONS:
+            raise ConfigError(f"prompt.demonstrations must be one of {', '.join(DEMONSTRATIONS)}, "
+                              f"got {self.demonstrations!r}")
 
 
 @dataclass
@@ -99,7 +114,7 @@ class Demonstrations:
     """LM-BFF demonstrations from the training pool: none, random or similar (one per class)."""
 
     def __init__(self, cfg: RunConfig, pool: list, labels: list):
-        self.strategy, self.seed, self.pool, self.n_classes = cfg.task.demonstrations, cfg.train.seed, pool, len(labels)
+        self.strategy, self.seed, self.pool, self.n_classes = cfg.prompt.demonstrations, cfg.train.seed, pool, len(labels)
         self.pool_labels = [labels.index(e.label) for e in pool]
         self.embedder = Embedder(cfg.model.name, "mean", -1, cfg.data.max_length, cfg.eval.batch_size,
                                  bf16=cfg.train.precision == "bf16") if self.strategy == "similar" else None
@@ -180,3 +195,8 @@ def _cache(scorer: PromptScorer, train_set: list, cfg: RunConfig, pad: int) -> N
     scorer.prefix = make_prefix(scorer.lm, scorer.lm.base_model, pad_batch([first], pad))
     if scorer.prefix is not None:
         cache_hidden(scorer.prefix, [v for e in train_set for v in e.variants], cfg, pad)
+
+
+register_mode(ModeSpec(name="prompt", help="label words scored at a template's answer slot, zero-shot or fine-tuned",
+                       fit=fit_prompt, load=load_prompt, section=("prompt", PromptConfig),
+                       aliases={"demonstrations": "demonstrations"}))
