@@ -63,6 +63,11 @@ def test_table_runs_rows_and_reuses_finished_ones(run_dir, capsys):
     (None, ["task.mode=prompt", "task.trainable=none", "task.template={text} is spam"], "answer slot {answer}"),
     (None, ["task.mode=prompt", "task.trainable=none", "task.label_words={ham: \u00e9\u00e9, spam: x}"],
      "is not in the model's vocabulary"),
+    (None, ["method.name=sparse"], "method.name=sparse is set but task.trainable=head trains the head only; "
+                                   "set task.trainable=method to train with sparse, or remove the method section"),
+    (None, ["task.mode=knn"], "task.mode must be one of head, features, prompt, icl, got 'knn'"),
+    (None, ["task.mode=icl", "task.icl_shots=2", "icl.shots=3"], "task.icl_shots=2 and icl.shots=3 disagree"),
+    (None, ["features.c=2"], "section 'features' does not apply to task.type=classify task.mode=head"),
 ])
 def test_bad_input_is_one_clear_line(run_dir, capsys, setup, args, fragment):
     if setup:

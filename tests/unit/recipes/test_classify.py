@@ -44,7 +44,8 @@ def _cfg(task, tmp_path, *overrides):
     ("all", 128 * 16 + 2 * BLOCK + 16 + HEAD), ("method", 2 * (2 * 16 + 16 * 2 + 2 * 16 + 8 * 2) + HEAD),
 ])
 def test_head_mode_trains_what_task_trainable_names(task, tmp_path, trainable, expected):
-    method = ["method.name=lora", "method.r=2", "method.target_modules=[q_proj, v_proj]"] if trainable == "method" else []
+    lora = ["method.name=lora", "method.r=2", "method.target_modules=[q_proj, v_proj]"]
+    method = lora if trainable == "method" else []
     cfg = _cfg(task, tmp_path, f"task.trainable={trainable}", *method)
     metrics = classify.run(cfg)
     assert metrics["trainable_params"] == expected

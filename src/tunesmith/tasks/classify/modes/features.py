@@ -58,8 +58,9 @@ class FeaturePredictor:
         x = self.embedder.embed(texts_of(examples))  # (N, F)
         expected = self.classifier[0].n_features_in_
         if x.shape[1] != expected:
-            raise CheckpointError(f"the feature classifier reads {expected} features but model.name={self.embedder.name} "
-                                  f"layer {self.embedder.layer} gives {x.shape[1]}; use the model it was trained with")
+            raise CheckpointError(f"the feature classifier reads {expected} features but model.name="
+                                  f"{self.embedder.name} layer {self.embedder.layer} gives {x.shape[1]}; "
+                                  f"use the model and features.layer it was trained with")
         probs = self.classifier.predict_proba(x)
         out = np.zeros((len(examples), len(self.labels)), dtype=np.float32)
         out[:, self.classifier.classes_] = probs  # classes_ are label indices
