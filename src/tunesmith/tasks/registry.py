@@ -28,6 +28,9 @@ class TaskSpec:
     sections: dict = field(default_factory=dict)  # config sections this task adds: name -> dataclass
     # active_sections(task_cfg) -> the section names a run uses (default: all of this task's own)
     active_sections: Optional[Callable] = None
+    # finish(cfg): checks and completions across sections, after the loader built them (e.g. older
+    # key names moved into their section); raises ConfigError
+    finish: Optional[Callable] = None
 
     def sections_for(self, task_cfg) -> list[str]:
         if self.active_sections is not None:

@@ -24,4 +24,4 @@ def _evaluate(cfg, request: EvalRequest) -> dict:
 
 register_task(TaskSpec(name="classify", help=f"text classification: {', '.join(modes.mode_names())} (task.mode)",
                        train=_train, evaluate=_evaluate, text=classification_text, sections=modes.sections(),
-                       active_sections=modes.active_sections))
+                       active_sections=modes.active_sections, finish=modes.resolve))
