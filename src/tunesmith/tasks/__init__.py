@@ -22,4 +22,8 @@ def config_types() -> ConfigTypes:
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:
     """Read a run config (YAML file or None for defaults, plus dotted overrides) against every
     registry: method sections, task types and the tasks' own sections are all checked."""
-    return _load_config(path, overrides, config_types())
+    cfg = _load_config(path, overrides, config_types())
+    finish = get_task(cfg.task.type).finish
+    if finish is not None:
+        finish(cfg)
+    return cfg
