@@ -93,7 +93,7 @@ class Embedder:
         n = len(find_blocks(backbone)[1])
         k = self.layer if self.layer >= 0 else n + 1 + self.layer
         if not 0 <= k <= n:
-            raise ConfigError(f"task.feature_layer={self.layer} is outside this model's layers -1, 0..{n}")
+            raise ConfigError(f"features.layer={self.layer} is outside this model's layers -1, 0..{n}")
         return FrozenPrefix(backbone, k).capture(ids, mask)
 
 
