@@ -1,39 +1,282 @@
-"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG and loop position.
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG and loop position, without pickle.
 
-Written to a temp directory and swapped in with a rename, so a crash mid-write leaves the
-previous checkpoint intact.
+A checkpoint directory holds three files:
+- trainable.safetensors: the trainable parameters, by name.
+- state.safetensors: every other tensor: optimizer state as "optimizer.state.<i>.<name>" (dtypes
+  kept, e.g. the 8-bit optimizer's int8/uint8 codes) and RNG states as "rng.*".
+- state.json: the rest (param groups, per-parameter numbers, scheduler state, loop position, RNG
+  numbers) and a manifest (dtype, shape) of the tensors in state.safetensors.
+
+Notable:
+- A save writes a temp directory and swaps it in with renames: checkpoints/last becomes
+  checkpoints/previous, so a crash or a full disk at any point leaves a loadable checkpoint.
+- A load reads and checks everything before it touches the model or the optimizer, so when last/
+  is damaged it can fall back to previous/ (with a warning) instead of resuming from half of each.
 """
+import errno
+import json
+import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..utils.files import replace_dir
-from ..utils.seeding import rng_state, set_rng_state
+from ..utils.files import fsync_dir, fsync_file, replace_dir, write_synced
+from ..utils.seeding import join_rng_state, rng_state, set_rng_state, split_rng_state
 
-WEIGHTS, STATE = "trainable.safetensors", "state.pt"
+log = logging.getLogger(__name__)
 
+FORMAT = "tunesmith-checkpoint/1"
+WEIGHTS, TENSORS, STATE = "trainable.safetensors", "state.safetensors", "state.json"
+FILES = (WEIGHTS, TENSORS, STATE)
+LAST, PREVIOUS = "last", "previous"
+_KEYS = ("format", "position", "optimizer", "scheduler", "rng", "tensors")
+
+
+class _Damaged(CheckpointError):
+    """The checkpoint's files are missing, truncated or inconsistent (not: it fits another model)."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"checkpoint {path} is unusable: {what}; delete {path} or set train.resume=false")
+        self.path, self.what = path, what
+
+
+# ---- save ----------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, named_params: dict, optimizer, scheduler, position: dict, rng=None) -> None:
-    """rng: the RNG state to restore on resume (default: the current one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    save_file({k: v.detach().contiguous() for k, v in named_params.items()}, str(tmp / WEIGHTS))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng or rng_state(), "position": position}, tmp / STATE)
-    replace_dir(tmp, path)
+    """Write a checkpoint to `path`; when `path` is checkpoints/last, the old one becomes previous/.
 
+    position: the loop position (plain JSON values); rng: the RNG state to restore on resume
+    (default: the current one). Raises CheckpointError when a file cannot be written (disk full:
+    the previous checkpoint stays loadable) or a state value would need pickle.
+    """
+    state, tensors = _to_plain(path, optimizer, scheduler, position, rng or rng_state())
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_strays(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        _write(tmp, named_params, tensors, state)
+        replace_dir(tmp, path, keep=_keep_for(path))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(_write_failure(path, e)) from None
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_plain(path: Path, optimizer, scheduler, position: dict, rng: dict) -> tuple[dict, dict]:
+    """(state.json content, state.safetensors tensors)."""
+    opt = optimizer.state_dict()
+    tensors, per_param = {}, {}
+    for index, entries in opt["state"].items():
+        names, values = [], {}
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.state.{index}.{name}"] = value.detach().contiguous()
+                names.append(name)
+            else:
+                values[name] = value
+        per_param[str(index)] = {"tensors": names, "values": values}
+    rng_plain, rng_tensors = split_rng_state(rng)
+    tensors.update(rng_tensors)
+    state = {"format": FORMAT, "position": position,
+             "optimizer": {"class": type(optimizer).__name__, "state": per_param,
+                           "param_groups": opt["param_groups"]},
+             "scheduler": scheduler.state_dict(), "rng": rng_plain,
+             "tensors": {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in tensors.items()}}
+    return _plain(state, path, "state"), tensors
+
+
+def _plain(value, path: Path, where: str):
+    """`value` as JSON types (tuples become lists); anything else would need pickle, so it is an error."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, path, f"{where}.{k}") for k, v in value.items()}
+    raise CheckpointError(f"cannot write checkpoint {path}: {where} is a {type(value).__name__}, which only pickle "
+                          f"could store; use an optimizer and scheduler whose state_dict() holds only tensors, "
+                          f"numbers, strings and lists")
+
+
+def _write(tmp: Path, named_params: dict, tensors: dict, state: dict) -> None:
+    save_file({k: v.detach().contiguous() for k, v in named_params.items()}, str(tmp / WEIGHTS))
+    _check_written(tmp / WEIGHTS)
+    save_file(tensors, str(tmp / TENSORS))
+    _check_written(tmp / TENSORS)
+    write_synced(tmp / STATE, json.dumps(state).encode())
+    fsync_dir(tmp)
+
+
+def _check_written(file: Path) -> None:
+    # save_file buffers its writes, and a failed final flush can go unreported; fsync and re-read
+    # the header so a short file is caught here rather than at resume time.
+    fsync_file(file)
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except SafetensorError as e:
+        raise OSError(errno.EIO, f"{file.name} came out short or corrupt ({e}); is the disk full?") from None
+
+
+def _keep_for(path: Path) -> Optional[Path]:
+    """Where the checkpoint being replaced goes: previous/ when it is a sound last/."""
+    if path.name != LAST or not _looks_sound(path):
+        return None  # a damaged last/ is dropped, so it cannot displace a good previous/
+    return path.with_name(PREVIOUS)
+
+
+def _looks_sound(path: Path) -> bool:
+    # Cheap checks only (safetensors headers, the small JSON); a full read is left to load time.
+    try:
+        for name in (WEIGHTS, TENSORS):
+            with safe_open(str(path / name), framework="pt"):
+                pass
+        _read_json(path)
+    except (OSError, SafetensorError, _Damaged):
+        return False
+    return True
+
+
+def _remove_strays(path: Path) -> None:
+    # Temp dirs of saves that crashed before their rename, and dirs a crash left mid-deletion.
+    for stray in [*path.parent.glob(f".{path.name}-*"), *path.parent.glob(".*.trash")]:
+        if stray.is_dir():
+            log.debug("removing %s, left by an interrupted save", stray)
+            shutil.rmtree(stray, ignore_errors=True)
+
+
+def _write_failure(path: Path, e: Exception) -> str:
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the disk holding {path.parent}"
+    else:
+        fix = f"check that {path.parent} is writable and has free space"
+    return f"cannot write checkpoint {path}: {reason}; {fix}, then run the same command to resume " \
+           f"(the previous checkpoint is kept)"
+
+
+# ---- load ----------------------------------------------------------------------------------------
 
 def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dict:
-    """Restore everything saved by save_checkpoint; returns the loop position."""
+    """Restore everything saved by save_checkpoint; returns the loop position.
+
+    When `path` (checkpoints/last) is damaged and checkpoints/previous is good, logs a warning and
+    restores previous/. Raises CheckpointError (naming the file and the fix) when no usable
+    checkpoint is there or it does not fit this model, method or optimizer.
+    """
     try:
-        weights = load_file(str(path / WEIGHTS))
-        state = torch.load(path / STATE, weights_only=False)
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}; delete it to start over") from None
+        ckpt = _read(path, named_params, optimizer)
+    except _Damaged as err:
+        backup = _backup_of(path)
+        if backup is None:
+            raise
+        try:
+            ckpt = _read(backup, named_params, optimizer)
+        except _Damaged as err2:
+            raise CheckpointError(f"checkpoints {path} and {backup} are both unusable ({err.what}; {err2.what}); "
+                                  f"delete {path.parent} or set train.resume=false") from None
+        log.warning("checkpoint %s is unusable (%s); resuming from the one before it, %s", path, err.what, backup)
+    return _apply(ckpt, named_params, optimizer, scheduler)
+
+
+def find_checkpoint(out_dir: Path) -> Optional[Path]:
+    """out_dir/checkpoints/last, else checkpoints/previous, else None.
+
+    A damaged last/ is still returned: load_checkpoint then falls back to previous/. previous/ is
+    returned alone after a crash between the two renames of a save.
+    """
+    last = out_dir / "checkpoints" / LAST
+    previous = last.with_name(PREVIOUS)
+    if last.is_dir():
+        return last
+    if previous.is_dir():
+        log.warning("%s is missing (a save was interrupted); resuming from %s", last, previous)
+        return previous
+    return None
+
+
+def read_position(path: Path) -> dict:
+    """The loop position stored in the checkpoint at `path` (without loading anything else)."""
+    return _read_json(path)["position"]
+
+
+def _backup_of(path: Path) -> Optional[Path]:
+    previous = path.with_name(PREVIOUS)
+    return previous if path.name == LAST and previous.is_dir() else None
+
+
+def _read(path: Path, named_params: dict, optimizer) -> dict:
+    """Read and check every file of the checkpoint at `path`; nothing is modified yet."""
+    for name in FILES:
+        if not (path / name).is_file():
+            if name == STATE and (path / "state.pt").is_file():
+                raise _Damaged(path, "it was written by an older version (state.pt, a pickle), which is no longer read")
+            raise _Damaged(path, f"{name} is missing")
+        if (path / name).stat().st_size == 0:
+            raise _Damaged(path, f"{name} is empty (0 bytes)")
+    state = _read_json(path)
+    weights, tensors = _read_tensors(path, WEIGHTS), _read_tensors(path, TENSORS)
+    _check_manifest(path, state["tensors"], tensors)
+    _check_weights(path, weights, named_params)
+    _check_optimizer(path, state["optimizer"], optimizer)
+    try:
+        opt_state = _rebuild_optimizer(state["optimizer"], tensors, optimizer)
+        rng = join_rng_state(state["rng"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _Damaged(path, f"{STATE} is malformed ({type(e).__name__}: {e})") from None
+    if not isinstance(state["position"], dict) or not isinstance(state["scheduler"], dict):
+        raise _Damaged(path, f"{STATE} is malformed (position and scheduler must be objects)")
+    return {"weights": weights, "optimizer": opt_state, "scheduler": state["scheduler"], "rng": rng,
+            "position": state["position"]}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        state = json.loads((path / STATE).read_text())
+    except OSError as e:
+        raise _Damaged(path, f"{STATE} cannot be read ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise _Damaged(path, f"{STATE} is not valid JSON ({e}); it was probably cut short") from None
+    if not isinstance(state, dict):
+        raise _Damaged(path, f"{STATE} holds a {type(state).__name__}, not an object")
+    missing = [k for k in _KEYS if k not in state]
+    if missing:
+        raise _Damaged(path, f"{STATE} lacks the key '{missing[0]}'")
+    if state["format"] != FORMAT:
+        raise _Damaged(path, f"{STATE} has format {state['format']!r}, this version reads {FORMAT!r}")
+    return state
+
+
+def _read_tensors(path: Path, name: str) -> dict:
+    try:
+        return load_file(str(path / name))
+    except (OSError, SafetensorError) as e:
+        raise _Damaged(path, f"{name} cannot be read ({' '.join(str(e).split())}); it was probably cut short") from None
+
+
+def _check_manifest(path: Path, manifest, tensors: dict) -> None:
+    if not isinstance(manifest, dict):
+        raise _Damaged(path, f"{STATE}: 'tensors' must be an object")
+    missing, extra = sorted(set(manifest) - set(tensors)), sorted(set(tensors) - set(manifest))
+    if missing:
+        raise _Damaged(path, f"{TENSORS} lacks {missing[0]}, which {STATE} lists")
+    if extra:
+        raise _Damaged(path, f"{TENSORS} holds {extra[0]}, which {STATE} does not list")
+    for key, t in tensors.items():
+        want = manifest[key]
+        if not isinstance(want, dict) or [str(t.dtype), list(t.shape)] != [want.get("dtype"), want.get("shape")]:
+            raise _Damaged(path, f"{TENSORS}: {key} is {t.dtype} {list(t.shape)}, {STATE} says {want}")
+
+
+def _check_weights(path: Path, weights: dict, named_params: dict) -> None:
     missing = sorted(set(named_params) - set(weights))
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing[0]}: it belongs to a different model or method; "
@@ -42,18 +285,47 @@ def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dic
     if extra:
         raise CheckpointError(f"checkpoint {path} holds {extra[0]}, which this run does not train: it belongs to a "
                               f"different model or method; use another output.dir or train.resume=false")
+    for name, p in named_params.items():
+        w = weights[name]
+        if w.shape != p.shape or w.dtype != p.dtype:
+            raise CheckpointError(f"checkpoint {path}: {name} is {w.dtype} {tuple(w.shape)}, this run has {p.dtype} "
+                                  f"{tuple(p.shape)}; use another output.dir or train.resume=false")
+
+
+def _check_optimizer(path: Path, saved, optimizer) -> None:
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
+            or not isinstance(saved.get("state"), dict):
+        raise _Damaged(path, f"{STATE}: 'optimizer' must hold 'state' and 'param_groups'")
+    if saved.get("class") != type(optimizer).__name__:
+        raise CheckpointError(f"checkpoint {path} was written with optimizer {saved.get('class')}, this run uses "
+                              f"{type(optimizer).__name__}; set train.optimizer back, use another output.dir or "
+                              f"train.resume=false")
+    sizes = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in saved["param_groups"]]
+    live = [len(g["params"]) for g in optimizer.param_groups]
+    if sizes != live:
+        raise CheckpointError(f"checkpoint {path} has optimizer groups of {sizes} parameters, this run {live}: it "
+                              f"belongs to a different model or method; use another output.dir or train.resume=false")
+
+
+def _rebuild_optimizer(saved: dict, tensors: dict, optimizer) -> dict:
+    """The optimizer.state_dict() that was saved: tensors put back into their per-parameter entries."""
+    per_param = {}
+    for index, entry in saved["state"].items():
+        values = dict(entry["values"])
+        for name in entry["tensors"]:
+            values[name] = tensors[f"optimizer.state.{index}.{name}"]
+        per_param[int(index)] = values
+    # JSON turned tuples (betas) into lists; give back the types the live groups use.
+    groups = [{k: tuple(v) if isinstance(live.get(k), tuple) and isinstance(v, list) else v for k, v in g.items()}
+              for g, live in zip(saved["param_groups"], optimizer.param_groups)]
+    return {"state": per_param, "param_groups": groups}
+
+
+def _apply(ckpt: dict, named_params: dict, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, p in named_params.items():
-            if weights[name].shape != p.shape:
-                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(weights[name].shape)}, "
-                                      f"expected {tuple(p.shape)}; use another output.dir or train.resume=false")
-            p.copy_(weights[name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return state["position"]
-
-
-def find_checkpoint(out_dir: Path) -> Optional[Path]:
-    last = out_dir / "checkpoints" / "last"
-    return last if (last / STATE).is_file() else None
+            p.copy_(ckpt["weights"][name])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["position"]
