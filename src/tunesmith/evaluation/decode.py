@@ -11,6 +11,8 @@ from typing import Optional, Union
 import torch
 from transformers import DynamicCache
 
+from ..models.compat import cache_kwarg
+
 
 @torch.inference_mode()
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -20,10 +22,10 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: Optional[torch
     mask = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
     positions = _positions(input_ids, mask)  # (B, T)
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), dtype=torch.long)
-    cache = DynamicCache(config=model.config)
-    extra = {"logits_to_keep": 1} if _keeps_logits(model) else {}
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, **extra).logits[:, -1]  # (B, V)
+    extra = {cache_kwarg(model): DynamicCache(config=model.config), "use_cache": True}
+    if _keeps_logits(model):
+        extra["logits_to_keep"] = 1
+    logits = _last_logits(model, input_ids=input_ids, attention_mask=mask, position_ids=positions, **extra)
     position = positions[:, -1:] + 1  # (B, 1)
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     tokens = []
@@ -35,10 +37,14 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: Optional[torch
             break
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache,
-                       use_cache=True, **extra).logits[:, -1]
+        logits = _last_logits(model, input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                              **extra)
         position = position + 1
     return torch.stack(tokens, dim=1) if tokens else input_ids.new_zeros((input_ids.shape[0], 0))
+
+
+def _last_logits(model, **kwargs) -> torch.Tensor:
+    return model(**kwargs).logits[:, -1]  # (B, V)
 
 
 def _positions(input_ids: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

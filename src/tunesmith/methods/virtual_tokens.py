@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedModuleError
+from ..models.compat import CACHE_NAMES, move_cache_kwarg
 from .base import PROMPT_LAYER_ATTR, AdapterLayer, adapter_configs, record_adapter
 
 PROMPT_EMBEDDINGS = "prompt_embeddings"  # PEFT's one saved tensor for prompt-learning methods
@@ -58,7 +59,8 @@ class VirtualTokenLayer(AdapterLayer):
 
     def inject(self, backbone: nn.Module, kwargs: dict, name: str) -> int:
         """Add the virtual tokens of adapter `name` to the backbone's kwargs (in place) on a first
-        pass; return the number of positions put in front of the sequence."""
+        pass; return the number of positions put in front of the sequence. A cache in kwargs is
+        under the backbone's own name (models.compat.cache_kwarg)."""
         raise NotImplementedError
 
     # --- AdapterLayer -----------------------------------------------------------------------
@@ -106,17 +108,18 @@ class VirtualTokenLayer(AdapterLayer):
         if self.disabled or name is None:
             return None
         kwargs = _as_kwargs(backbone, args, kwargs)
+        cache_name = move_cache_kwarg(backbone, kwargs)  # "cache" from transformers 5.24 on
         n = self.num_virtual_tokens(name)
         _extend_attention_mask(kwargs, n)
         if kwargs.get("position_ids") is not None:
             kwargs["position_ids"] = kwargs["position_ids"] + n
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get(cache_name)
         if cache is None or cache.get_seq_length() == 0:
             self._prepended = self.inject(backbone, kwargs, name)
         use_cache = kwargs.get("use_cache")
         use_cache = getattr(backbone.config, "use_cache", True) if use_cache is None else use_cache
         # else generate(use_cache=False) would pass the cache back in and take it for past tokens
-        self._drop_cache = cache is None and kwargs.get("past_key_values") is not None and not use_cache
+        self._drop_cache = cache is None and kwargs.get(cache_name) is not None and not use_cache
         return (), kwargs
 
     def after_forward(self, backbone: nn.Module, args: tuple, kwargs: dict, output):
@@ -125,7 +128,7 @@ class VirtualTokenLayer(AdapterLayer):
         if k:
             output = _drop_front(output, k)
         if drop and not isinstance(output, tuple):
-            output = type(output)(**{key: v for key, v in output.items() if key != "past_key_values"})
+            output = type(output)(**{key: v for key, v in output.items() if key not in CACHE_NAMES})
         return output if k or drop else None
 
     def extra_repr(self) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ...errors import UnsupportedModuleError
+from ...models.compat import cache_kwarg
 from ..virtual_tokens import PromptTable, VirtualTokenLayer
 
 
@@ -41,12 +42,13 @@ class PrefixTuningLayer(VirtualTokenLayer):
         return enc.weight.shape[0] if isinstance(enc, PromptTable) else enc.embedding.num_embeddings
 
     def inject(self, backbone: nn.Module, kwargs: dict, name: str) -> int:
-        _check_cache_support(backbone, kwargs.get("past_key_values"))
+        cache_name = cache_kwarg(backbone)  # "cache" from transformers 5.24 on
+        cache = kwargs.get(cache_name)
+        _check_cache_support(backbone, cache)
         ref = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
         kv = self.prefix_kv(name, ref.shape[0], backbone.get_input_embeddings().weight.dtype)
-        cache = kwargs.get("past_key_values")
         if cache is None:
-            kwargs["past_key_values"] = DynamicCache(kv, config=backbone.config)
+            kwargs[cache_name] = DynamicCache(kv, config=backbone.config)
         else:  # the empty cache generate() made: fill it in place
             for i, (k, v) in enumerate(kv):
                 cache.update(k, v, i)
