@@ -20,8 +20,11 @@ __all__ = ["AdapterLayer", "MethodSpec", "adapter_configs", "apply_method", "con
 
 
 def apply_method(model, cfg, adapter_name: str = "default"):
-    """Apply the method named by cfg.name to model (in place) and return the model.
+    """Add adapter `adapter_name` of the method named by cfg.name to model (in place); return model.
 
+    The spec's apply is `base.inject_adapter` around the method's own part: resolve cfg, wrap or
+    create the modules, then make the new adapter active on every layer that holds it, record its
+    config and train its parameters only (base.py's docstring has the contract).
     Raises ConfigError when the model is quantized and the method does not support that.
     """
     spec = get_method(cfg.name)

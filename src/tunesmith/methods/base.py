@@ -4,7 +4,24 @@ A method wraps base modules in `AdapterLayer`s. Each layer keeps its parameters 
 (so one model can hold several adapters) and implements merge/unmerge/activation. Everything here
 works on any method through that interface: nothing branches on a method's name. Methods that
 train base weights in place (full, selected, bitfit) register them with `train_base_parameters`.
+
+Adding an adapter (`inject_adapter`, as PEFT's BaseTuner.inject_adapter) has one shape for every
+method; a method registers only the parts that are its own:
+
+  1. `MethodSpec.resolve(model, cfg) -> cfg` (optional): fill in what depends on the model (an
+     architecture's default target modules, the tokenizer a text init used). The result is what
+     step 2 gets and what is recorded and saved.
+  2. `MethodSpec.apply(model, cfg, adapter_name)` as registered: the method's own part. It wraps or
+     creates modules and adds the adapter's parameters; it checks everything it can before
+     changing the model. Its return value is ignored.
+  3. Shared: the new adapter becomes the active one on every layer that holds it, its config is
+     recorded on the model (`adapter_configs`), and its parameters, and only those, train.
+
+The spec stores the registered function as `spec.apply.own` and `spec.apply` runs all three steps,
+so every caller (`methods.apply_method`, `io.load_adapter`) gets the same result. A method may still
+call `record_adapter`/`mark_trainable` itself (some do): both are idempotent.
 """
+import abc
 import contextlib
 import re
 from dataclasses import dataclass
@@ -17,7 +34,8 @@ from ..errors import ConfigError, UnsupportedModuleError
 from ..config.schema import MethodConfig
 from ..utils.modules import is_linear_like
 
-__all__ = ["MethodConfig", "MethodSpec", "AdapterLayer"]
+__all__ = ["AdapterLayer", "Injection", "MethodConfig", "MethodSpec", "inject_adapter",
+           "mark_trainable", "record_adapter"]
 ADAPTERS_ATTR = "tunesmith_adapters"  # {adapter name: MethodConfig}, stored on the model
 # {adapter name: [[parameter, its original tensor], ...]} for methods that train base weights in place
 BASE_PARAMS_ATTR = "tunesmith_base_params"
@@ -31,7 +49,7 @@ class MethodSpec:
 
     name: str
     config_cls: type
-    apply: Callable  # apply(model, cfg, adapter_name) -> model, wraps modules in place
+    apply: Callable  # apply(model, cfg, adapter_name): registered the method's own part, kept as an Injection
     can_merge: bool = False
     supports_4bit: bool = False
     is_prompt_based: bool = False
@@ -40,10 +58,49 @@ class MethodSpec:
     from_peft_config: Optional[Callable] = None  # dict -> cfg
     on_step: Optional[Callable] = None  # on_step(model, adapter_name, step) after each optimizer step
     report: Optional[Callable] = None  # report(model, adapter_name) -> dict of method-specific metrics
+    resolve: Optional[Callable] = None  # resolve(model, cfg) -> cfg: model-dependent defaults (step 1)
+
+    def __post_init__(self):
+        # dataclasses.replace hands the Injection back in: rebuild it from the method's own part.
+        own = self.apply.own if isinstance(self.apply, Injection) else self.apply
+        object.__setattr__(self, "apply", Injection(own, self.resolve))
 
 
-class AdapterLayer(nn.Module):
-    """A base module plus per-adapter parameters. Subclasses implement the four hooks below."""
+class Injection:
+    """`MethodSpec.apply`: `inject_adapter` around the method's own apply (`own`)."""
+
+    def __init__(self, own: Callable, resolve: Optional[Callable] = None):
+        self.own, self.resolve = own, resolve
+
+    def __call__(self, model: nn.Module, cfg: MethodConfig, adapter_name: str = "default") -> nn.Module:
+        return inject_adapter(model, cfg, adapter_name, self.own, self.resolve)
+
+    def __repr__(self) -> str:
+        return f"Injection({getattr(self.own, '__qualname__', self.own)})"
+
+
+def inject_adapter(model: nn.Module, cfg: MethodConfig, adapter_name: str, own: Callable,
+                   resolve: Optional[Callable] = None) -> nn.Module:
+    """Add adapter `adapter_name` to model in place: resolve cfg, run the method's own part, then
+    activate, record and mark trainable the new adapter (the module docstring has the steps)."""
+    if resolve is not None:
+        cfg = resolve(model, cfg)
+    own(model, cfg, adapter_name)
+    # Layers wrapped by an earlier adapter but not targeted now keep their own active adapters.
+    for _, layer in adapter_layers(model):
+        if adapter_name in layer.adapter_names:
+            layer.set_active([adapter_name])
+    record_adapter(model, adapter_name, cfg)
+    mark_trainable(model, adapter_name)
+    return model
+
+
+class AdapterLayer(nn.Module, abc.ABC):
+    """A base module plus per-adapter parameters.
+
+    Subclasses implement the abstract hooks (adapter_parameters, merge, unmerge, delete_adapter,
+    _adapter_names); one that misses any fails at construction with a TypeError naming it.
+    """
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -53,18 +110,21 @@ class AdapterLayer(nn.Module):
         self.disabled = False
 
     # --- hooks for subclasses -------------------------------------------------------------
+    @abc.abstractmethod
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """Parameters of one adapter, keyed by their PEFT names relative to this layer."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def merge(self) -> None:
-        raise NotImplementedError
+        """Fold the active adapters into the base weights (ConfigError if the method cannot)."""
 
+    @abc.abstractmethod
     def unmerge(self) -> None:
-        raise NotImplementedError
+        """Undo merge(); nothing when nothing is merged."""
 
+    @abc.abstractmethod
     def delete_adapter(self, name: str) -> None:
-        raise NotImplementedError
+        """Drop adapter `name`'s parameters and state from this layer."""
 
     def check_mergeable(self) -> None:
         """Raise ConfigError if merge() cannot fold the active adapters into the base weights.
@@ -94,8 +154,9 @@ class AdapterLayer(nn.Module):
     def adapter_names(self) -> list[str]:
         return list(self._adapter_names())
 
+    @abc.abstractmethod
     def _adapter_names(self) -> Iterator[str]:
-        raise NotImplementedError
+        """The names of the adapters this layer holds."""
 
     def set_active(self, names: list[str]) -> None:
         if self.merged_adapters:
@@ -114,6 +175,7 @@ def adapter_configs(model: nn.Module) -> dict[str, MethodConfig]:
 
 
 def record_adapter(model: nn.Module, name: str, cfg: MethodConfig) -> None:
+    """Store cfg as adapter `name`'s config on model (replacing an earlier one)."""
     if not hasattr(model, ADAPTERS_ATTR):
         setattr(model, ADAPTERS_ATTR, {})
     getattr(model, ADAPTERS_ATTR)[name] = cfg

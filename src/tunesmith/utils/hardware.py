@@ -1,5 +1,6 @@
 """What this CPU does fast. bf16 matmuls are only fast with native bf16 instructions (AVX512-BF16 or
 AMX); elsewhere PyTorch emulates them, measured ~400x slower than fp32 on an AVX2-only CPU."""
+import contextlib
 import functools
 from pathlib import Path
 
@@ -19,8 +20,10 @@ def has_native_bf16() -> bool:
 
 
 def autocast(precision: str):
-    """bf16 autocast on CPU when precision == "bf16" (train.precision after `auto` is resolved),
-    else a context that changes nothing."""
+    """The context for a forward pass at train.precision (after `auto` is resolved): bf16 autocast
+    on CPU when precision == "bf16", else a null context (which leaves an enclosing autocast on)."""
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from ..errors import UnsupportedModuleError
+
 
 def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """Return (parent module, attribute name) for a dotted module name."""
@@ -12,6 +14,26 @@ def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, child = get_submodule_parent(model, name)
     setattr(parent, child, new)
+
+
+def named_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(path, list) of the model's transformer blocks (decoder or encoder layers): the first
+    ModuleList with config.num_hidden_layers entries, e.g. ("model.layers", ...) for Llama,
+    ("transformer.h", ...) for GPT-2. Works on a causal LM and on its backbone alike.
+
+    Raises UnsupportedModuleError when there is no such list.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and len(module) == n_layers:
+            return name, module
+    raise UnsupportedModuleError(f"cannot find the transformer blocks of this {type(model).__name__} "
+                                 f"(no module list of config.num_hidden_layers={n_layers} entries)")
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's transformer blocks; `named_transformer_blocks` also gives their path."""
+    return named_transformer_blocks(model)[1]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

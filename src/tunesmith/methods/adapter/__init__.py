@@ -8,7 +8,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...utils.modules import replace_module
-from ..base import MethodSpec, mark_trainable, record_adapter
+from ..base import MethodSpec
 from ..registry import register_method
 from .config import PEFT_TYPE, AdapterConfig, from_peft_config, to_peft_config
 from .layers import BottleneckAdapter, placement_targets
@@ -16,10 +16,11 @@ from .layers import BottleneckAdapter, placement_targets
 __all__ = ["AdapterConfig", "BottleneckAdapter", "apply_adapter"]
 
 
-def apply_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "default") -> nn.Module:
+def apply_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "default") -> None:
     """Wrap the modules cfg.placement names in BottleneckAdapters and add adapter `adapter_name`.
 
-    Only the new adapter's projections train. Raises UnsupportedModuleError for an unknown model
+    The method's own part of `MethodSpec.apply`: afterwards only the new adapter's projections
+    train. Raises UnsupportedModuleError for an unknown model
     layout, ConfigError when reduction_factor leaves an empty bottleneck.
     """
     hidden = model.config.hidden_size  # wrapped modules output (serial) or take (parallel) the model width
@@ -29,11 +30,7 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "def
         if not isinstance(module, BottleneckAdapter):
             module = BottleneckAdapter(module, mode)
             replace_module(model, name, module)
-        # add_adapter makes the new adapter the layer's only active one
         module.add_adapter(adapter_name, hidden, bottleneck, cfg.non_linearity, cfg.scaling, cfg.init_std)
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
 
 
 def _bottleneck(hidden: int, reduction_factor: int) -> int:

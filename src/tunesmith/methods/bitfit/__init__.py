@@ -5,7 +5,7 @@ LM-head bias. Their originals are kept for `disabled_adapters`.
 """
 from torch import nn
 
-from ..base import MethodSpec, mark_trainable, record_adapter, train_base_parameters
+from ..base import MethodSpec, train_base_parameters
 from ..registry import register_method
 from .config import PEFT_TYPE, BitfitConfig, from_peft_config, to_peft_config
 from .layers import bias_parameters
@@ -13,15 +13,12 @@ from .layers import bias_parameters
 __all__ = ["BitfitConfig", "apply_bitfit"]
 
 
-def apply_bitfit(model: nn.Module, cfg: BitfitConfig, adapter_name: str = "default") -> nn.Module:
+def apply_bitfit(model: nn.Module, cfg: BitfitConfig, adapter_name: str = "default") -> None:
     """Make every bias trainable as adapter `adapter_name`; everything else is frozen.
 
     Raises UnsupportedModuleError on a model without biases (the Llama family).
     """
     train_base_parameters(model, adapter_name, bias_parameters(model))
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
 
 
 # can_merge: the trained biases are the model's own (see `full`).

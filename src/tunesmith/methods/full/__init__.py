@@ -5,7 +5,7 @@ base model; the saved "adapter" holds every weight under PEFT-style names.
 """
 from torch import nn
 
-from ..base import MethodSpec, mark_trainable, record_adapter, train_base_parameters
+from ..base import MethodSpec, train_base_parameters
 from ..registry import register_method
 from .config import PEFT_TYPE, FullConfig, from_peft_config, to_peft_config
 from .layers import full_parameters
@@ -13,12 +13,9 @@ from .layers import full_parameters
 __all__ = ["FullConfig", "apply_full"]
 
 
-def apply_full(model: nn.Module, cfg: FullConfig, adapter_name: str = "default") -> nn.Module:
+def apply_full(model: nn.Module, cfg: FullConfig, adapter_name: str = "default") -> None:
     """Make every base parameter trainable as adapter `adapter_name` (in place)."""
     train_base_parameters(model, adapter_name, full_parameters(model))
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
 
 
 # can_merge: the trained weights are the model's own, so merging is a no-op and merge_and_unload

@@ -8,7 +8,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...utils.modules import replace_module
-from ..base import MethodSpec, find_target_linears, mark_trainable, record_adapter
+from ..base import MethodSpec, find_target_linears
 from ..registry import register_method
 from .config import Ia3Config, from_peft_config, resolve_defaults, to_peft_config
 from .layers import Ia3Linear
@@ -16,27 +16,25 @@ from .layers import Ia3Linear
 __all__ = ["Ia3Config", "Ia3Linear", "apply_ia3"]
 
 
-def apply_ia3(model: nn.Module, cfg: Ia3Config, adapter_name: str = "default") -> nn.Module:
+def apply_ia3(model: nn.Module, cfg: Ia3Config, adapter_name: str = "default") -> None:
     """Wrap every targeted linear layer in an Ia3Linear and add adapter `adapter_name`.
 
-    Unset target/feedforward modules take the architecture's defaults (the resolved config is the
-    one recorded and saved). Only the new vectors train afterwards. Raises UnsupportedModuleError
-    when the targets match nothing, ConfigError when a layer is already wrapped with the other
-    feedforward role or when there is no default for this architecture.
+    The method's own part of `MethodSpec.apply`, given the config `resolve` completed; afterwards
+    only the new vectors train. Raises UnsupportedModuleError when the targets match nothing,
+    ConfigError when a layer is already wrapped with the other feedforward role.
     """
-    cfg = resolve_defaults(cfg, getattr(getattr(model, "config", None), "model_type", None))
     roles = {name: is_feedforward(name, cfg.feedforward_modules)
              for name in find_target_linears(model, cfg.target_modules)}
     for name, feedforward in roles.items():  # check everything before changing the model
         _check_role(model.get_submodule(name), name, feedforward)
     for name, feedforward in roles.items():
         _wrap(model, name, feedforward).add_adapter(adapter_name)
-    for mod in model.modules():
-        if isinstance(mod, Ia3Linear) and adapter_name in mod.adapter_names:
-            mod.set_active([adapter_name])
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
+
+
+def resolve(model: nn.Module, cfg: Ia3Config) -> Ia3Config:
+    """Unset target/feedforward modules take the architecture's defaults; the result is recorded and
+    saved. Raises ConfigError when this architecture has none."""
+    return resolve_defaults(cfg, getattr(getattr(model, "config", None), "model_type", None))
 
 
 def is_feedforward(name: str, feedforward_modules) -> bool:
@@ -63,5 +61,5 @@ def _wrap(model: nn.Module, name: str, feedforward: bool) -> Ia3Linear:
     return module
 
 
-register_method(MethodSpec(name="ia3", config_cls=Ia3Config, apply=apply_ia3, can_merge=True,
+register_method(MethodSpec(name="ia3", config_cls=Ia3Config, apply=apply_ia3, resolve=resolve, can_merge=True,
                            peft_type="IA3", to_peft_config=to_peft_config, from_peft_config=from_peft_config))

@@ -5,7 +5,7 @@ Variants: rsLoRA (use_rslora), DoRA (use_dora), PiSSA (init="pissa"); see config
 from torch import nn
 
 from ...utils.modules import replace_module
-from ..base import MethodSpec, find_target_linears, mark_trainable, record_adapter
+from ..base import MethodSpec, find_target_linears
 from ..registry import register_method
 from .config import LoraConfig, from_peft_config, to_peft_config
 from .convert import save_pissa_as_lora
@@ -15,13 +15,13 @@ from .mixed import mixed_adapters
 __all__ = ["LoraConfig", "LoraLinear", "apply_lora", "mixed_adapters", "save_pissa_as_lora"]
 
 
-def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> nn.Module:
+def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> None:
     """Wrap every targeted linear layer in a LoraLinear and add adapter `adapter_name`.
 
-    Only the new adapter's A and B (and DoRA's magnitude) train afterwards. Quantized linear
-    layers (QLoRA) are wrapped like nn.Linear. Raises UnsupportedModuleError when the targets
-    match nothing, ConfigError when PiSSA would share a layer with another adapter or when DoRA
-    or PiSSA is asked for on a quantized layer.
+    The method's own part of `MethodSpec.apply`: afterwards only the new adapter's A and B (and
+    DoRA's magnitude) train. Quantized linear layers (QLoRA) are wrapped like nn.Linear. Raises
+    UnsupportedModuleError when the targets match nothing, ConfigError when PiSSA would share a
+    layer with another adapter or when DoRA or PiSSA is asked for on a quantized layer.
     """
     names = find_target_linears(model, cfg.target_modules)
     for name in names:  # check before changing anything: PiSSA rewrites base weights
@@ -35,13 +35,6 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default")
             module = LoraLinear(module)
             replace_module(model, name, module)
         module.add_adapter(adapter_name, cfg.r, cfg.scaling, cfg.dropout, use_dora=cfg.use_dora, init=cfg.init)
-    # Layers wrapped earlier but not targeted now still hold the other adapters.
-    for mod in model.modules():
-        if isinstance(mod, LoraLinear) and adapter_name in mod.adapter_names:
-            mod.set_active([adapter_name])
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
 
 
 register_method(MethodSpec(name="lora", config_cls=LoraConfig, apply=apply_lora, can_merge=True, supports_4bit=True,

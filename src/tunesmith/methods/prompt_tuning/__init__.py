@@ -7,7 +7,7 @@ import dataclasses
 from torch import nn
 
 from ...errors import ConfigError
-from ..base import MethodSpec, mark_trainable, record_adapter
+from ..base import MethodSpec
 from ..virtual_tokens import PromptTable, attach_virtual_tokens
 from ..registry import register_method
 from .config import PromptTuningConfig, from_peft_config, to_peft_config
@@ -16,21 +16,24 @@ from .layers import PromptTuningLayer, initial_table
 __all__ = ["PromptTuningConfig", "PromptTuningLayer", "apply_prompt_tuning"]
 
 
-def apply_prompt_tuning(model: nn.Module, cfg: PromptTuningConfig, adapter_name: str = "default") -> nn.Module:
+def apply_prompt_tuning(model: nn.Module, cfg: PromptTuningConfig, adapter_name: str = "default") -> None:
     """Add `cfg.num_virtual_tokens` trainable virtual tokens as adapter `adapter_name`.
 
-    Only they train afterwards. Raises ConfigError when init is 'text' and no tokenizer can be
-    found, or when the model holds another prompt-based method's adapter.
+    The method's own part of `MethodSpec.apply`: afterwards only they train. Raises ConfigError
+    when init is 'text' and no tokenizer can be found, or when the model holds another
+    prompt-based method's adapter.
     """
-    token_ids = None
-    if cfg.init == "text":  # the recorded (and saved) config names the tokenizer used
-        cfg = dataclasses.replace(cfg, tokenizer=cfg.tokenizer or getattr(model, "name_or_path", None))
-        token_ids = _text_ids(cfg.init_text, cfg.tokenizer)
+    token_ids = _text_ids(cfg.init_text, cfg.tokenizer) if cfg.init == "text" else None
     table = initial_table(model.get_input_embeddings(), cfg.num_virtual_tokens, cfg.init, token_ids)
     attach_virtual_tokens(model, PromptTuningLayer).add_encoder(adapter_name, PromptTable(table))
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
+
+
+def resolve(model: nn.Module, cfg: PromptTuningConfig) -> PromptTuningConfig:
+    """A text init without method.tokenizer uses the model's own; the recorded (and saved) config
+    names the tokenizer used."""
+    if cfg.init != "text" or cfg.tokenizer:
+        return cfg
+    return dataclasses.replace(cfg, tokenizer=getattr(model, "name_or_path", None))
 
 
 def _text_ids(text: str, tokenizer: str) -> list:
@@ -48,5 +51,5 @@ def _text_ids(text: str, tokenizer: str) -> list:
 
 
 register_method(MethodSpec(name="prompt_tuning", config_cls=PromptTuningConfig, apply=apply_prompt_tuning,
-                           is_prompt_based=True, peft_type="PROMPT_TUNING", to_peft_config=to_peft_config,
-                           from_peft_config=from_peft_config))
+                           resolve=resolve, is_prompt_based=True, peft_type="PROMPT_TUNING",
+                           to_peft_config=to_peft_config, from_peft_config=from_peft_config))

@@ -7,16 +7,18 @@ import logging
 
 from torch import nn
 
-from ..base import MethodSpec, mark_trainable, record_adapter, train_base_parameters
+# (path, list) under its old name here; new code imports utils.modules.named_transformer_blocks
+from ...utils.modules import named_transformer_blocks as transformer_blocks
+from ..base import MethodSpec, train_base_parameters
 from ..registry import register_method
 from .config import PEFT_TYPE, SelectedConfig, from_peft_config, to_peft_config
-from .layers import match_modules, selected_parameters, top_block_names, transformer_blocks
+from .layers import match_modules, selected_parameters, top_block_names
 
 __all__ = ["SelectedConfig", "apply_selected", "transformer_blocks"]
 log = logging.getLogger(__name__)
 
 
-def apply_selected(model: nn.Module, cfg: SelectedConfig, adapter_name: str = "default") -> nn.Module:
+def apply_selected(model: nn.Module, cfg: SelectedConfig, adapter_name: str = "default") -> None:
     """Train the last cfg.top_k_layers blocks and the modules cfg.modules names (in place).
 
     Raises ConfigError when top_k_layers exceeds the block count, UnsupportedModuleError (listing
@@ -25,9 +27,6 @@ def apply_selected(model: nn.Module, cfg: SelectedConfig, adapter_name: str = "d
     names = (top_block_names(model, cfg.top_k_layers) if cfg.top_k_layers else []) + match_modules(model, cfg.modules)
     log.info("selected: training %d module(s): %s", len(names), ", ".join(names))
     train_base_parameters(model, adapter_name, selected_parameters(model, names))
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
 
 
 # can_merge: the trained weights are the model's own (see `full`).

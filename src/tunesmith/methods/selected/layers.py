@@ -7,21 +7,15 @@ import re
 from torch import nn
 
 from ...errors import ConfigError, UnsupportedModuleError
-
-
-def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, list) of the model's transformer blocks: the ModuleList with num_hidden_layers entries."""
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and len(module) == n_layers:
-            return name, module
-    raise UnsupportedModuleError(f"cannot find the transformer blocks of this {type(model).__name__} (no module list "
-                                 f"of config.num_hidden_layers={n_layers} entries); use method.modules instead")
+from ...utils.modules import named_transformer_blocks
 
 
 def top_block_names(model: nn.Module, k: int) -> list[str]:
     """Names of the last k blocks. Raises ConfigError when the model has fewer."""
-    name, blocks = transformer_blocks(model)
+    try:
+        name, blocks = named_transformer_blocks(model)
+    except UnsupportedModuleError as e:
+        raise UnsupportedModuleError(f"method.top_k_layers: {e}; use method.modules instead") from None
     if k > len(blocks):
         raise ConfigError(f"method.top_k_layers={k} but the model has only {len(blocks)} blocks ({name}.0-"
                           f"{len(blocks) - 1}); use at most {len(blocks)}")
@@ -56,7 +50,7 @@ def _fullmatch(pattern: str, name: str) -> bool:
 def _what_exists(model: nn.Module, names: list[str]) -> str:
     # Whole names outside the blocks; inside them only the distinct last parts (q_proj, mlp ...).
     try:
-        blocks, layers = transformer_blocks(model)
+        blocks, layers = named_transformer_blocks(model)
     except UnsupportedModuleError:
         return f"its modules are: {', '.join(names)}"
     prefix = blocks + "."

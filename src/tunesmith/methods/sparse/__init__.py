@@ -15,7 +15,7 @@ import logging
 from torch import nn
 
 from ...utils.modules import replace_module
-from ..base import MethodSpec, adapter_configs, find_target_linears, mark_trainable, record_adapter
+from ..base import MethodSpec, adapter_configs, find_target_linears
 from ..registry import register_method
 from .config import PEFT_TYPE, SparseConfig, from_peft_config, to_peft_config
 from .layers import SparseDeltaLinear
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SparseConfig", "SparseDeltaLinear", "apply_sparse", "kept_count", "prune", "reached_sparsity"]
 
 
-def apply_sparse(model: nn.Module, cfg: SparseConfig, adapter_name: str = "default") -> nn.Module:
+def apply_sparse(model: nn.Module, cfg: SparseConfig, adapter_name: str = "default") -> None:
     """Wrap every targeted linear layer in a SparseDeltaLinear and add adapter `adapter_name`.
 
     Raises UnsupportedModuleError when the targets match nothing.
@@ -34,10 +34,7 @@ def apply_sparse(model: nn.Module, cfg: SparseConfig, adapter_name: str = "defau
         if not isinstance(module, SparseDeltaLinear):
             module = SparseDeltaLinear(module)
             replace_module(model, name, module)
-        module.add_adapter(adapter_name)  # also makes it the layer's only active adapter
-    record_adapter(model, adapter_name, cfg)
-    mark_trainable(model, adapter_name)
-    return model
+        module.add_adapter(adapter_name)
 
 
 def _layers(model: nn.Module, adapter_name: str) -> list[SparseDeltaLinear]:
