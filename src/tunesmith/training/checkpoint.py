@@ -19,7 +19,6 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -126,7 +125,7 @@ def _check_written(file: Path) -> None:
         raise OSError(errno.EIO, f"{file.name} came out short or corrupt ({e}); is the disk full?") from None
 
 
-def _keep_for(path: Path) -> Optional[Path]:
+def _keep_for(path: Path) -> Path | None:
     """Where the checkpoint being replaced goes: previous/ when it is a sound last/."""
     if path.name != LAST or not _looks_sound(path):
         return None  # a damaged last/ is dropped, so it cannot displace a good previous/
@@ -187,7 +186,7 @@ def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dic
     return _apply(ckpt, named_params, optimizer, scheduler)
 
 
-def find_checkpoint(out_dir: Path) -> Optional[Path]:
+def find_checkpoint(out_dir: Path) -> Path | None:
     """out_dir/checkpoints/last, else checkpoints/previous, else None.
 
     A damaged last/ is still returned: load_checkpoint then falls back to previous/. previous/ is
@@ -208,7 +207,7 @@ def read_position(path: Path) -> dict:
     return _read_json(path)["position"]
 
 
-def _backup_of(path: Path) -> Optional[Path]:
+def _backup_of(path: Path) -> Path | None:
     previous = path.with_name(PREVIOUS)
     return previous if path.name == LAST and previous.is_dir() else None
 

@@ -8,7 +8,6 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 
 @contextmanager
@@ -72,7 +71,7 @@ def remove_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def replace_dir(tmp: Path, target: Path, keep: Optional[Path] = None) -> None:
+def replace_dir(tmp: Path, target: Path, keep: Path | None = None) -> None:
     """Swap a finished temp directory into place with renames.
 
     keep: where the replaced target goes (an older `keep` is dropped first); without it the old

@@ -10,7 +10,12 @@ import torch
 
 from tunesmith.errors import CheckpointError
 from tunesmith.training import checkpoint as ck
-from tunesmith.training.checkpoint import find_checkpoint, load_checkpoint, read_position, save_checkpoint
+from tunesmith.training.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    read_position,
+    save_checkpoint,
+)
 from tunesmith.training.optim8bit import AdamW8bit
 
 
@@ -288,3 +293,14 @@ def test_stray_temp_dirs_are_ignored_then_cleaned(tmp_path):
     assert load_checkpoint(root / "last", *_fresh())["step"] == 1
     _save(root / "last", setup, 2)
     assert sorted(p.name for p in root.iterdir()) == ["last", "previous"]
+
+
+def test_replace_dir_without_keep_removes_the_old_directory(tmp_path):
+    from tunesmith.utils.files import replace_dir
+
+    target, tmp = tmp_path / "model", tmp_path / ".convert-1"
+    for d, text in ((target, "old"), (tmp, "new")):
+        d.mkdir()
+        (d / "f").write_text(text)
+    replace_dir(tmp, target)
+    assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
