@@ -203,6 +203,21 @@ def _info_args(p):
     _quantize_arg(p, "quantize the base's linear layers (default: none, or model.quantize of the config)")
 
 
+def cmd_score(args) -> int:
+    from ..recipes.reward import load_reward_model, score
+
+    model, tokenizer = load_reward_model(args.adapter, args.model)
+    print(f"{score(model, tokenizer, [args.prompt], [args.response])[0]:.4f}")
+    return 0
+
+
+def _score_args(p):
+    p.add_argument("prompt", help="the user's message")
+    p.add_argument("response", help="the answer to score")
+    p.add_argument("--model", default="default", help="base model the reward model was trained on")
+    p.add_argument("--adapter", required=True, help="output.dir of a reward run (task.type=reward)")
+
+
 def cmd_tasks(args) -> int:
     for name in task_names():
         print(f"{name:<12} {get_task(name).help}")
@@ -259,6 +274,7 @@ COMMANDS = {
     "quantize": (cmd_quantize, _quantize_args, "quantize a base model (nf4/int8) into a directory that loads as is"),
     "methods": (cmd_methods, lambda p: None, "list the registered fine-tuning methods"),
     "tasks": (cmd_tasks, lambda p: None, "list the registered task types (task.type)"),
+    "score": (cmd_score, _score_args, "print a reward model's score of a prompt + response"),
     "compare": (cmd_compare, _compare_args, "train several methods on one task and tabulate the results"),
     "quickstart": (cmd_quickstart, _quickstart_args, "fine-tune the embedded model on the built-in task, before/after"),
     "classify": (cmd_classify, _classify_args, "label texts (argument or stdin) with a trained classifier"),

@@ -7,6 +7,8 @@ from ..config.loader import load_config as _load_config
 from ..config.schema import RunConfig
 from ..methods import config_classes
 from . import classify  # noqa: F401  (registers "classify")
+from . import dpo  # noqa: F401  (registers "dpo")
+from . import reward  # noqa: F401  (registers "reward")
 from . import sft  # noqa: F401  (registers "sft")
 from .registry import EvalRequest, TaskSpec, all_sections, get_task, register_task, task_names
 

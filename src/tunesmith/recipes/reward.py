@@ -1,0 +1,162 @@
+"""Reward model (task.type=reward): a scalar head on the last real token of the model with
+cfg.method applied (LoRA by default), trained on preference pairs with the Bradley-Terry loss
+-log sigmoid(r_chosen - r_rejected - margin).
+
+Saved in output.dir: the method's adapter (PEFT layout) and the head (reward_head.safetensors), so
+`load_reward_model(output.dir)` (and `tunesmith score`) rebuild the scorer.
+"""
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config.loader import save_config
+from ..config.schema import RunConfig
+from ..data.preference import collate_pairs
+from ..data.templates import render
+from ..errors import CheckpointError
+from ..methods import apply_method
+from ..methods.base import adapter_configs, record_adapter
+from ..methods.io import load_adapter, save_adapter
+from ..models import load_base_model
+from ..models.heads import SequenceClassifier
+from ..objectives.preference import reward_loss
+from ..training import Objective, train
+from ..training.plots import plot_loss_curve
+from ..utils.files import atomic_path
+from ..utils.hardware import autocast
+from ..utils.memory import peak_rss_mb
+from ..utils.modules import count_parameters
+from ..utils.seeding import seed_everything
+from .common import log_parameters, train_loss_metrics, write_outputs
+from .preference_common import load_preference_splits
+
+log = logging.getLogger(__name__)
+HEAD_FILE = "reward_head.safetensors"
+
+
+def run(cfg: RunConfig, progress: bool = False) -> dict:
+    """Train the reward model; metrics.json has `accuracy` (held-out pairwise accuracy) and
+    `margin` (mean r_chosen - r_rejected) of the held-out split."""
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    model, tokenizer = build_reward_model(cfg)
+    splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
+    pad = tokenizer.pad_token_id
+    objective = Objective(partial(collate_pairs, pad_id=pad), partial(pair_loss, cfg=cfg))
+    evaluate = (lambda: {"eval_loss": pairwise_metrics(model, splits.eval, cfg, pad)["loss"]}) if splits.eval else None
+    result = train(model, splits.train, cfg.train, out, objective, evaluate=evaluate, progress=progress,
+                   on_best=lambda: save_reward_model(model, out / "best", cfg.model.name))
+    save_reward_model(model, out, cfg.model.name)
+    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+    trainable, total = count_parameters(model)
+    metrics = {**train_loss_metrics(result), "steps": result.steps, "train_seconds": round(result.seconds, 1),
+               "trainable_params": trainable, "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1),
+               **result.method_metrics}
+    held_out = splits.test or splits.eval
+    if held_out:
+        metrics.update(split="test" if splits.test else "eval", **pairwise_metrics(model, held_out, cfg, pad))
+    write_outputs(out, cfg, metrics, [])
+    return metrics
+
+
+def evaluate(cfg: RunConfig, split: str = "test") -> dict:
+    """Pairwise accuracy and margin of the reward model in output.dir on `split` of cfg.data."""
+    model, tokenizer = load_reward_model(cfg.output.dir, cfg.model.name)
+    splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
+    pairs = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
+    metrics = {"split": split, **pairwise_metrics(model, pairs, cfg, tokenizer.pad_token_id)}
+    write_outputs(Path(cfg.output.dir), cfg, metrics, [])
+    return metrics
+
+
+def build_reward_model(cfg: RunConfig):
+    """(SequenceClassifier with one output and cfg.method applied to its language model, tokenizer)."""
+    lm, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size)
+    apply_method(lm, cfg.method)
+    model = SequenceClassifier(lm, 1, "last")
+    _share_adapter_record(model, lm)
+    log_parameters(model, f"reward model ({cfg.method.name} + scalar head)")
+    return model, tokenizer
+
+
+def pair_loss(model, batch: dict, cfg: RunConfig):
+    """(Bradley-Terry loss over the pairs, number of pairs, accuracy and margin) of a batch whose
+    rows 0..B-1 are the chosen answers and B..2B-1 the rejected ones."""
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[:, 0]  # (2B,)
+    n = rewards.shape[0] // 2
+    chosen, rejected = rewards[:n], rewards[n:]
+    loss = reward_loss(chosen, rejected, batch.get("margin"), cfg.reward.center_coefficient)
+    diff = (chosen - rejected).detach()
+    return loss, n, {"accuracy": float((diff > 0).float().mean()), "margin": float(diff.mean())}
+
+
+@torch.no_grad()
+def pairwise_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
+    model.eval()
+    totals, n_total = {}, 0
+    batch_size = max(1, cfg.eval.batch_size // 2)
+    for start in range(0, len(pairs), batch_size):
+        batch = collate_pairs(pairs[start:start + batch_size], pad_id)
+        with autocast(cfg.train.precision):
+            loss, n, metrics = pair_loss(model, batch, cfg)
+        for key, value in {"loss": float(loss), **metrics}.items():
+            totals[key] = totals.get(key, 0.0) + value * n
+        n_total += n
+    return {key: value / max(n_total, 1) for key, value in totals.items()}
+
+
+def save_reward_model(model: SequenceClassifier, out_dir: Path, base_model: str) -> None:
+    save_adapter(model.lm, out_dir, base_model=base_model)
+    head = {"weight": model.head.weight.detach().float().contiguous(),
+            "bias": model.head.bias.detach().float().contiguous()}
+    with atomic_path(Path(out_dir) / HEAD_FILE) as tmp:
+        save_file(head, str(tmp), metadata={"format": "pt"})
+
+
+def load_reward_model(run_dir, model_name: Optional[str] = None, dtype: str = "float32"):
+    """(reward model in eval mode, tokenizer) from a reward run's output.dir; model_name defaults
+    to the base recorded with the adapter. Raises CheckpointError for a directory that is not one."""
+    run_dir = Path(run_dir)
+    path = run_dir / HEAD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a reward model: {HEAD_FILE} is missing (train one with "
+                              f"task.type=reward)")
+    try:
+        head = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); train the reward model again") from None
+    lm, tokenizer = load_base_model(model_name or "default", dtype)
+    load_adapter(lm, str(run_dir))
+    model = SequenceClassifier(lm, 1, "last")
+    if set(head) != {"weight", "bias"} or tuple(head["weight"].shape) != tuple(model.head.weight.shape):
+        raise CheckpointError(f"{path} does not fit {model_name or 'default'}: expected weight "
+                              f"{tuple(model.head.weight.shape)} and bias; was it trained on another model?")
+    with torch.no_grad():
+        model.head.weight.copy_(head["weight"])
+        model.head.bias.copy_(head["bias"])
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8) -> list[float]:
+    """The reward of each (prompt, response): the conversation rendered with the chat template."""
+    texts = [render(tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                    add_generation_prompt=False) for p, r in zip(prompts, responses)]
+    rewards = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        rewards += model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[:, 0].tolist()
+    return rewards
+
+
+def _share_adapter_record(model, lm) -> None:
+    # The loop reads the methods from the model it trains (for their step hooks and reports).
+    for name, method_cfg in adapter_configs(lm).items():
+        record_adapter(model, name, method_cfg)
