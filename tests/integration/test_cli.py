@@ -33,7 +33,7 @@ def test_train_writes_peft_adapter_metrics_and_curve(run_dir, capsys):
     assert main(["train", str(run_dir / "cfg.yaml"), "train.seed=3"]) == 0
     out = run_dir / "out"
     for name in ("adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.json",
-                 "metrics.jsonl", "loss_curve.png", "checkpoints/last/state.pt", "best/adapter_model.safetensors"):
+                 "metrics.jsonl", "loss_curve.png", "checkpoints/last/state.json", "best/adapter_model.safetensors"):
         assert (out / name).exists(), name
     adapter = load_file(str(out / "adapter_model.safetensors"))
     b_keys = [k for k in adapter if "lora_B" in k]

@@ -2,7 +2,8 @@
 
 
 def metrics_text(metrics: dict) -> str:
-    return "\n".join(f"{key:<18} {value:.4f}" if isinstance(value, float) else f"{key:<18} {value}"
+    width = max([18, *(len(key) for key in metrics)])
+    return "\n".join(f"{key:<{width}} {value:.4f}" if isinstance(value, float) else f"{key:<{width}} {value}"
                      for key, value in metrics.items())
 
 

@@ -12,7 +12,7 @@ from tunesmith.data import encode_records
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig
 from tunesmith.training import sft_objective, train
-from tunesmith.training.checkpoint import find_checkpoint
+from tunesmith.training.checkpoint import find_checkpoint, read_position
 from tunesmith.training.optim import lr_factor
 
 OBJ = sft_objective(pad_id=0)
@@ -75,7 +75,7 @@ def test_resume_after_interrupt_ends_with_identical_weights(tmp_path, optimizer,
     _after_calls(first, 2 * 4 + 1, _interrupt)  # dies in the first micro-batch of step 5
     with pytest.raises(KeyboardInterrupt):
         train(first, ex, cfg, tmp_path / "b", OBJ)
-    position = torch.load(tmp_path / "b/checkpoints/last/state.pt", weights_only=False)["position"]
+    position = read_position(tmp_path / "b/checkpoints/last")
     assert position["step"] == 4  # the interrupt saved the last finished step
 
     torch.manual_seed(123)  # as a new process: other init and RNG, all restored from the checkpoint
@@ -93,7 +93,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
     _after_calls(model, 2 * 3 + 1, lambda out: out * float("nan"))  # step 4 produces NaN
     with pytest.raises(TrainingError, match="loss became nan at step 4"):
         train(model, ex, _cfg(max_steps=6), tmp_path, OBJ)
-    position = torch.load(tmp_path / "checkpoints/last/state.pt", weights_only=False)["position"]
+    position = read_position(tmp_path / "checkpoints/last")
     saved = load_file(str(tmp_path / "checkpoints/last/trainable.safetensors"))
     assert position["step"] == 3
     assert all(torch.isfinite(t).all() for t in saved.values())
