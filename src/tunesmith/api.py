@@ -12,6 +12,7 @@ from .models import load_base_model
 from .models.quantization import (dequantize_model, quantize_model, requantization_error,
                                   save_pretrained_quantized)
 from .utils.modules import count_parameters, quantization_schemes, weight_bytes
+from .utils.paths import ensure_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,10 @@ def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str
     base it was trained on (QLoRA), and everything is saved in full precision (float32).
     """
     _check_mergeable(adapter)
+    out = ensure_output_dir(output, "output")  # before the slow load: fail fast on a bad path
     model, tokenizer = load_model(model_name, adapter, quantize=quantize)
     merge_and_unload(model)
     dequantize_model(model)  # layers the adapter did not touch
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     log.info("merged %s into %s -> %s", adapter, model_name, out)
@@ -57,6 +57,7 @@ def merge_to_quantized_directory(model_name: str, adapter: str, output: str, qua
     Raises ConfigError when the base is not quantized (give quantize or a quantized directory).
     """
     _check_mergeable(adapter)
+    ensure_output_dir(output, "output")
     model, tokenizer = load_model(model_name, adapter, quantize=quantize)
     if not quantization_schemes(model):
         raise ConfigError(f"{model_name} is not quantized, so there is nothing to re-quantize; give "
@@ -75,6 +76,7 @@ def quantize_to_directory(model_name: str, scheme: str, output: str, block_size:
     """Quantize a base model's linear layers (not lm_head) and save a directory that load_model /
     model.name load without re-quantizing. Returns {"path", "layers", "bytes_before", "bytes_after"}
     (bytes of the quantized layers' weights before and after)."""
+    ensure_output_dir(output, "output")
     model, tokenizer = load_base_model(model_name, dtype)
     report = quantize_model(model, scheme, block_size=block_size)
     path = save_pretrained_quantized(model, tokenizer, output)

@@ -90,13 +90,17 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 def _read_yaml(path: str) -> dict:
+    from ..utils.paths import read_text, yaml_error_line
+
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give the YAML file inside it")
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(read_text(p, ConfigError)) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(yaml_error_line(path, e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model, method, data, ...)")
     return data

@@ -3,10 +3,12 @@
 Every record carries `_source` ("file:line") so later checks can say where a bad record is.
 """
 import csv
+import io
 import json
 from pathlib import Path
 
 from ..errors import DataError
+from ..utils.paths import read_text
 
 SOURCE = "_source"
 
@@ -39,23 +41,25 @@ def read_records(path, file_type: str = "auto", columns=()) -> list[dict]:
 
 def _read_jsonl(p: Path) -> list[dict]:
     records = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
-            records.append(_as_record(obj, f"{p}:{lineno}"))
+    # split on "\n" only: str.splitlines would also split inside strings holding U+2028
+    for lineno, line in enumerate(read_text(p).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+        records.append(_as_record(obj, f"{p}:{lineno}"))
     return records
 
 
 def _read_json(p: Path) -> list[dict]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(read_text(p))
     except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        hint = "; one object per line is JSONL: name it .jsonl or set data.file_type: jsonl" \
+            if e.msg == "Extra data" else ""
+        raise DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg}){hint}") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} wrappers
     if not isinstance(data, list):
@@ -64,15 +68,17 @@ def _read_json(p: Path) -> list[dict]:
 
 
 def _read_csv(p: Path, tsv: bool = False, columns=None) -> list[dict]:
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, fieldnames=columns or None, delimiter="\t" if tsv else ",",
-                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-        records = []
+    reader = csv.DictReader(io.StringIO(read_text(p), newline=""), fieldnames=columns or None,
+                            delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+    records = []
+    try:
         for row in reader:
             if None in row:
                 raise DataError(f"{p}:{reader.line_num}: more fields than {'data.columns' if columns else 'the header'} "
                                 f"names ({len(reader.fieldnames)})")
             records.append({**row, SOURCE: f"{p}:{reader.line_num}"})
+    except csv.Error as e:  # e.g. a field over csv's size limit, an unclosed quote in strict mode
+        raise DataError(f"{p}:{reader.line_num}: not valid {'TSV' if tsv else 'CSV'} ({e})") from None
     return records
 
 
@@ -81,12 +87,17 @@ def _read_parquet(p: Path) -> list[dict]:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError("reading Parquet needs pyarrow: pip install pyarrow") from None
-    rows = pq.read_table(p).to_pylist()
+    import pyarrow as pa
+
+    try:
+        rows = pq.read_table(p).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{p}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     return [_as_record(r, f"{p}:row {i + 1}") for i, r in enumerate(rows)]
 
 
 def _read_text(p: Path) -> list[dict]:
-    lines = p.read_text(encoding="utf-8").splitlines()
+    lines = read_text(p).splitlines()
     return [{"text": line, SOURCE: f"{p}:{i}"} for i, line in enumerate(lines, 1) if line.strip()]
 
 

@@ -173,21 +173,35 @@ def _from_pretrained(name: str, torch_dtype, hub_id: bool = False):
 
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-    except OSError:
+    except OSError as e:
         if hub_id:
             raise ModelLoadError(
                 f"model.name {name!r} is neither a local path nor in the local Hugging Face cache; "
                 f"download it where there is network (`huggingface-cli download {name}`) or give a local directory") from None
+        if (Path(name) / "config.json").is_file():  # there, but not JSON / not UTF-8
+            raise ModelLoadError(f"model.name {name!r}: config.json cannot be read ({_first_line(e)})") from None
         raise ModelLoadError(f"model.name {name!r}: no config.json there; is it a transformers model directory?") from None
     except ValueError as e:
-        raise ModelLoadError(f"model.name {name!r}: unsupported model: {e}") from None
+        raise ModelLoadError(f"model.name {name!r}: unsupported model: {_first_line(e)}") from None
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, dtype=torch_dtype)
     except ValueError as e:
         raise ModelLoadError(f"model.name {name!r}: architecture {config.model_type!r} has no causal-LM "
                              f"class in transformers ({str(e).splitlines()[0]})") from None
-    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, SafetensorError) as e:  # a truncated or half-copied weights file
+        raise ModelLoadError(f"model.name {name!r}: the weights cannot be read ({_first_line(e)}); "
+                             f"copy or download the model again") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.name {name!r}: the tokenizer cannot be read ({_first_line(e)})") from None
     return model, tokenizer
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _ensure_pad_token(model, tokenizer) -> None:

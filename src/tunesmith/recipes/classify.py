@@ -17,6 +17,7 @@ from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
 from ..evaluation.classification import classification_metrics, plot_confusion
 from ..utils.files import atomic_write_text
+from ..utils.paths import ensure_output_dir, read_text
 from ..utils.seeding import seed_everything
 from ..tasks.classify.modes import get_mode, resolve
 
@@ -33,8 +34,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     """
     resolve(cfg)
     seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(cfg.output.dir, "output.dir")
     save_config(cfg, out / "config.yaml")
     splits = load_labelled_splits(cfg.data, cfg.train.seed, cfg.task.labels)
     predictor, info = get_mode(cfg.task.mode).fit(cfg, splits, out, progress)
@@ -83,8 +83,12 @@ def load_predictor(cfg: RunConfig):
     if not path.is_file():
         raise CheckpointError(f"{out} holds no trained classifier ({LABELS_FILE} is missing): run "
                               f"`tunesmith train CONFIG.yaml` with task.type=classify first")
-    saved = json.loads(path.read_text())
-    return get_mode(saved["mode"]).load(cfg, out, saved["labels"])
+    try:
+        saved = json.loads(read_text(path, CheckpointError))
+        mode, labels = saved["mode"], saved["labels"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}); train the classifier again") from None
+    return get_mode(mode).load(cfg, out, labels)
 
 
 def classify_texts(run_dir: str, texts: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, float]]:

@@ -1,7 +1,6 @@
 """Supervised fine-tuning (instruction / chat / plain text) with any registered method."""
 import logging
 import math
-from pathlib import Path
 
 from ..config.schema import RunConfig
 from ..config.loader import save_config
@@ -14,6 +13,7 @@ from ..training import sft_objective, train
 from ..training.plots import plot_loss_curve
 from ..utils.memory import peak_rss_mb
 from ..utils.modules import count_parameters
+from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
 from .common import build_model, generation_scores, train_loss_metrics, write_outputs
 
@@ -27,8 +27,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     samples.jsonl, loss_curve.png, checkpoints/last and best/ (adapter at the best eval loss).
     """
     seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(cfg.output.dir, "output.dir")
     save_config(cfg, out / "config.yaml")
     model, tokenizer = build_model(cfg)
     splits = load_splits(cfg.data, tokenizer, cfg.train.seed)

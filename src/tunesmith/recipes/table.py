@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..config.loader import config_to_dict
 from ..tasks import load_config
 from ..utils.files import atomic_write_text
+from ..utils.paths import read_text, yaml_error_line
 from . import classify, sft
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,12 @@ def read_spec(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"table spec not found: {path}")
-    spec = yaml.safe_load(p.read_text()) or {}
+    try:
+        spec = yaml.safe_load(read_text(p, ConfigError)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(yaml_error_line(path, e)) from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a table spec is a mapping (config, output, columns, rows, ...)")
     unknown = set(spec) - {"config", "output", "columns", "overrides", "rows", "title"}
     if unknown:
         raise ConfigError(f"{path}: unknown table spec key(s) {sorted(unknown)}; allowed: config, output, columns, "
