@@ -3,6 +3,7 @@
 Every framework gets the same token ids, the same batches in the same order (tunesmith's
 epoch_order for the seed), the same LoRA A/B weights and the same hyper-parameters.
 """
+
 import json
 import os
 import re
@@ -45,25 +46,34 @@ def set_threads() -> int:
 def instruction_examples(tokenizer, hyper: Hyper) -> list:
     """Case (a): the instruction data, chat-templated, loss on the responses only."""
     from tunesmith.data import encode_records, read_records
-    return encode_records(read_records(INSTRUCTIONS), tokenizer, "instruction", hyper.max_length, True)[0]
+
+    return encode_records(
+        read_records(INSTRUCTIONS), tokenizer, "instruction", hyper.max_length, True
+    )[0]
 
 
 def text_examples(tokenizer, hyper: Hyper, n_rows: int) -> list:
     """Case (b): wikitext-2 cut into rows of exactly seq_len tokens, every token a label."""
     from tunesmith.data import Example
+
     ids = tokenizer(TEXT.read_text()[: 40 * hyper.seq_len * n_rows])["input_ids"]
-    rows = [ids[i:i + hyper.seq_len] for i in range(0, len(ids) - hyper.seq_len, hyper.seq_len)][:n_rows]
+    rows = [ids[i : i + hyper.seq_len] for i in range(0, len(ids) - hyper.seq_len, hyper.seq_len)][
+        :n_rows
+    ]
     if len(rows) < n_rows:
-        raise SystemExit(f"{TEXT} gives only {len(rows)} rows of {hyper.seq_len} tokens, {n_rows} wanted")
+        raise SystemExit(
+            f"{TEXT} gives only {len(rows)} rows of {hyper.seq_len} tokens, {n_rows} wanted"
+        )
     return [Example(r, list(r)) for r in rows]
 
 
 def batch_order(examples: list, hyper: Hyper, steps: int) -> list[list[int]]:
     """The example indices of each step, exactly as tunesmith.training.train draws them."""
     from tunesmith.data.sampling import epoch_order
+
     order = epoch_order(len(examples), hyper.batch_size, hyper.seed)
     assert steps * hyper.batch_size <= len(order), "more steps than one epoch of data"
-    return [order[i * hyper.batch_size:(i + 1) * hyper.batch_size] for i in range(steps)]
+    return [order[i * hyper.batch_size : (i + 1) * hyper.batch_size] for i in range(steps)]
 
 
 def set_lora_weights(model, seed: int) -> int:
@@ -75,7 +85,9 @@ def set_lora_weights(model, seed: int) -> int:
         if m is None or not hasattr(module, "lora_A"):
             continue
         a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
-        gen = torch.Generator().manual_seed(seed * 1000 + int(m.group(1)) * 10 + TARGETS.index(m.group(2)))
+        gen = torch.Generator().manual_seed(
+            seed * 1000 + int(m.group(1)) * 10 + TARGETS.index(m.group(2))
+        )
         bound = 1 / a.shape[1] ** 0.5
         with torch.no_grad():
             a.copy_(torch.rand(a.shape, generator=gen) * 2 * bound - bound)
@@ -106,7 +118,7 @@ def peak_gemm(repeats: int = 7) -> dict:
             start = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - start)
-        out[name] = 2 * 2048 ** 3 / median(times)
+        out[name] = 2 * 2048**3 / median(times)
     return out
 
 
@@ -130,8 +142,13 @@ def lora_step_flops(cfg, lengths: list[int], loss_tokens: int, r: int) -> float:
 
 def run_child(script: Path, args: list[str], timeout: float = 3600) -> dict:
     """Run `script --child ...` in a fresh process; its last 'RESULT {json}' line is the answer."""
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": _pythonpath()})
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": _pythonpath()},
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -149,18 +166,28 @@ def _pythonpath() -> str:
 
 def table(headers: list[str], rows: list[list]) -> str:
     """A Markdown table; floats get 3 significant digits."""
+
     def cell(x):
         if isinstance(x, float):
             return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
         return str(x)
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(lines + ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows])
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     flags = Path("/proc/cpuinfo").read_text()
     extra = " avx512_bf16" if "avx512_bf16" in flags else ""
-    return (f"{cpu}{extra}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-            f"load average {os.getloadavg()[0]:.1f} at start")
+    return (
+        f"{cpu}{extra}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )

@@ -3,10 +3,16 @@
 bitsandbytes is not a dependency; run in an environment that has it:
     pip install bitsandbytes && PYTHONPATH=src python bench/nf4_vs_bitsandbytes.py
 """
+
 import bitsandbytes.functional as bnb
 import torch
 
-from tunesmith.models.quantization.nf4 import NF4_TABLE, dequantize_nf4, quantize_nf4, unpack_nibbles
+from tunesmith.models.quantization.nf4 import (
+    NF4_TABLE,
+    dequantize_nf4,
+    quantize_nf4,
+    unpack_nibbles,
+)
 
 
 def main() -> None:

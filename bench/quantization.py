@@ -14,6 +14,7 @@ Parts (--parts, comma-separated; default all):
 
 Usage: PYTHONPATH=src python bench/quantization.py [--parts error,bytes,ppl,optim,train] [--json out.json]
 """
+
 import argparse
 import json
 import math
@@ -83,7 +84,11 @@ def error_stats(weights: list, quantize) -> dict:
         d = q.dequantize() - w
         err_sq, ref_sq = err_sq + d.pow(2).sum().item(), ref_sq + w.pow(2).sum().item()
         max_abs, n, stored = max(max_abs, d.abs().max().item()), n + w.numel(), stored + q.nbytes()
-    return {"rel_rmse": math.sqrt(err_sq / ref_sq), "max_abs": max_abs, "bits_per_weight": 8 * stored / n}
+    return {
+        "rel_rmse": math.sqrt(err_sq / ref_sq),
+        "max_abs": max_abs,
+        "bits_per_weight": 8 * stored / n,
+    }
 
 
 def part_error(out: dict) -> str:
@@ -92,16 +97,36 @@ def part_error(out: dict) -> str:
     gen = torch.Generator().manual_seed(0)
     normal = [torch.randn(2048, 2048, generator=gen)]
     model, _ = load_base_model("default")
-    real = [m.weight.detach() for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    real = [
+        m.weight.detach()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+    ]
     rows, out["error"] = [], {}
     for name, fn in schemes().items():
         a, b = error_stats(normal, fn), error_stats(real, fn)
         out["error"][name] = {"normal": a, "model": b}
-        rows.append([name, f"{a['bits_per_weight']:.3f}", f"{a['rel_rmse']:.4f}", f"{a['max_abs']:.4f}",
-                     f"{b['rel_rmse']:.4f}", f"{b['max_abs']:.4f}"])
-    return table(["scheme", "stored bits/weight", "N(0,1) rel. RMSE", "N(0,1) max abs err",
-                  f"model ({len(real)} linears) rel. RMSE", "model max abs err"], rows)
+        rows.append(
+            [
+                name,
+                f"{a['bits_per_weight']:.3f}",
+                f"{a['rel_rmse']:.4f}",
+                f"{a['max_abs']:.4f}",
+                f"{b['rel_rmse']:.4f}",
+                f"{b['max_abs']:.4f}",
+            ]
+        )
+    return table(
+        [
+            "scheme",
+            "stored bits/weight",
+            "N(0,1) rel. RMSE",
+            "N(0,1) max abs err",
+            f"model ({len(real)} linears) rel. RMSE",
+            "model max abs err",
+        ],
+        rows,
+    )
 
 
 # --- bytes --------------------------------------------------------------------------------------
@@ -111,21 +136,47 @@ def part_bytes(out: dict) -> str:
     from tunesmith.utils.modules import weight_bytes
 
     rows, out["bytes"], ref = [], {}, None
-    for label, scheme, dq in [("fp32", None, None), ("int8 (block 64)", "int8", None),
-                              ("NF4 (block 64)", "nf4", False), ("NF4 + double quant", "nf4", True)]:
+    for label, scheme, dq in [
+        ("fp32", None, None),
+        ("int8 (block 64)", "int8", None),
+        ("NF4 (block 64)", "nf4", False),
+        ("NF4 + double quant", "nf4", True),
+    ]:
         model, _ = load_base_model("default")
-        lin_before = sum(m.weight.numel() * 4 for n, m in model.named_modules()
-                         if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+        lin_before = sum(
+            m.weight.numel() * 4
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+        )
         lin = quantize_model(model, scheme, dq).bytes_after if scheme else lin_before
         total = weight_bytes(model)
         rest = total - lin  # embeddings (tied lm_head) and norms, kept in full precision
         ref = ref or {"lin": lin, "total": total}
         out["bytes"][label] = {"linear": lin, "total": total, "rest_fp32": rest}
-        rows.append([label, mib(lin), f"{lin / ref['lin']:.3f}", mib(total), f"{total / ref['total']:.3f}",
-                     mib(lin + rest / 2), f"{(lin + rest / 2) / ref['total']:.3f}"])
+        rows.append(
+            [
+                label,
+                mib(lin),
+                f"{lin / ref['lin']:.3f}",
+                mib(total),
+                f"{total / ref['total']:.3f}",
+                mib(lin + rest / 2),
+                f"{(lin + rest / 2) / ref['total']:.3f}",
+            ]
+        )
         del model
-    return table(["base weights", "linear layers MiB", "x fp32", "whole model MiB (rest fp32)", "x fp32",
-                  "whole model MiB (rest bf16)", "x fp32"], rows)
+    return table(
+        [
+            "base weights",
+            "linear layers MiB",
+            "x fp32",
+            "whole model MiB (rest fp32)",
+            "x fp32",
+            "whole model MiB (rest bf16)",
+            "x fp32",
+        ],
+        rows,
+    )
 
 
 # --- perplexity ---------------------------------------------------------------------------------
@@ -133,7 +184,7 @@ def part_bytes(out: dict) -> str:
 def perplexity(model, ids: torch.Tensor, batch: int = 4) -> float:
     total = count = 0.0
     for i in range(0, ids.shape[0], batch):
-        x = ids[i:i + batch]
+        x = ids[i : i + batch]
         loss = model(x, labels=x).loss  # mean over the (T - 1) predicted tokens of each window
         n = x.shape[0] * (x.shape[1] - 1)
         total, count = total + loss.item() * n, count + n
@@ -151,8 +202,12 @@ def part_ppl(out: dict) -> str:
         ppl = perplexity(model.eval(), ids)
         seconds = time.perf_counter() - start
         out["ppl"][scheme] = {"ppl": ppl, "seconds": seconds}
-        label = {"none": "fp32", "int8": "int8 (block 64)", "nf4": "NF4 + double quant (block 64)"}[scheme]
-        rows.append([label, f"{ppl:.3f}", f"{ppl / out['ppl']['none']['ppl']:.4f}", f"{seconds:.0f}"])
+        label = {"none": "fp32", "int8": "int8 (block 64)", "nf4": "NF4 + double quant (block 64)"}[
+            scheme
+        ]
+        rows.append(
+            [label, f"{ppl:.3f}", f"{ppl / out['ppl']['none']['ppl']:.4f}", f"{seconds:.0f}"]
+        )
         del model
     return table(["base weights", "perplexity (40 x 256 tokens)", "x fp32", "eval seconds"], rows)
 
@@ -173,7 +228,10 @@ def worker(spec: dict) -> dict:
     model, tok = load_base_model(spec["model"])
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3, 4]]))  # touch every weight: safetensors maps files lazily
-    result = {"rss_after_load_kib": proc_status_kib("VmRSS"), "base_weight_bytes": weight_bytes(model)}
+    result = {
+        "rss_after_load_kib": proc_status_kib("VmRSS"),
+        "base_weight_bytes": weight_bytes(model),
+    }
     if not spec["steps"]:
         return result
     apply_method(model, LoraConfig(**LORA))
@@ -191,9 +249,14 @@ def worker(spec: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
-    result.update(step_peak_kib=proc_status_kib("VmHWM"), step_seconds=times, losses=losses,
-                  median_step_s=statistics.median(times[1:]), opt_state_bytes=optimizer_state_bytes(opt),
-                  trainable=sum(p.numel() for p in params))
+    result.update(
+        step_peak_kib=proc_status_kib("VmHWM"),
+        step_seconds=times,
+        losses=losses,
+        median_step_s=statistics.median(times[1:]),
+        opt_state_bytes=optimizer_state_bytes(opt),
+        trainable=sum(p.numel() for p in params),
+    )
     return result
 
 
@@ -212,27 +275,56 @@ def part_train(out: dict, steps: int, threads: int) -> str:
     quantize_to_directory("default", "int8", str(tmp / "int8"))
     fixed = {"MALLOC_MMAP_THRESHOLD_": "131072"}
     nf4, lora = str(tmp / "nf4"), {"model": "default", "optimizer": "adamw", "steps": steps}
-    configs = {"LoRA, fp32 base, AdamW": lora,
-               "QLoRA, NF4 base, AdamW": {**lora, "model": nf4},
-               "QLoRA, NF4 base, 8-bit AdamW": {**lora, "model": nf4, "optimizer": "adamw8bit"},
-               "LoRA, fp32 base, AdamW, fixed mmap threshold": {**lora, "env": fixed},
-               "QLoRA, NF4 base, AdamW, fixed mmap threshold": {**lora, "model": nf4, "env": fixed},
-               "QLoRA, NF4 base, 8-bit AdamW, fixed mmap threshold": {**lora, "model": nf4, "env": fixed,
-                                                                       "optimizer": "adamw8bit"},
-               "int8 base (load only)": {**lora, "model": str(tmp / "int8"), "steps": 0}}
+    configs = {
+        "LoRA, fp32 base, AdamW": lora,
+        "QLoRA, NF4 base, AdamW": {**lora, "model": nf4},
+        "QLoRA, NF4 base, 8-bit AdamW": {**lora, "model": nf4, "optimizer": "adamw8bit"},
+        "LoRA, fp32 base, AdamW, fixed mmap threshold": {**lora, "env": fixed},
+        "QLoRA, NF4 base, AdamW, fixed mmap threshold": {**lora, "model": nf4, "env": fixed},
+        "QLoRA, NF4 base, 8-bit AdamW, fixed mmap threshold": {
+            **lora,
+            "model": nf4,
+            "env": fixed,
+            "optimizer": "adamw8bit",
+        },
+        "int8 base (load only)": {**lora, "model": str(tmp / "int8"), "steps": 0},
+    }
     try:
-        out["train"] = {name: run_worker({**spec, "threads": threads}) for name, spec in configs.items()}
+        out["train"] = {
+            name: run_worker({**spec, "threads": threads}) for name, spec in configs.items()
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = []
     for name, r in out["train"].items():
-        base = out["train"]["LoRA, fp32 base, AdamW" + (", fixed mmap threshold" if "fixed" in name else "")]
-        step = [mib(1024 * r["step_peak_kib"]), f"{r['step_peak_kib'] / base['step_peak_kib']:.2f}",
-                f"{r['median_step_s']:.2f}", f"{r['median_step_s'] / base['median_step_s']:.2f}",
-                mib(r["opt_state_bytes"])] if "median_step_s" in r else ["-"] * 5
+        base = out["train"][
+            "LoRA, fp32 base, AdamW" + (", fixed mmap threshold" if "fixed" in name else "")
+        ]
+        step = (
+            [
+                mib(1024 * r["step_peak_kib"]),
+                f"{r['step_peak_kib'] / base['step_peak_kib']:.2f}",
+                f"{r['median_step_s']:.2f}",
+                f"{r['median_step_s'] / base['median_step_s']:.2f}",
+                mib(r["opt_state_bytes"]),
+            ]
+            if "median_step_s" in r
+            else ["-"] * 5
+        )
         rows.append([name, mib(r["base_weight_bytes"]), mib(1024 * r["rss_after_load_kib"]), *step])
-    return table(["configuration", "base weights MiB", "RSS after load + 1 forward MiB",
-                  "peak RSS during steps MiB", "x LoRA", "median step s", "x LoRA", "optimizer state MiB"], rows)
+    return table(
+        [
+            "configuration",
+            "base weights MiB",
+            "RSS after load + 1 forward MiB",
+            "peak RSS during steps MiB",
+            "x LoRA",
+            "median step s",
+            "x LoRA",
+            "optimizer state MiB",
+        ],
+        rows,
+    )
 
 
 def part_optim(out: dict, steps: int = 30) -> str:
@@ -266,14 +358,20 @@ def part_optim(out: dict, steps: int = 30) -> str:
         out["optim"][name] = {"losses": losses, "state_bytes": optimizer_state_bytes(opt)}
     a, b = out["optim"]["adamw"]["losses"], out["optim"]["adamw8bit"]["losses"]
     rows = [[i + 1, f"{x:.4f}", f"{y:.4f}", f"{y - x:+.4f}"] for i, (x, y) in enumerate(zip(a, b))]
-    summary = (f"\n\nmax |difference| {max(abs(y - x) for x, y in zip(a, b)):.4f}; optimizer state "
-               f"{mib(out['optim']['adamw']['state_bytes'])} MiB (AdamW) vs "
-               f"{mib(out['optim']['adamw8bit']['state_bytes'])} MiB (8-bit AdamW)")
+    summary = (
+        f"\n\nmax |difference| {max(abs(y - x) for x, y in zip(a, b)):.4f}; optimizer state "
+        f"{mib(out['optim']['adamw']['state_bytes'])} MiB (AdamW) vs "
+        f"{mib(out['optim']['adamw8bit']['state_bytes'])} MiB (8-bit AdamW)"
+    )
     return table(["step", "AdamW loss", "8-bit AdamW loss", "difference"], rows) + summary
 
 
 def loss_table(out: dict) -> str:
-    runs = {k: v["losses"] for k, v in out.get("train", {}).items() if "losses" in v and "fixed" not in k}
+    runs = {
+        k: v["losses"]
+        for k, v in out.get("train", {}).items()
+        if "losses" in v and "fixed" not in k
+    }
     if not runs:
         return ""
     names = list(runs)
@@ -284,10 +382,18 @@ def loss_table(out: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="error,bytes,ppl,optim,train")
-    parser.add_argument("--steps", type=int, default=6, help="training steps per configuration (the first "
-                                                               "is excluded from the median)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared "
-                                                                  "machine, where OpenMP threads spin)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=6,
+        help="training steps per configuration (the first is excluded from the median)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: steady timings on a shared machine, where OpenMP threads spin)",
+    )
     parser.add_argument("--json", help="also write every number to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,8 +402,15 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": args.threads}
-    parts = {"error": part_error, "bytes": part_bytes, "ppl": part_ppl, "optim": part_optim,
-             "train": lambda o: part_train(o, args.steps, args.threads) + "\n\nlosses per step\n\n" + loss_table(o)}
+    parts = {
+        "error": part_error,
+        "bytes": part_bytes,
+        "ppl": part_ppl,
+        "optim": part_optim,
+        "train": lambda o: (
+            part_train(o, args.steps, args.threads) + "\n\nlosses per step\n\n" + loss_table(o)
+        ),
+    }
     for name in args.parts.split(","):
         print(f"\n## {name}\n\n{parts[name](out)}", flush=True)
         if args.json:

@@ -12,17 +12,27 @@ Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, con
 - peft-trainer-fp32 / tunesmith-fp32 / tunesmith-fp32-nopack: the same in fp32 throughout, for CPUs
   without native bf16 instructions (there PyTorch emulates bf16 matmuls, hundreds of times slower).
 """
+
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
 from common import TARGETS, Hyper, set_lora_weights
 
-CONFIGS = ["peft-trainer-bf16", "peft-loop-fp32", "peft-loop-bf16", "tunesmith", "tunesmith-eager",
-           "tunesmith-fp32w", "tunesmith-nopack", "peft-trainer-fp32", "tunesmith-fp32", "tunesmith-fp32-nopack"]
+CONFIGS = [
+    "peft-trainer-bf16",
+    "peft-loop-fp32",
+    "peft-loop-bf16",
+    "tunesmith",
+    "tunesmith-eager",
+    "tunesmith-fp32w",
+    "tunesmith-nopack",
+    "peft-trainer-fp32",
+    "tunesmith-fp32",
+    "tunesmith-fp32-nopack",
+]
 
 
 def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> dict:
@@ -32,17 +42,30 @@ def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> 
     if config.startswith("peft-loop"):
         return _peft_loop(examples, batches, hyper, bf16=config.endswith("bf16"))
     fp32 = config.startswith("tunesmith-fp32")
-    return _tunesmith(examples, batches, hyper, weights="float32" if fp32 else "bfloat16",
-                      precision="fp32" if fp32 and config != "tunesmith-fp32w" else "bf16",
-                      packing=not config.endswith("nopack"), attention="eager" if config == "tunesmith-eager" else None)
+    return _tunesmith(
+        examples,
+        batches,
+        hyper,
+        weights="float32" if fp32 else "bfloat16",
+        precision="fp32" if fp32 and config != "tunesmith-fp32w" else "bf16",
+        packing=not config.endswith("nopack"),
+        attention="eager" if config == "tunesmith-eager" else None,
+    )
 
 
 def _peft_model(hyper: Hyper):
     import peft
+
     import tunesmith
+
     model, tokenizer = tunesmith.load_model("default")
-    cfg = peft.LoraConfig(r=hyper.r, lora_alpha=hyper.alpha, lora_dropout=0.0, target_modules=TARGETS,
-                          task_type="CAUSAL_LM")
+    cfg = peft.LoraConfig(
+        r=hyper.r,
+        lora_alpha=hyper.alpha,
+        lora_dropout=0.0,
+        target_modules=TARGETS,
+        task_type="CAUSAL_LM",
+    )
     model = peft.get_peft_model(model, cfg)
     set_lora_weights(model, hyper.seed)
     return model, tokenizer
@@ -50,6 +73,7 @@ def _peft_model(hyper: Hyper):
 
 def _peft_loop(examples, batches, hyper: Hyper, bf16: bool) -> dict:
     from tunesmith.data import collate
+
     model, tokenizer = _peft_model(hyper)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -73,8 +97,13 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from tunesmith.data import Example, collate
+
     model, tokenizer = _peft_model(hyper)
-    rows = [{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for idx in batches for i in idx]
+    rows = [
+        {"input_ids": examples[i].input_ids, "labels": examples[i].labels}
+        for idx in batches
+        for i in idx
+    ]
 
     class Clock(TrainerCallback):
         ends, losses, start = [], [], 0.0
@@ -90,35 +119,68 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool) -> dict:
                 Clock.losses.append(float(logs["loss"]))
 
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(out, per_device_train_batch_size=hyper.batch_size, max_steps=len(batches),
-                                 learning_rate=hyper.lr, lr_scheduler_type="constant", weight_decay=0.0,
-                                 max_grad_norm=1.0, bf16=bf16, use_cpu=True, logging_steps=1, save_strategy="no",
-                                 report_to="none", disable_tqdm=True, seed=hyper.seed, optim="adamw_torch",
-                                 train_sampling_strategy="sequential", dataloader_num_workers=0,
-                                 remove_unused_columns=False)
+        args = TrainingArguments(
+            out,
+            per_device_train_batch_size=hyper.batch_size,
+            max_steps=len(batches),
+            learning_rate=hyper.lr,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            bf16=bf16,
+            use_cpu=True,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=hyper.seed,
+            optim="adamw_torch",
+            train_sampling_strategy="sequential",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
         pad = tokenizer.pad_token_id
-        trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[Clock()],
-                          data_collator=lambda f: collate([Example(x["input_ids"], x["labels"]) for x in f], pad))
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=rows,
+            callbacks=[Clock()],
+            data_collator=lambda f: collate([Example(x["input_ids"], x["labels"]) for x in f], pad),
+        )
         trainer.train()
     ends = [Clock.start] + Clock.ends
     return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": Clock.losses}
 
 
-def _tunesmith(examples, batches, hyper: Hyper, weights: str, precision: str, packing: bool, attention=None) -> dict:
+def _tunesmith(
+    examples, batches, hyper: Hyper, weights: str, precision: str, packing: bool, attention=None
+) -> dict:
     import tunesmith
     from tunesmith.config.schema import DataConfig, TrainConfig
     from tunesmith.data.packing import batching
     from tunesmith.methods.lora import LoraConfig
     from tunesmith.training import sft_objective, train
+
     model, tokenizer = tunesmith.load_model("default", dtype=weights)
     if attention:
         model.set_attn_implementation(attention)
     tunesmith.apply_method(model, LoraConfig(r=hyper.r, alpha=hyper.alpha, target_modules=TARGETS))
     set_lora_weights(model, hyper.seed)
-    cfg = TrainConfig(max_steps=len(batches), batch_size=hyper.batch_size, lr=hyper.lr, scheduler="constant",
-                      precision=precision, log_every=1, seed=hyper.seed, resume=False, max_grad_norm=1.0)
+    cfg = TrainConfig(
+        max_steps=len(batches),
+        batch_size=hyper.batch_size,
+        lr=hyper.lr,
+        scheduler="constant",
+        precision=precision,
+        log_every=1,
+        seed=hyper.seed,
+        resume=False,
+        max_grad_norm=1.0,
+    )
     data = DataConfig(packing=packing, max_length=hyper.max_length)
-    objective = sft_objective(tokenizer.pad_token_id, **batching(data, examples, tokenizer.pad_token_id))
+    objective = sft_objective(
+        tokenizer.pad_token_id, **batching(data, examples, tokenizer.pad_token_id)
+    )
     starts, collate = [], objective.collate
 
     def timed_collate(items):  # one micro-batch per step here, so each step starts with its collate
@@ -129,5 +191,10 @@ def _tunesmith(examples, batches, hyper: Hyper, weights: str, precision: str, pa
     with tempfile.TemporaryDirectory() as out:
         train(model, examples, cfg, Path(out), objective)
         ends = starts + [time.perf_counter()]
-        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": [r["loss"] for r in records if "loss" in r]}
+        records = [
+            json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()
+        ]
+    return {
+        "times": [b - a for a, b in zip(ends, ends[1:])],
+        "losses": [r["loss"] for r in records if "loss" in r],
+    }

@@ -1,4 +1,5 @@
 """Shared fixtures: offline mode, no sockets, tiny random models and a local tokenizer."""
+
 import os
 import socket
 
@@ -15,8 +16,10 @@ from tests.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer  # noqa: E402
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch, request):
     if request.node.get_closest_marker("integration") is None:
+
         def refuse(*args, **kwargs):
             raise RuntimeError("network access in a unit test")
+
         monkeypatch.setattr(socket.socket, "connect", refuse)
     torch.manual_seed(0)
 

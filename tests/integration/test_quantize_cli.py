@@ -1,4 +1,5 @@
 """QLoRA through the CLI on a tiny model: quantize, info, train (8-bit AdamW), merge both ways, refusals."""
+
 import json
 
 import pytest
@@ -20,19 +21,30 @@ def run_dir(tmp_path):
     save_tiny_model(tmp_path / "tiny")
     records = [{"instruction": f"Echo {i}", "input": "", "output": f"echo {i}"} for i in range(20)]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = {"model": {"name": str(tmp_path / "tiny"), "quantize": "nf4"},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": "all-linear"},
-           "data": {"train": str(tmp_path / "data.jsonl"), "max_length": 48},
-           "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1, "optimizer": "adamw8bit"},
-           "eval": {"max_new_tokens": 2, "limit": 2},
-           "output": {"dir": str(tmp_path / "out")}}
+    cfg = {
+        "model": {"name": str(tmp_path / "tiny"), "quantize": "nf4"},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": "all-linear"},
+        "data": {"train": str(tmp_path / "data.jsonl"), "max_length": 48},
+        "train": {
+            "max_steps": 3,
+            "batch_size": 4,
+            "lr": 1e-2,
+            "log_every": 1,
+            "optimizer": "adamw8bit",
+        },
+        "eval": {"max_new_tokens": 2, "limit": 2},
+        "output": {"dir": str(tmp_path / "out")},
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path
 
 
 def test_quantize_then_info_reports_bytes_and_scheme(run_dir, capsys):
     q = run_dir / "q"
-    assert main(["quantize", "--model", str(run_dir / "tiny"), "--scheme", "nf4", "--output", str(q)]) == 0
+    assert (
+        main(["quantize", "--model", str(run_dir / "tiny"), "--scheme", "nf4", "--output", str(q)])
+        == 0
+    )
     assert (q / "tunesmith_quantization.json").is_file()
     capsys.readouterr()
     assert main(["info", "--model", str(q)]) == 0
@@ -52,20 +64,52 @@ def test_qlora_train_and_merge_full_precision_or_requantized(run_dir, capsys):
     qlora, _ = load_model(tiny, adapter=str(out), quantize="nf4")
 
     merged = run_dir / "merged"
-    assert main(["merge", "--model", tiny, "--adapter", str(out), "--quantize", "nf4", "--output", str(merged)]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--model",
+                tiny,
+                "--adapter",
+                str(out),
+                "--quantize",
+                "nf4",
+                "--output",
+                str(merged),
+            ]
+        )
+        == 0
+    )
     plain = AutoModelForCausalLM.from_pretrained(merged).eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(IDS).logits, qlora(IDS).logits, atol=1e-5, rtol=1e-5)
 
     capsys.readouterr()
     requant = run_dir / "requant"
-    assert main(["merge", "--model", tiny, "--adapter", str(out), "--quantize", "nf4", "--keep-quantized",
-                 "--output", str(requant)]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--model",
+                tiny,
+                "--adapter",
+                str(out),
+                "--quantize",
+                "nf4",
+                "--keep-quantized",
+                "--output",
+                str(requant),
+            ]
+        )
+        == 0
+    )
     assert "relative Frobenius error" in capsys.readouterr().out
     model, _ = load_model(str(requant))
     assert quantization_schemes(model) == {"nf4": 14}
     with torch.no_grad():
-        assert (model(IDS).logits - qlora(IDS).logits).abs().max() < 0.5  # up to the re-quantization
+        assert (
+            model(IDS).logits - qlora(IDS).logits
+        ).abs().max() < 0.5  # up to the re-quantization
 
 
 def test_full_fine_tuning_on_a_quantized_base_is_refused(run_dir, capsys):

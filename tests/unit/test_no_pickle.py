@@ -1,4 +1,5 @@
 """No code under src/ may unpickle: a checkpoint or model file from elsewhere must never run code."""
+
 import re
 from pathlib import Path
 
@@ -8,7 +9,12 @@ FORBIDDEN = re.compile(r"pickle\.loads?\b|weights_only\s*=\s*False|allow_pickle\
 
 
 def test_no_unpickling_under_src():
-    hits = [f"{path.relative_to(SRC.parent)}:{n}: {line.strip()}"
-            for path in sorted(SRC.rglob("*.py"))
-            for n, line in enumerate(path.read_text().splitlines(), 1) if FORBIDDEN.search(line)]
-    assert SRC.is_dir() and not hits, "unpickling found (use safetensors/JSON instead):\n" + "\n".join(hits)
+    hits = [
+        f"{path.relative_to(SRC.parent)}:{n}: {line.strip()}"
+        for path in sorted(SRC.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if FORBIDDEN.search(line)
+    ]
+    assert SRC.is_dir() and not hits, (
+        "unpickling found (use safetensors/JSON instead):\n" + "\n".join(hits)
+    )

@@ -1,17 +1,20 @@
 """One function per subcommand, plus its argument definitions. No training logic lives here."""
+
 import argparse
 import dataclasses
 import sys
 
-from ..errors import ConfigError
 from ..config.schema import SECTIONS
+from ..errors import ConfigError
 from ..methods import config_classes, method_names
 from ..tasks import EvalRequest, all_sections, get_task, load_config, task_names
 from . import report
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config with sections model, method, data, train, eval, output")
+    p.add_argument(
+        "config", help="YAML config with sections model, method, data, train, eval, output"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 method.r=16")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = config_keys_help()
@@ -47,19 +50,23 @@ def cmd_train(args) -> int:
 
 def _train_args(p):
     _config_args(p)
-    p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    p.add_argument(
+        "--progress", action="store_true", help="show the progress bar even when not on a terminal"
+    )
 
 
 def cmd_eval(args) -> int:
     cfg = _load(args)
-    metrics = get_task(cfg.task.type).evaluate(cfg, EvalRequest(args.split, args.adapter, args.base))
+    metrics = get_task(cfg.task.type).evaluate(
+        cfg, EvalRequest(args.split, args.adapter, args.base)
+    )
     _print_task_metrics(cfg, metrics, f"metrics written to {cfg.output.dir}/metrics.json")
     return 0
 
 
 def _print_task_metrics(cfg, metrics: dict, footer: str) -> None:
     if "samples" in metrics:
-        metrics = {**metrics, "samples": metrics["samples"][:cfg.eval.show]}
+        metrics = {**metrics, "samples": metrics["samples"][: cfg.eval.show]}
     print(get_task(cfg.task.type).text(metrics))
     print(footer)
 
@@ -67,7 +74,11 @@ def _print_task_metrics(cfg, metrics: dict, footer: str) -> None:
 def cmd_classify(args) -> int:
     from ..recipes import classify
 
-    texts = [args.text] if args.text else [line for line in sys.stdin.read().splitlines() if line.strip()]
+    texts = (
+        [args.text]
+        if args.text
+        else [line for line in sys.stdin.read().splitlines() if line.strip()]
+    )
     if not texts:
         raise ConfigError("no text: give one as an argument or on stdin (one per line)")
     run_dir = _load(args).output.dir if args.config else args.run
@@ -77,8 +88,12 @@ def cmd_classify(args) -> int:
 
 
 def _classify_args(p):
-    p.add_argument("text", nargs="?", help="text to classify (default: read texts from stdin, one per line)")
-    p.add_argument("--run", default="runs/default", help="output.dir of a classification training run")
+    p.add_argument(
+        "text", nargs="?", help="text to classify (default: read texts from stdin, one per line)"
+    )
+    p.add_argument(
+        "--run", default="runs/default", help="output.dir of a classification training run"
+    )
     p.add_argument("--config", help="the training config instead of --run (its output.dir is used)")
     p.set_defaults(overrides=[])
 
@@ -94,42 +109,63 @@ def cmd_table(args) -> int:
 
 
 def _table_args(p):
-    p.add_argument("spec", help="table spec YAML: base config, rows of overrides, columns, output (see examples/)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every row, e.g. model.name=...")
+    p.add_argument(
+        "spec",
+        help="table spec YAML: base config, rows of overrides, columns, output (see examples/)",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="dotted overrides applied to every row, e.g. model.name=..."
+    )
     p.add_argument("--force", action="store_true", help="rerun rows that already have results")
 
 
 def _eval_args(p):
     _config_args(p)
     p.add_argument("--adapter", help="adapter directory (default: output.dir when it holds one)")
-    p.add_argument("--split", choices=["test", "eval", "train"], default="test", help="data split to score")
+    p.add_argument(
+        "--split", choices=["test", "eval", "train"], default="test", help="data split to score"
+    )
     p.add_argument("--base", action="store_true", help="score the base model without any adapter")
 
 
 def cmd_generate(args) -> int:
-    from ..evaluation import generate
     from ..api import load_model
+    from ..evaluation import generate
 
-    prompts = [args.prompt] if args.prompt else [line for line in sys.stdin.read().splitlines() if line.strip()]
+    prompts = (
+        [args.prompt]
+        if args.prompt
+        else [line for line in sys.stdin.read().splitlines() if line.strip()]
+    )
     if not prompts:
         raise ConfigError("no prompt: give one as an argument or on stdin (one per line)")
     model, tokenizer = load_model(args.model, adapter=args.adapter, quantize=args.quantize)
     inputs = prompts if args.raw else [[{"role": "user", "content": p}] for p in prompts]
-    outputs = generate(model, tokenizer, inputs, args.max_new_tokens, args.sample, args.temperature, args.top_p)
+    outputs = generate(
+        model, tokenizer, inputs, args.max_new_tokens, args.sample, args.temperature, args.top_p
+    )
     for text in outputs:
         print(text.strip())
     return 0
 
 
 def _generate_args(p):
-    p.add_argument("prompt", nargs="?", help="prompt text (default: read prompts from stdin, one per line)")
-    p.add_argument("--model", default="default", help="base model (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "prompt", nargs="?", help="prompt text (default: read prompts from stdin, one per line)"
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="base model (default: the embedded SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--adapter", help="adapter directory to apply")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
+    p.add_argument(
+        "--raw", action="store_true", help="use the prompt as is, without the chat template"
+    )
     _quantize_arg(p, "quantize the base's linear layers first (as for a QLoRA adapter)")
 
 
@@ -137,13 +173,19 @@ def cmd_merge(args) -> int:
     from ..api import merge_to_directory, merge_to_quantized_directory
 
     if args.keep_quantized:
-        path, err = merge_to_quantized_directory(args.model, args.adapter, args.output, args.quantize)
-        print(f"merged and re-quantized model written to {path} (load it with --model {path}); re-quantizing "
-              f"{err['layers']} layers changed their weights by at most {err['max_abs']:.3g} "
-              f"(relative Frobenius error {err['relative']:.3g})")
+        path, err = merge_to_quantized_directory(
+            args.model, args.adapter, args.output, args.quantize
+        )
+        print(
+            f"merged and re-quantized model written to {path} (load it with --model {path}); re-quantizing "
+            f"{err['layers']} layers changed their weights by at most {err['max_abs']:.3g} "
+            f"(relative Frobenius error {err['relative']:.3g})"
+        )
         return 0
     path = merge_to_directory(args.model, args.adapter, args.output, args.quantize)
-    print(f"merged model written to {path} (load it with transformers.AutoModelForCausalLM.from_pretrained)")
+    print(
+        f"merged model written to {path} (load it with transformers.AutoModelForCausalLM.from_pretrained)"
+    )
     return 0
 
 
@@ -151,10 +193,16 @@ def _merge_args(p):
     p.add_argument("--model", default="default", help="base model")
     p.add_argument("--adapter", required=True, help="adapter directory")
     p.add_argument("--output", required=True, help="directory for the merged transformers model")
-    _quantize_arg(p, "quantize the base as in training (QLoRA) before merging; the result is float32 "
-                     "unless --keep-quantized")
-    p.add_argument("--keep-quantized", action="store_true",
-                   help="re-quantize the merged layers and write a quantized model directory, reporting the error")
+    _quantize_arg(
+        p,
+        "quantize the base as in training (QLoRA) before merging; the result is float32 "
+        "unless --keep-quantized",
+    )
+    p.add_argument(
+        "--keep-quantized",
+        action="store_true",
+        help="re-quantize the merged layers and write a quantized model directory, reporting the error",
+    )
 
 
 def _quantize_arg(p, help_text: str) -> None:
@@ -165,15 +213,24 @@ def cmd_quantize(args) -> int:
     from ..api import quantize_to_directory
 
     result = quantize_to_directory(args.model, args.scheme, args.output, args.block_size)
-    print(f"quantized {result['layers']} linear layers to {args.scheme}: {result['bytes_before']:,} -> "
-          f"{result['bytes_after']:,} bytes; written to {result['path']} (use it as --model or model.name)")
+    print(
+        f"quantized {result['layers']} linear layers to {args.scheme}: {result['bytes_before']:,} -> "
+        f"{result['bytes_after']:,} bytes; written to {result['path']} (use it as --model or model.name)"
+    )
     return 0
 
 
 def _quantize_args(p):
     p.add_argument("--model", default="default", help="base model to quantize")
-    p.add_argument("--scheme", choices=["nf4", "int8"], default="nf4", help="nf4 (with double quantization) or int8")
-    p.add_argument("--block-size", type=int, default=64, help="weights per absmax scale (even; 64 as in QLoRA)")
+    p.add_argument(
+        "--scheme",
+        choices=["nf4", "int8"],
+        default="nf4",
+        help="nf4 (with double quantization) or int8",
+    )
+    p.add_argument(
+        "--block-size", type=int, default=64, help="weights per absmax scale (even; 64 as in QLoRA)"
+    )
     p.add_argument("--output", required=True, help="directory for the quantized model")
 
 
@@ -183,11 +240,18 @@ def cmd_info(args) -> int:
     if args.config:
         cfg = _load(args)
         if args.quantize != "none" and cfg.model.quantize not in ("none", args.quantize):
-            raise ConfigError(f"--quantize {args.quantize} contradicts model.quantize={cfg.model.quantize} in "
-                              f"{args.config}; drop one of them")
+            raise ConfigError(
+                f"--quantize {args.quantize} contradicts model.quantize={cfg.model.quantize} in "
+                f"{args.config}; drop one of them"
+            )
         quantize = cfg.model.quantize if args.quantize == "none" else args.quantize
-        info = describe(cfg.model.name, method_cfg=cfg.method, adapter=args.adapter, quantize=quantize,
-                        quant_block_size=cfg.model.quant_block_size)
+        info = describe(
+            cfg.model.name,
+            method_cfg=cfg.method,
+            adapter=args.adapter,
+            quantize=quantize,
+            quant_block_size=cfg.model.quant_block_size,
+        )
     else:
         info = describe(args.model, adapter=args.adapter, quantize=args.quantize)
     for key, value in info.items():
@@ -196,11 +260,15 @@ def cmd_info(args) -> int:
 
 
 def _info_args(p):
-    p.add_argument("config", nargs="?", help="optional config: report the counts with its method applied")
+    p.add_argument(
+        "config", nargs="?", help="optional config: report the counts with its method applied"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides for the config")
     p.add_argument("--model", default="default", help="base model when no config is given")
     p.add_argument("--adapter", help="adapter directory to apply")
-    _quantize_arg(p, "quantize the base's linear layers (default: none, or model.quantize of the config)")
+    _quantize_arg(
+        p, "quantize the base's linear layers (default: none, or model.quantize of the config)"
+    )
 
 
 def cmd_score(args) -> int:
@@ -239,7 +307,10 @@ def cmd_quickstart(args) -> int:
 
 
 def _quickstart_args(p):
-    p.add_argument("--config", help="quick-start config (default: the built-in one, also in examples/quickstart.yaml)")
+    p.add_argument(
+        "--config",
+        help="quick-start config (default: the built-in one, also in examples/quickstart.yaml)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=40")
 
 
@@ -258,10 +329,19 @@ def cmd_compare(args) -> int:
 
 def _compare_args(p):
     _config_args(p)
-    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. lora,ia3,adapter")
-    p.add_argument("--metric", default="exact_match", help="metrics.json key to tabulate (e.g. test_loss)")
-    p.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                   help="an override for one method only, e.g. --set prompt_tuning:train.lr=3e-2 (repeatable)")
+    p.add_argument(
+        "--methods", required=True, help="comma-separated method names, e.g. lora,ia3,adapter"
+    )
+    p.add_argument(
+        "--metric", default="exact_match", help="metrics.json key to tabulate (e.g. test_loss)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="an override for one method only, e.g. --set prompt_tuning:train.lr=3e-2 (repeatable)",
+    )
     p.add_argument("--output", help="report directory (default: <output.dir>/compare)")
 
 
@@ -269,14 +349,42 @@ COMMANDS = {
     "train": (cmd_train, _train_args, "fine-tune: tunesmith train CONFIG.yaml [key.sub=value ...]"),
     "eval": (cmd_eval, _eval_args, "score a model (+ adapter) on the config's held-out data"),
     "generate": (cmd_generate, _generate_args, "generate text from a prompt (argument or stdin)"),
-    "merge": (cmd_merge, _merge_args, "merge an adapter into the base and save a transformers directory"),
-    "info": (cmd_info, _info_args, "model, parameter counts, trainable counts, weight bytes and quantization"),
-    "quantize": (cmd_quantize, _quantize_args, "quantize a base model (nf4/int8) into a directory that loads as is"),
+    "merge": (
+        cmd_merge,
+        _merge_args,
+        "merge an adapter into the base and save a transformers directory",
+    ),
+    "info": (
+        cmd_info,
+        _info_args,
+        "model, parameter counts, trainable counts, weight bytes and quantization",
+    ),
+    "quantize": (
+        cmd_quantize,
+        _quantize_args,
+        "quantize a base model (nf4/int8) into a directory that loads as is",
+    ),
     "methods": (cmd_methods, lambda p: None, "list the registered fine-tuning methods"),
     "tasks": (cmd_tasks, lambda p: None, "list the registered task types (task.type)"),
     "score": (cmd_score, _score_args, "print a reward model's score of a prompt + response"),
-    "compare": (cmd_compare, _compare_args, "train several methods on one task and tabulate the results"),
-    "quickstart": (cmd_quickstart, _quickstart_args, "fine-tune the embedded model on the built-in task, before/after"),
-    "classify": (cmd_classify, _classify_args, "label texts (argument or stdin) with a trained classifier"),
-    "table": (cmd_table, _table_args, "run a config with several override sets and tabulate the metrics"),
+    "compare": (
+        cmd_compare,
+        _compare_args,
+        "train several methods on one task and tabulate the results",
+    ),
+    "quickstart": (
+        cmd_quickstart,
+        _quickstart_args,
+        "fine-tune the embedded model on the built-in task, before/after",
+    ),
+    "classify": (
+        cmd_classify,
+        _classify_args,
+        "label texts (argument or stdin) with a trained classifier",
+    ),
+    "table": (
+        cmd_table,
+        _table_args,
+        "run a config with several override sets and tabulate the metrics",
+    ),
 }

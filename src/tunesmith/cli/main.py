@@ -3,6 +3,7 @@
 Every user error (TunesmithError) ends in one line on stderr and exit code 2; `--debug` shows the
 traceback.
 """
+
 import argparse
 import logging
 import sys
@@ -14,7 +15,9 @@ log = logging.getLogger("tunesmith")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune transformer language models.")
+    parser = argparse.ArgumentParser(
+        prog="tunesmith", description="Fine-tune transformer language models."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, add_args, help_text) in commands.COMMANDS.items():
@@ -27,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _quiet_transformers(args.debug)
@@ -40,7 +46,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (run the same command to resume)", file=sys.stderr)
+        print(
+            "interrupted; the last checkpoint is kept (run the same command to resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -2,6 +2,7 @@
 
 All problems found are reported together in one ConfigError, each with a did-you-mean hint.
 """
+
 import dataclasses
 import difflib
 import typing
@@ -20,15 +21,20 @@ class ConfigTypes:
     """What the plug-in registries add to the schema. config/ imports no registry, so callers pass
     this in (`tunesmith.load_config` and the CLI pass the registered methods, tasks and modes)."""
 
-    methods: Mapping[str, type] = field(default_factory=dict)  # method name -> its MethodConfig subclass
+    methods: Mapping[str, type] = field(
+        default_factory=dict
+    )  # method name -> its MethodConfig subclass
     tasks: Sequence[str] = ()  # registered task.type values (empty: not checked)
     sections: Mapping[str, type] = field(default_factory=dict)  # plug-in section name -> dataclass
     # the plug-in sections a run of this task config uses (built with defaults when absent)
     active: Callable[[TaskConfig], Sequence[str]] = field(default=lambda task: ())
 
 
-def load_config(path: Optional[str], overrides: Sequence[str] = (),
-                types: Union[ConfigTypes, Mapping[str, type], None] = None) -> RunConfig:
+def load_config(
+    path: Optional[str],
+    overrides: Sequence[str] = (),
+    types: Union[ConfigTypes, Mapping[str, type], None] = None,
+) -> RunConfig:
     """Build a RunConfig from a YAML file (or None for defaults) plus `a.b=value` overrides.
 
     types: the registries' additions (a plain mapping means method name -> MethodConfig subclass).
@@ -40,8 +46,11 @@ def load_config(path: Optional[str], overrides: Sequence[str] = (),
     return build_config(raw, types, source=path or "defaults")
 
 
-def build_config(raw: Mapping[str, Any], types: Union[ConfigTypes, Mapping[str, type], None] = None,
-                 source: str = "config") -> RunConfig:
+def build_config(
+    raw: Mapping[str, Any],
+    types: Union[ConfigTypes, Mapping[str, type], None] = None,
+    source: str = "config",
+) -> RunConfig:
     types = types if isinstance(types, ConfigTypes) else ConfigTypes(methods=types or {})
     errors: list[str] = []
     allowed = list(SECTIONS) + ["method"] + list(types.sections)
@@ -70,8 +79,10 @@ def _build_plugins(raw: Mapping, types: ConfigTypes, task, source: str, errors: 
     plugins = {}
     for name, cls in types.sections.items():
         if name in raw and name not in active and not errors:
-            errors.append(f"section {name!r} does not apply to task.type={task.type} task.mode={task.mode} "
-                          f"({source}); remove it or change the task")
+            errors.append(
+                f"section {name!r} does not apply to task.type={task.type} task.mode={task.mode} "
+                f"({source}); remove it or change the task"
+            )
         elif name in active:
             plugins[name] = _build_section(cls, raw.get(name) or {}, name, source, errors)
     return plugins
@@ -102,14 +113,18 @@ def _read_yaml(path: str) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(yaml_error_line(path, e)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, method, data, ...)")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (model, method, data, ...)"
+        )
     return data
 
 
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key or "." not in key:
-        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)")
+        raise ConfigError(
+            f"override {item!r} must look like section.key=value (e.g. train.lr=1e-4)"
+        )
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
@@ -129,7 +144,9 @@ def _parse_value(value: str) -> Any:
         return value
 
 
-def _build_method(raw: Mapping, method_types: Mapping[str, type], source: str, errors: list) -> MethodConfig:
+def _build_method(
+    raw: Mapping, method_types: Mapping[str, type], source: str, errors: list
+) -> MethodConfig:
     name = raw.get("name", MethodConfig.name)
     cls = method_types.get(name)
     if cls is None:
@@ -153,7 +170,9 @@ def _build_section(cls: type, raw: Any, section: str, source: str, errors: list)
         try:
             values[key] = _coerce(value, hints[key])
         except (TypeError, ValueError):
-            errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r} ({source})")
+            errors.append(
+                f"{section}.{key}: expected {_type_name(hints[key])}, got {value!r} ({source})"
+            )
     try:
         return cls(**values)
     except ConfigError as e:

@@ -1,10 +1,11 @@
 """The config schema: one dataclass per concern (model, method, data, train, eval, output)."""
+
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from ..utils.hardware import has_native_bf16
 from ..errors import ConfigError
+from ..utils.hardware import has_native_bf16
 from .fields import opt
 
 log = logging.getLogger(__name__)
@@ -12,16 +13,27 @@ log = logging.getLogger(__name__)
 
 def _warn_if_bf16_is_emulated(setting: str) -> None:
     if not has_native_bf16():
-        log.warning("%s: this CPU has no native bf16 instructions, so bf16 matmuls are emulated and run "
-                    "many times slower than fp32; use train.precision=auto (or fp32) here", setting)
+        log.warning(
+            "%s: this CPU has no native bf16 instructions, so bf16 matmuls are emulated and run "
+            "many times slower than fp32; use train.precision=auto (or fp32) here",
+            setting,
+        )
 
 
 @dataclass
 class ModelConfig:
-    name: str = opt("default", "base model: 'default' (embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a cached HF id")
+    name: str = opt(
+        "default",
+        "base model: 'default' (embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a cached HF id",
+    )
     dtype: str = opt("float32", "weights dtype: float32 or bfloat16")
-    quantize: str = opt("none", "store the frozen linear weights quantized (QLoRA): none, nf4 (4-bit NormalFloat + double quant) or int8")
-    quant_block_size: int = opt(64, "weights sharing one absmax scale when model.quantize is set; 64 is the QLoRA value")
+    quantize: str = opt(
+        "none",
+        "store the frozen linear weights quantized (QLoRA): none, nf4 (4-bit NormalFloat + double quant) or int8",
+    )
+    quant_block_size: int = opt(
+        64, "weights sharing one absmax scale when model.quantize is set; 64 is the QLoRA value"
+    )
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
@@ -31,8 +43,10 @@ class ModelConfig:
         if self.quantize not in ("none", "nf4", "int8"):
             raise ConfigError(f"model.quantize must be none, nf4 or int8, got {self.quantize!r}")
         if self.quant_block_size < 2 or self.quant_block_size % 2:
-            raise ConfigError(f"model.quant_block_size must be an even number >= 2 (two 4-bit codes share a "
-                              f"byte), got {self.quant_block_size}; use 64")
+            raise ConfigError(
+                f"model.quant_block_size must be an even number >= 2 (two 4-bit codes share a "
+                f"byte), got {self.quant_block_size}; use 64"
+            )
 
 
 @dataclass
@@ -44,38 +58,76 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    train: Optional[str] = opt(None, "training file (JSONL, JSON, CSV, TSV, Parquet) or a saved HF dataset directory")
+    train: Optional[str] = opt(
+        None, "training file (JSONL, JSON, CSV, TSV, Parquet) or a saved HF dataset directory"
+    )
     eval: Optional[str] = opt(None, "validation file; when absent, split off from data.train")
     test: Optional[str] = opt(None, "test file; when absent, split off from data.train")
     format: str = opt("auto", "record format: auto, text, instruction or chat")
-    max_length: int = opt(512, "token limit per example; longer examples are truncated (and counted)")
-    split: list = opt([0.7, 0.1, 0.2], "train/validation/test fractions used when only data.train is given")
-    completion_only: bool = opt(True, "compute the loss on response tokens only (instruction and chat formats)")
-    system_prompt: Optional[str] = opt(None, "system message put before every instruction/chat example")
+    max_length: int = opt(
+        512, "token limit per example; longer examples are truncated (and counted)"
+    )
+    split: list = opt(
+        [0.7, 0.1, 0.2], "train/validation/test fractions used when only data.train is given"
+    )
+    completion_only: bool = opt(
+        True, "compute the loss on response tokens only (instruction and chat formats)"
+    )
+    system_prompt: Optional[str] = opt(
+        None, "system message put before every instruction/chat example"
+    )
     limit: Optional[int] = opt(None, "use only the first N training records (quick experiments)")
-    packing: bool = opt(False, "pack each micro-batch's examples into rows of up to data.max_length tokens, "
-                                "each example attending only to itself (less padding, same loss)")
-    group_by_length: bool = opt(False, "batch examples of similar length together (less padding; still each "
-                                       "example once per epoch)")
-    file_type: str = opt("auto", "file type when the name does not tell: auto (from the suffix), jsonl, json, csv, tsv, parquet or txt")
-    columns: list = opt([], "column names of a CSV/TSV file without a header row, e.g. [label, text]")
+    packing: bool = opt(
+        False,
+        "pack each micro-batch's examples into rows of up to data.max_length tokens, "
+        "each example attending only to itself (less padding, same loss)",
+    )
+    group_by_length: bool = opt(
+        False,
+        "batch examples of similar length together (less padding; still each "
+        "example once per epoch)",
+    )
+    file_type: str = opt(
+        "auto",
+        "file type when the name does not tell: auto (from the suffix), jsonl, json, csv, tsv, parquet or txt",
+    )
+    columns: list = opt(
+        [], "column names of a CSV/TSV file without a header row, e.g. [label, text]"
+    )
     text_field: str = opt("text", "classification: field holding the text")
-    text_pair_field: Optional[str] = opt(None, "classification: field holding an optional second text (pairs)")
+    text_pair_field: Optional[str] = opt(
+        None, "classification: field holding an optional second text (pairs)"
+    )
     label_field: str = opt("label", "classification: field holding the label")
-    balance: str = opt("none", "classification: none; undersample (drop majority records at random before splitting, "
-                               "so every split is balanced); oversample (repeat minority training records after splitting)")
+    balance: str = opt(
+        "none",
+        "classification: none; undersample (drop majority records at random before splitting, "
+        "so every split is balanced); oversample (repeat minority training records after splitting)",
+    )
 
     def __post_init__(self):
         if self.file_type not in ("auto", "jsonl", "json", "csv", "tsv", "parquet", "txt"):
-            raise ConfigError(f"data.file_type must be auto, jsonl, json, csv, tsv, parquet or txt, got {self.file_type!r}")
+            raise ConfigError(
+                f"data.file_type must be auto, jsonl, json, csv, tsv, parquet or txt, got {self.file_type!r}"
+            )
         if self.balance not in ("none", "undersample", "oversample"):
-            raise ConfigError(f"data.balance must be none, undersample or oversample, got {self.balance!r}")
+            raise ConfigError(
+                f"data.balance must be none, undersample or oversample, got {self.balance!r}"
+            )
         if self.format not in ("auto", "text", "instruction", "chat"):
-            raise ConfigError(f"data.format must be auto, text, instruction or chat, got {self.format!r}")
+            raise ConfigError(
+                f"data.format must be auto, text, instruction or chat, got {self.format!r}"
+            )
         if self.max_length < 8:
             raise ConfigError(f"data.max_length must be >= 8, got {self.max_length}")
-        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            raise ConfigError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        if (
+            len(self.split) != 3
+            or any(f < 0 for f in self.split)
+            or abs(sum(self.split) - 1) > 1e-6
+        ):
+            raise ConfigError(
+                f"data.split must be three non-negative fractions summing to 1, got {self.split}"
+            )
 
 
 @dataclass
@@ -90,13 +142,21 @@ class TrainConfig:
     scheduler: str = opt("linear", "learning-rate decay after warm-up: linear, cosine or constant")
     max_grad_norm: float = opt(1.0, "gradient clipping norm; 0 disables clipping")
     seed: int = opt(42, "seed for initialisation, shuffling, dropout and splits")
-    precision: str = opt("auto", "fp32, bf16 (autocast on CPU; weights stay fp32) or auto (bf16 where the CPU "
-                                 "has native bf16 instructions, else fp32; the saved config shows the choice)")
+    precision: str = opt(
+        "auto",
+        "fp32, bf16 (autocast on CPU; weights stay fp32) or auto (bf16 where the CPU "
+        "has native bf16 instructions, else fp32; the saved config shows the choice)",
+    )
     eval_every: int = opt(0, "run validation every N steps (0: only at the end)")
-    save_every: int = opt(0, "write a resumable checkpoint every N steps (0: only at eval and the end)")
+    save_every: int = opt(
+        0, "write a resumable checkpoint every N steps (0: only at eval and the end)"
+    )
     log_every: int = opt(10, "write metrics every N steps")
     resume: bool = opt(True, "continue from output.dir/checkpoints/last when it exists")
-    optimizer: str = opt("adamw", "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)")
+    optimizer: str = opt(
+        "adamw",
+        "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)",
+    )
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum"):
@@ -105,7 +165,9 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if self.scheduler not in ("linear", "cosine", "constant"):
-            raise ConfigError(f"train.scheduler must be linear, cosine or constant, got {self.scheduler!r}")
+            raise ConfigError(
+                f"train.scheduler must be linear, cosine or constant, got {self.scheduler!r}"
+            )
         if self.optimizer not in ("adamw", "adamw8bit"):
             raise ConfigError(f"train.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -115,7 +177,9 @@ class TrainConfig:
         elif self.precision == "bf16":
             _warn_if_bf16_is_emulated("train.precision=bf16")
         if self.max_steps < 0 or self.epochs <= 0:
-            raise ConfigError(f"train.max_steps must be >= 0 and train.epochs > 0, got {self.max_steps}, {self.epochs}")
+            raise ConfigError(
+                f"train.max_steps must be >= 0 and train.epochs > 0, got {self.max_steps}, {self.epochs}"
+            )
 
 
 @dataclass
@@ -137,24 +201,49 @@ _ALIAS = "older name of {}; use that"
 
 @dataclass
 class TaskConfig:
-    type: str = opt("sft", "registered task: sft (language modelling, instruction tuning), classify (labelled "
-                           "text), ... (see `tunesmith tasks`)")
-    mode: str = opt("head", "classify: a registered classification mode, e.g. head (classification head on the "
-                            "model), features (frozen embeddings -> scikit-learn), prompt (label words at an answer "
-                            "slot) or icl (k-shot prompting, no training); each may add its own section")
-    pooling: str = opt("auto", "token the head or features read: last (last real token), first, mean, or auto "
-                               "(last for decoders, first for encoders)")
-    trainable: str = opt("last_block", "head/prompt modes: what trains: head (head only), last_block or last_two_blocks "
-                                       "(+ final norm + head), all, method (the method section, + head) or none")
+    type: str = opt(
+        "sft",
+        "registered task: sft (language modelling, instruction tuning), classify (labelled "
+        "text), ... (see `tunesmith tasks`)",
+    )
+    mode: str = opt(
+        "head",
+        "classify: a registered classification mode, e.g. head (classification head on the "
+        "model), features (frozen embeddings -> scikit-learn), prompt (label words at an answer "
+        "slot) or icl (k-shot prompting, no training); each may add its own section",
+    )
+    pooling: str = opt(
+        "auto",
+        "token the head or features read: last (last real token), first, mean, or auto "
+        "(last for decoders, first for encoders)",
+    )
+    trainable: str = opt(
+        "last_block",
+        "head/prompt modes: what trains: head (head only), last_block or last_two_blocks "
+        "(+ final norm + head), all, method (the method section, + head) or none",
+    )
     labels: list = opt([], "class order; empty: the sorted labels of the training split")
-    class_weights: bool = opt(False, "weight the loss by inverse class frequency, n / (classes * count)")
-    cache_frozen: bool = opt(True, "run the frozen lower blocks once per example and reuse their output every epoch "
-                                   "(used only where checked exact on the first batch, e.g. Llama-family models)")
-    template: str = opt("{text} This message is {answer}", "prompt/icl modes: template with {text} (optional "
-                                                           "{text_pair}) and the answer slot {answer}")
-    label_words: dict = opt({}, "prompt/icl modes: label -> word put at the answer slot, e.g. {spam: spam, ham: normal}")
-    multi_token: bool = opt(True, "prompt/icl modes: allow label words of several tokens (scored by their joint "
-                                  "probability); false makes them an error")
+    class_weights: bool = opt(
+        False, "weight the loss by inverse class frequency, n / (classes * count)"
+    )
+    cache_frozen: bool = opt(
+        True,
+        "run the frozen lower blocks once per example and reuse their output every epoch "
+        "(used only where checked exact on the first batch, e.g. Llama-family models)",
+    )
+    template: str = opt(
+        "{text} This message is {answer}",
+        "prompt/icl modes: template with {text} (optional "
+        "{text_pair}) and the answer slot {answer}",
+    )
+    label_words: dict = opt(
+        {}, "prompt/icl modes: label -> word put at the answer slot, e.g. {spam: spam, ham: normal}"
+    )
+    multi_token: bool = opt(
+        True,
+        "prompt/icl modes: allow label words of several tokens (scored by their joint "
+        "probability); false makes them an error",
+    )
     feature_layer: Optional[int] = opt(None, _ALIAS.format("features.layer"))
     feature_classifier: Optional[str] = opt(None, _ALIAS.format("features.classifier"))
     feature_c: Optional[float] = opt(None, _ALIAS.format("features.c"))
@@ -168,11 +257,15 @@ class TaskConfig:
         _choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
         _choice("task.trainable", self.trainable, TRAINABLE)
         if "{answer}" not in self.template or "{text}" not in self.template:
-            raise ConfigError(f"task.template must contain the input slot {{text}} and the answer slot {{answer}}, "
-                              f"got {self.template!r}; e.g. '{{text}} It was {{answer}}.'")
+            raise ConfigError(
+                f"task.template must contain the input slot {{text}} and the answer slot {{answer}}, "
+                f"got {self.template!r}; e.g. '{{text}} It was {{answer}}.'"
+            )
         if not isinstance(self.label_words, dict):
-            raise ConfigError(f"task.label_words must map labels to words, e.g. {{spam: spam, ham: normal}}, "
-                              f"got {self.label_words!r}")
+            raise ConfigError(
+                f"task.label_words must map labels to words, e.g. {{spam: spam, ham: normal}}, "
+                f"got {self.label_words!r}"
+            )
         self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
         self.labels = [str(x) for x in self.labels]
 
@@ -184,7 +277,9 @@ def _choice(key: str, value: str, allowed) -> None:
 
 @dataclass
 class OutputConfig:
-    dir: str = opt("runs/default", "output directory: adapter (PEFT layout), checkpoints, metrics, plots")
+    dir: str = opt(
+        "runs/default", "output directory: adapter (PEFT layout), checkpoints, metrics, plots"
+    )
 
 
 @dataclass
@@ -207,6 +302,12 @@ class RunConfig:
         raise AttributeError(f"the config has no section {name!r}")
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "output": OutputConfig,
-            "task": TaskConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "output": OutputConfig,
+    "task": TaskConfig,
+}
 Number = Union[int, float]

@@ -1,9 +1,10 @@
 """Data: read files, detect formats, apply chat templates, encode, split and batch."""
+
 import logging
 from dataclasses import dataclass
 
-from ..errors import DataError
 from ..config.schema import DataConfig
+from ..errors import DataError
 from .collate import collate
 from .encode import IGNORE, EncodeStats, Example, encode_records
 from .readers import read_records
@@ -11,8 +12,18 @@ from .split import split_records
 from .templates import render
 
 log = logging.getLogger(__name__)
-__all__ = ["IGNORE", "EncodeStats", "Example", "Splits", "collate", "encode_records", "load_splits",
-           "read_records", "render", "split_records"]
+__all__ = [
+    "IGNORE",
+    "EncodeStats",
+    "Example",
+    "Splits",
+    "collate",
+    "encode_records",
+    "load_splits",
+    "read_records",
+    "render",
+    "split_records",
+]
 
 
 @dataclass
@@ -28,20 +39,34 @@ def load_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
     Raises DataError when data.train is missing or when any part ends up empty.
     """
     if not cfg.train:
-        raise DataError("data.train is not set: give a training file (JSONL, JSON, CSV, TSV, Parquet)")
+        raise DataError(
+            "data.train is not set: give a training file (JSONL, JSON, CSV, TSV, Parquet)"
+        )
     train = read_records(cfg.train, cfg.file_type, cfg.columns)
     if cfg.limit:
         train = train[: cfg.limit]
     if cfg.eval is None and cfg.test is None:
         train, val, test = split_records(train, cfg.split, seed)
-        log.info("split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed)
+        log.info(
+            "split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed
+        )
     else:
         val = read_records(cfg.eval, cfg.file_type, cfg.columns) if cfg.eval else []
         test = read_records(cfg.test, cfg.file_type, cfg.columns) if cfg.test else []
     parts = []
     for name, records in (("train", train), ("eval", val), ("test", test)):
-        examples, stats = encode_records(records, tokenizer, cfg.format, cfg.max_length, cfg.completion_only,
-                                         cfg.system_prompt) if records else ([], EncodeStats())
+        examples, stats = (
+            encode_records(
+                records,
+                tokenizer,
+                cfg.format,
+                cfg.max_length,
+                cfg.completion_only,
+                cfg.system_prompt,
+            )
+            if records
+            else ([], EncodeStats())
+        )
         log.info("data %s: %s", name, stats.describe())
         parts.append(examples)
     if not parts[0]:

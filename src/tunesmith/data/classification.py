@@ -4,14 +4,15 @@ re-sample for class balance.
 A `LabelledExample` keeps the raw text (and optional text pair) so each classification mode (head,
 features, prompt, in-context) can tokenise it its own way.
 """
+
 import logging
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..errors import DataError
 from ..config.schema import DataConfig
+from ..errors import DataError
 from .readers import SOURCE, read_records
 from .split import split_records
 
@@ -47,9 +48,13 @@ def read_labelled(path, cfg: DataConfig, need_label: bool = True) -> list[Labell
         for f in fields:
             if r.get(f) is None:
                 have = ", ".join(k for k in r if k != SOURCE)
-                key = {cfg.text_field: "data.text_field", cfg.label_field: "data.label_field"}.get(f, "data.text_pair_field")
-                raise DataError(f"{r[SOURCE]}: no field {f!r} ({key}); the record has: {have}. Set {key} to the "
-                                f"right column (and data.columns for a CSV/TSV file without a header)")
+                key = {cfg.text_field: "data.text_field", cfg.label_field: "data.label_field"}.get(
+                    f, "data.text_pair_field"
+                )
+                raise DataError(
+                    f"{r[SOURCE]}: no field {f!r} ({key}); the record has: {have}. Set {key} to the "
+                    f"right column (and data.columns for a CSV/TSV file without a header)"
+                )
         label = str(r[cfg.label_field]).strip() if need_label else ""
         pair = str(r[cfg.text_pair_field]) if cfg.text_pair_field else None
         out.append(LabelledExample(str(r[cfg.text_field]), label, pair, r[SOURCE]))
@@ -68,8 +73,13 @@ def load_labelled_splits(cfg: DataConfig, seed: int, labels: Sequence[str] = ())
     if cfg.balance == "undersample":
         train = undersample(train, seed)
     if cfg.eval is None and cfg.test is None:
-        wrapped = [{"label": e.label, "example": e} for e in train]  # split_records reads labels by key
-        train, val, test = ([r["example"] for r in part] for part in split_records(wrapped, cfg.split, seed, "label"))
+        wrapped = [
+            {"label": e.label, "example": e} for e in train
+        ]  # split_records reads labels by key
+        train, val, test = (
+            [r["example"] for r in part]
+            for part in split_records(wrapped, cfg.split, seed, "label")
+        )
     else:
         val = read_labelled(cfg.eval, cfg) if cfg.eval else []
         test = read_labelled(cfg.test, cfg) if cfg.test else []
@@ -80,7 +90,12 @@ def load_labelled_splits(cfg: DataConfig, seed: int, labels: Sequence[str] = ())
     names = label_names(train, labels)
     for name, part in (("eval", val), ("test", test)):
         check_known_labels(part, names, name)
-    log.info("classification data: train %s, eval %s, test %s", _counts(train), _counts(val), _counts(test))
+    log.info(
+        "classification data: train %s, eval %s, test %s",
+        _counts(train),
+        _counts(val),
+        _counts(test),
+    )
     return LabelledSplits(train, val, test, names)
 
 
@@ -93,10 +108,14 @@ def label_names(train: list, explicit: Sequence[str] = ()) -> list[str]:
     if explicit:
         extra = [x for x in seen if x not in explicit]
         if extra:
-            raise DataError(f"training labels {extra} are not in task.labels {list(explicit)}; add them")
+            raise DataError(
+                f"training labels {extra} are not in task.labels {list(explicit)}; add them"
+            )
         return list(explicit)
     if len(seen) < 2:
-        raise DataError(f"the training split has only the label(s) {seen}: classification needs at least two classes")
+        raise DataError(
+            f"the training split has only the label(s) {seen}: classification needs at least two classes"
+        )
     return seen
 
 
@@ -105,9 +124,11 @@ def check_known_labels(examples: list, labels: Sequence[str], split: str) -> Non
     unknown = Counter(e.label for e in examples if e.label not in labels)
     if unknown:
         first = next(e for e in examples if e.label in unknown)
-        raise DataError(f"the {split} data has label(s) the training data never had: "
-                        f"{', '.join(f'{k!r} ({n}x)' for k, n in unknown.items())}, first at {first.source}; "
-                        f"known labels: {', '.join(map(repr, labels))}")
+        raise DataError(
+            f"the {split} data has label(s) the training data never had: "
+            f"{', '.join(f'{k!r} ({n}x)' for k, n in unknown.items())}, first at {first.source}; "
+            f"known labels: {', '.join(map(repr, labels))}"
+        )
 
 
 def undersample(examples: list, seed: int) -> list:
@@ -125,7 +146,11 @@ def oversample(examples: list, seed: int) -> list:
     groups = _by_label(examples)
     n = max(len(g) for g in groups.values())
     rng = random.Random(seed)
-    out = [e for key in sorted(groups) for e in groups[key] + rng.choices(groups[key], k=n - len(groups[key]))]
+    out = [
+        e
+        for key in sorted(groups)
+        for e in groups[key] + rng.choices(groups[key], k=n - len(groups[key]))
+    ]
     rng.shuffle(out)
     return out
 
@@ -144,4 +169,7 @@ def _by_label(examples: list) -> dict:
 
 
 def _counts(examples: list) -> str:
-    return ", ".join(f"{k}={n}" for k, n in sorted(Counter(e.label for e in examples).items())) or "none"
+    return (
+        ", ".join(f"{k}={n}" for k, n in sorted(Counter(e.label for e in examples).items()))
+        or "none"
+    )

@@ -1,4 +1,5 @@
 """Batching: pad to the longest example of the batch (right padding; pads carry no loss)."""
+
 import torch
 
 from .encode import IGNORE, Example

@@ -9,6 +9,7 @@
 Everything here is model-free: the LM-dependent part of MDL (the label probabilities of each
 candidate) is passed in.
 """
+
 import random
 from typing import Optional, Sequence
 
@@ -29,12 +30,16 @@ def text_rng(seed: int, text: str) -> random.Random:
     return random.Random(f"{seed}:{text}")
 
 
-def random_demos(n_pool: int, k: int, rng: random.Random, exclude: Optional[int] = None) -> list[int]:
+def random_demos(
+    n_pool: int, k: int, rng: random.Random, exclude: Optional[int] = None
+) -> list[int]:
     candidates = [i for i in range(n_pool) if i != exclude]
     return rng.sample(candidates, min(k, len(candidates)))
 
 
-def similar_demos(sims: np.ndarray, k: int, exclude: Optional[int] = None, among: Optional[Sequence[int]] = None) -> list[int]:
+def similar_demos(
+    sims: np.ndarray, k: int, exclude: Optional[int] = None, among: Optional[Sequence[int]] = None
+) -> list[int]:
     """Indices of the k most similar pool entries (sims: (n_pool,)), least similar first."""
     allowed = np.array(list(among) if among is not None else range(len(sims)))
     allowed = allowed[allowed != exclude] if exclude is not None else allowed
@@ -42,8 +47,13 @@ def similar_demos(sims: np.ndarray, k: int, exclude: Optional[int] = None, among
     return top[::-1].tolist()
 
 
-def one_per_class(pool_labels: Sequence[int], n_classes: int, sims: Optional[np.ndarray], rng: random.Random,
-                  exclude: Optional[int] = None) -> list[tuple[int, int]]:
+def one_per_class(
+    pool_labels: Sequence[int],
+    n_classes: int,
+    sims: Optional[np.ndarray],
+    rng: random.Random,
+    exclude: Optional[int] = None,
+) -> list[tuple[int, int]]:
     """LM-BFF demonstrations: one (pool index, class) per class, the most similar of that class when
     sims is given, else a random one. Classes without a pool example are skipped."""
     demos = []
@@ -67,13 +77,15 @@ def vote_k(embeddings: np.ndarray, budget: int, k: int = 10, rho: float = 10.0) 
     budget = min(budget, n)
     sims = cosine(embeddings, embeddings)
     np.fill_diagonal(sims, -np.inf)
-    neighbours = np.argsort(-sims, axis=1)[:, :min(k, n - 1)]  # (n, k): v -> its neighbours
+    neighbours = np.argsort(-sims, axis=1)[:, : min(k, n - 1)]  # (n, k): v -> its neighbours
     links = np.zeros((n, n), dtype=bool)
-    links[np.repeat(np.arange(n), neighbours.shape[1]), neighbours.ravel()] = True  # links[v, u]: u in N(v)
+    links[np.repeat(np.arange(n), neighbours.shape[1]), neighbours.ravel()] = (
+        True  # links[v, u]: u in N(v)
+    )
     selected: list[int] = []
     covered = np.zeros(n)  # per v: selected examples among its neighbours
     for _ in range(budget):
-        weight = rho ** -covered
+        weight = rho**-covered
         weight[selected] = 0.0  # selected examples no longer vote
         votes = weight @ links  # (n,) votes for each u
         votes[selected] = -np.inf
@@ -83,8 +95,9 @@ def vote_k(embeddings: np.ndarray, budget: int, k: int = 10, rho: float = 10.0) 
     return selected
 
 
-def mdl_candidates(sims: np.ndarray, k: int, n_candidates: int, rng: random.Random,
-                   exclude: Optional[int] = None) -> list[list[int]]:
+def mdl_candidates(
+    sims: np.ndarray, k: int, n_candidates: int, rng: random.Random, exclude: Optional[int] = None
+) -> list[list[int]]:
     """Candidate demonstration sets for one input: the top-k most similar first, then random k-subsets
     of the 2k most similar (each ordered least similar first)."""
     near = similar_demos(sims, 2 * k, exclude)[::-1]  # most similar first

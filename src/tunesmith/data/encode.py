@@ -1,4 +1,5 @@
 """Turn records into token ids and labels: chat template, EOS, completion-only masking, truncation."""
+
 import logging
 from dataclasses import dataclass, field
 
@@ -29,8 +30,14 @@ class EncodeStats:
         return f"{self.total} examples, {self.truncated} truncated, {self.dropped} dropped (no target tokens left)"
 
 
-def encode_records(records: list[dict], tokenizer, fmt: str, max_length: int, completion_only: bool = True,
-                   system_prompt=None) -> tuple[list[Example], EncodeStats]:
+def encode_records(
+    records: list[dict],
+    tokenizer,
+    fmt: str,
+    max_length: int,
+    completion_only: bool = True,
+    system_prompt=None,
+) -> tuple[list[Example], EncodeStats]:
     """Encode every record; fmt 'auto' detects the format from the first record's fields."""
     if fmt == "auto":
         fmt = detect_format(records[0])
@@ -46,12 +53,18 @@ def encode_records(records: list[dict], tokenizer, fmt: str, max_length: int, co
             continue
         examples.append(ex)
     if stats.truncated:
-        log.warning("%d of %d examples were longer than data.max_length=%d and were truncated",
-                    stats.truncated, stats.total, max_length)
+        log.warning(
+            "%d of %d examples were longer than data.max_length=%d and were truncated",
+            stats.truncated,
+            stats.total,
+            max_length,
+        )
     return examples, stats
 
 
-def encode_record(record: dict, tokenizer, fmt: str, completion_only: bool = True, system_prompt=None) -> Example:
+def encode_record(
+    record: dict, tokenizer, fmt: str, completion_only: bool = True, system_prompt=None
+) -> Example:
     if fmt == "text":
         ids = tokenizer(plain_text(record), add_special_tokens=True)["input_ids"] + _eos(tokenizer)
         return Example(ids, list(ids))
@@ -77,13 +90,15 @@ def _segments(tokenizer, messages: list[dict], source: str):
         prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
         full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise DataError(f"{source}: the chat template does not render turns as prefixes of each other; "
-                            f"use data.format=text or a model with a standard template")
-        answer = full[len(prompt):].rstrip()
+            raise DataError(
+                f"{source}: the chat template does not render turns as prefixes of each other; "
+                f"use data.format=text or a model with a standard template"
+            )
+        answer = full[len(prompt) :].rstrip()
         eos = tokenizer.eos_token or ""
         if eos and not answer.endswith(eos):
             answer += eos
-        yield prompt[len(done):], False
+        yield prompt[len(done) :], False
         yield answer, True
         # What the template adds after the answer (e.g. "\n") falls into the next prompt segment.
         done = prompt + answer

@@ -4,6 +4,7 @@
 - instruction: {"instruction", optional "input", "output"}     (also {"prompt", "completion"})
 - chat:        {"messages": [{"role", "content"}, ...]}
 """
+
 from ..errors import DataError
 from .readers import SOURCE
 
@@ -19,8 +20,10 @@ def detect_format(record: dict) -> str:
     if "text" in record:
         return "text"
     fields = ", ".join(k for k in record if k != SOURCE)
-    raise DataError(f"{record[SOURCE]}: cannot tell the format from the fields ({fields}); expected "
-                    f"'text', 'instruction'+'output', 'prompt'+'completion' or 'messages' (or set data.format)")
+    raise DataError(
+        f"{record[SOURCE]}: cannot tell the format from the fields ({fields}); expected "
+        f"'text', 'instruction'+'output', 'prompt'+'completion' or 'messages' (or set data.format)"
+    )
 
 
 def to_messages(record: dict, fmt: str, system_prompt=None) -> list[dict]:
@@ -28,8 +31,10 @@ def to_messages(record: dict, fmt: str, system_prompt=None) -> list[dict]:
     if fmt == "chat":
         messages = _check_messages(record)
     elif fmt == "instruction":
-        messages = [{"role": "user", "content": instruction_prompt(record)},
-                    {"role": "assistant", "content": _field(record, "output", "completion")}]
+        messages = [
+            {"role": "user", "content": instruction_prompt(record)},
+            {"role": "assistant", "content": _field(record, "output", "completion")},
+        ]
     else:
         raise DataError(f"{record[SOURCE]}: format {fmt!r} has no messages")
     if system_prompt and messages[0]["role"] != "system":
@@ -55,7 +60,9 @@ def _field(record: dict, name: str, alt: str) -> str:
     if value is None:
         raise DataError(f"{record[SOURCE]}: missing field {name!r}")
     if not isinstance(value, str):
-        raise DataError(f"{record[SOURCE]}: field {name!r} must be text, got {type(value).__name__}")
+        raise DataError(
+            f"{record[SOURCE]}: field {name!r} must be text, got {type(value).__name__}"
+        )
     if name in ("output", "instruction", "text") and not value.strip():
         raise DataError(f"{record[SOURCE]}: field {name!r} is empty")
     return value
@@ -67,8 +74,16 @@ def _check_messages(record: dict) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{src}: 'messages' must be a non-empty list of {{role, content}} objects")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise DataError(f"{src}: messages[{i}] must be {{'role': one of {ROLES}, 'content': text}}, got {m!r}")
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ROLES
+            or not isinstance(m.get("content"), str)
+        ):
+            raise DataError(
+                f"{src}: messages[{i}] must be {{'role': one of {ROLES}, 'content': text}}, got {m!r}"
+            )
     if messages[-1]["role"] != "assistant":
-        raise DataError(f"{src}: the last message must be the assistant's (it is what the model learns to say)")
+        raise DataError(
+            f"{src}: the last message must be the assistant's (it is what the model learns to say)"
+        )
     return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -6,6 +6,7 @@ turns restarting position_ids, given with attention_mask=None, into a block-diag
 token sees another example. The first label of every example is IGNORE: unpacked, nothing
 predicts it, and packed it would be predicted from the previous example's last token.
 """
+
 from functools import partial
 
 import torch
@@ -31,7 +32,9 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(row) for row in sorted(rows, key=min)]
 
 
-def collate_packed(examples: list[Example], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+def collate_packed(
+    examples: list[Example], pad_id: int, max_length: int
+) -> dict[str, torch.Tensor]:
     """Pack `examples` into rows of at most max_length tokens, padded (right) to the longest row.
 
     Returns input_ids, labels, position_ids and attention_mask (1 on real tokens, for counting;
@@ -48,14 +51,20 @@ def collate_packed(examples: list[Example], pad_id: int, max_length: int) -> dic
         start = 0
         for i in row:
             n = len(examples[i].input_ids)
-            input_ids[r, start:start + n] = torch.tensor(examples[i].input_ids)
-            labels[r, start + 1:start + n] = torch.tensor(examples[i].labels[1:])
-            position_ids[r, start:start + n] = torch.arange(n)
-            attention_mask[r, start:start + n] = 1
+            input_ids[r, start : start + n] = torch.tensor(examples[i].input_ids)
+            labels[r, start + 1 : start + n] = torch.tensor(examples[i].labels[1:])
+            position_ids[r, start : start + n] = torch.arange(n)
+            attention_mask[r, start : start + n] = 1
             start += n
-        position_ids[r, start:] = torch.arange(width - start)  # the padding tail is a block of its own
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "position_ids": position_ids}
-
+        position_ids[r, start:] = torch.arange(
+            width - start
+        )  # the padding tail is a block of its own
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "position_ids": position_ids,
+    }
 
 
 def batching(cfg, examples: list[Example], pad_id: int, prompt_based: bool = False) -> dict:
@@ -65,7 +74,13 @@ def batching(cfg, examples: list[Example], pad_id: int, prompt_based: bool = Fal
     of each row, not of each example.
     """
     if cfg.packing and prompt_based:
-        raise ConfigError("data.packing=true does not work with prompt-based methods (prompt/prefix/p-tuning "
-                          "put virtual tokens in front of each row, not each example); set data.packing=false")
-    return {"collate_fn": partial(collate_packed, pad_id=pad_id, max_length=cfg.max_length) if cfg.packing else None,
-            "lengths": [len(e.input_ids) for e in examples] if cfg.group_by_length else None}
+        raise ConfigError(
+            "data.packing=true does not work with prompt-based methods (prompt/prefix/p-tuning "
+            "put virtual tokens in front of each row, not each example); set data.packing=false"
+        )
+    return {
+        "collate_fn": partial(collate_packed, pad_id=pad_id, max_length=cfg.max_length)
+        if cfg.packing
+        else None,
+        "lengths": [len(e.input_ids) for e in examples] if cfg.group_by_length else None,
+    }

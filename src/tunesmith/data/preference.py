@@ -12,6 +12,7 @@ SFT tokenises the answer, ending in EOS. Only the last answer carries labels; ea
 prompt are masked. Truncation keeps the end of the prompt, then cuts responses at the right.
 A paired batch is one tensor of 2B rows, chosen first, so both sides share one forward pass.
 """
+
 import logging
 from dataclasses import dataclass
 
@@ -51,8 +52,10 @@ class PairStats:
     response_cut: int = 0  # pairs with a response cut at the end
 
     def describe(self) -> str:
-        return (f"{self.total} pairs, {self.truncated} truncated ({self.prompt_cut} prompts cut at the start, "
-                f"{self.response_cut} with a response cut at the end)")
+        return (
+            f"{self.total} pairs, {self.truncated} truncated ({self.prompt_cut} prompts cut at the start, "
+            f"{self.response_cut} with a response cut at the end)"
+        )
 
 
 def read_preference(path, file_type: str = "auto", system_prompt=None) -> list[PreferencePair]:
@@ -65,12 +68,18 @@ def read_preference(path, file_type: str = "auto", system_prompt=None) -> list[P
     pairs = [record_to_pair(r, system_prompt) for r in records]
     same = [p for p in pairs if p.chosen == p.rejected]
     if same:
-        log.warning("%d of %d preference records have chosen identical to rejected and were dropped (first at %s)",
-                    len(same), len(pairs), same[0].source)
+        log.warning(
+            "%d of %d preference records have chosen identical to rejected and were dropped (first at %s)",
+            len(same),
+            len(pairs),
+            same[0].source,
+        )
     pairs = [p for p in pairs if p.chosen != p.rejected]
     if not pairs:
-        raise DataError(f"{path}: no usable preference pairs ({len(records)} records, {len(same)} with chosen "
-                        f"identical to rejected)")
+        raise DataError(
+            f"{path}: no usable preference pairs ({len(records)} records, {len(same)} with chosen "
+            f"identical to rejected)"
+        )
     return pairs
 
 
@@ -79,16 +88,24 @@ def record_to_pair(record: dict, system_prompt=None) -> PreferencePair:
     for name in ("chosen", "rejected"):
         if record.get(name) is None:
             have = ", ".join(k for k in record if k != SOURCE)
-            raise DataError(f"{src}: missing field {name!r}; a preference record needs 'chosen' and 'rejected' "
-                            f"(the record has: {have})")
+            raise DataError(
+                f"{src}: missing field {name!r}; a preference record needs 'chosen' and 'rejected' "
+                f"(the record has: {have})"
+            )
     chosen = _conversation(record, "chosen", system_prompt)
     rejected = _conversation(record, "rejected", system_prompt)
     if chosen[:-1] != rejected[:-1]:
-        raise DataError(f"{src}: 'chosen' and 'rejected' must share every message but the last (the assistant's "
-                        f"answer); they differ earlier")
+        raise DataError(
+            f"{src}: 'chosen' and 'rejected' must share every message but the last (the assistant's "
+            f"answer); they differ earlier"
+        )
     if not chosen[:-1]:
-        raise DataError(f"{src}: no prompt; give 'prompt' (or 'instruction'), or user messages before the answer")
-    return PreferencePair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], _margin(record), src)
+        raise DataError(
+            f"{src}: no prompt; give 'prompt' (or 'instruction'), or user messages before the answer"
+        )
+    return PreferencePair(
+        chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], _margin(record), src
+    )
 
 
 def _conversation(record: dict, name: str, system_prompt) -> list[dict]:
@@ -97,7 +114,9 @@ def _conversation(record: dict, name: str, system_prompt) -> list[dict]:
     if isinstance(answer, str):
         answer = [{"role": "assistant", "content": answer}]
     elif not isinstance(answer, list):
-        raise DataError(f"{src}: field {name!r} must be text or a list of messages, got {type(answer).__name__}")
+        raise DataError(
+            f"{src}: field {name!r} must be text or a list of messages, got {type(answer).__name__}"
+        )
     messages = _prompt_messages(record) + answer
     return to_messages({"messages": messages, SOURCE: src}, "chat", system_prompt)
 
@@ -118,7 +137,9 @@ def _margin(record: dict) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{record[SOURCE]}: field 'margin' must be a number, got {value!r}") from None
+        raise DataError(
+            f"{record[SOURCE]}: field 'margin' must be a number, got {value!r}"
+        ) from None
 
 
 def read_kto(path, file_type: str = "auto", system_prompt=None) -> list[KtoExample]:
@@ -128,10 +149,14 @@ def read_kto(path, file_type: str = "auto", system_prompt=None) -> list[KtoExamp
     for r in read_records(path, file_type):
         src = r[SOURCE]
         if r.get("completion") is None:
-            raise DataError(f"{src}: missing field 'completion' (an unpaired KTO record has prompt, completion, label)")
+            raise DataError(
+                f"{src}: missing field 'completion' (an unpaired KTO record has prompt, completion, label)"
+            )
         messages = _conversation(r, "completion", system_prompt)
         if len(messages) < 2:
-            raise DataError(f"{src}: no prompt; give 'prompt' (or 'instruction'), or user messages before the answer")
+            raise DataError(
+                f"{src}: no prompt; give 'prompt' (or 'instruction'), or user messages before the answer"
+            )
         out.append(KtoExample(messages[:-1], messages[-1]["content"], _label(r), src))
     return out
 
@@ -142,12 +167,16 @@ def _label(record: dict) -> bool:
         return value
     text = str(value).strip().lower()
     if value is None or text not in TRUE + FALSE:
-        raise DataError(f"{record[SOURCE]}: field 'label' must be true (desirable) or false (undesirable), "
-                        f"got {value!r}")
+        raise DataError(
+            f"{record[SOURCE]}: field 'label' must be true (desirable) or false (undesirable), "
+            f"got {value!r}"
+        )
     return text in TRUE
 
 
-def encode_pair(pair: PreferencePair, tokenizer, max_length: int, stats: PairStats | None = None) -> dict:
+def encode_pair(
+    pair: PreferencePair, tokenizer, max_length: int, stats: PairStats | None = None
+) -> dict:
     """Token ids of one pair: prompt_ids, chosen_ids, rejected_ids (the responses alone, ending in
     EOS), and the full rows chosen_input_ids/chosen_labels, rejected_input_ids/rejected_labels with
     the prompt labelled IGNORE. Longer than max_length: the prompt keeps its end (at least half of
@@ -161,7 +190,12 @@ def encode_pair(pair: PreferencePair, tokenizer, max_length: int, stats: PairSta
         stats.truncated += bool(cut[0] or cut[1])
         stats.prompt_cut += cut[0]
         stats.response_cut += cut[1]
-    out = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected, "margin": pair.margin}
+    out = {
+        "prompt_ids": prompt,
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "margin": pair.margin,
+    }
     for name, response in (("chosen", chosen), ("rejected", rejected)):
         out[f"{name}_input_ids"] = prompt + response
         out[f"{name}_labels"] = [IGNORE] * len(prompt) + response
@@ -173,27 +207,39 @@ def encode_pairs(pairs: list, tokenizer, max_length: int) -> tuple[list[dict], P
     stats = PairStats()
     encoded = [encode_pair(p, tokenizer, max_length, stats) for p in pairs]
     if stats.truncated:
-        log.warning("%d of %d preference pairs were longer than data.max_length=%d and were truncated "
-                    "(%d prompts cut at the start, %d responses cut at the end)", stats.truncated, stats.total,
-                    max_length, stats.prompt_cut, stats.response_cut)
+        log.warning(
+            "%d of %d preference pairs were longer than data.max_length=%d and were truncated "
+            "(%d prompts cut at the start, %d responses cut at the end)",
+            stats.truncated,
+            stats.total,
+            max_length,
+            stats.prompt_cut,
+            stats.response_cut,
+        )
     return encoded, stats
 
 
-def _prompt_and_answer(tokenizer, prompt_messages: list, answer: str, source: str) -> tuple[list, list]:
+def _prompt_and_answer(
+    tokenizer, prompt_messages: list, answer: str, source: str
+) -> tuple[list, list]:
     # The SFT segmentation: every piece but the last answer is prompt (earlier answers included).
     messages = prompt_messages + [{"role": "assistant", "content": answer}]
-    pieces = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in
-              _segments(tokenizer, messages, source)]
+    pieces = [
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        for text, _ in _segments(tokenizer, messages, source)
+    ]
     return [i for piece in pieces[:-1] for i in piece], pieces[-1]
 
 
-def _truncate(prompt: list, responses: list, max_length: int) -> tuple[list, list, tuple[bool, bool]]:
+def _truncate(
+    prompt: list, responses: list, max_length: int
+) -> tuple[list, list, tuple[bool, bool]]:
     longest = max(len(r) for r in responses)
     if len(prompt) + longest <= max_length:
         return prompt, responses, (False, False)
     keep = min(len(prompt), max(max_length - longest, max_length // 2))
     prompt_cut = keep < len(prompt)
-    prompt = prompt[len(prompt) - keep:]  # keep the end: the question sits next to the answer
+    prompt = prompt[len(prompt) - keep :]  # keep the end: the question sits next to the answer
     room = max_length - len(prompt)
     return prompt, [r[:room] for r in responses], (prompt_cut, longest > room)
 
@@ -211,18 +257,30 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def encode_kto(example: KtoExample, tokenizer, max_length: int) -> dict:
     """input_ids and labels (prompt IGNORE) of one unpaired example, truncated as encode_pair does."""
-    prompt, answer = _prompt_and_answer(tokenizer, example.prompt_messages, example.completion, example.source)
+    prompt, answer = _prompt_and_answer(
+        tokenizer, example.prompt_messages, example.completion, example.source
+    )
     prompt, (answer,), _ = _truncate(prompt, [answer], max_length)
-    return {"prompt_ids": prompt, "completion_ids": answer, "input_ids": prompt + answer,
-            "labels": [IGNORE] * len(prompt) + answer, "desirable": example.desirable}
+    return {
+        "prompt_ids": prompt,
+        "completion_ids": answer,
+        "input_ids": prompt + answer,
+        "labels": [IGNORE] * len(prompt) + answer,
+        "desirable": example.desirable,
+    }
 
 
 def kl_mismatched(encoded: list[dict]) -> list[dict]:
     """KTO's KL pairs for one batch: prompt i with completion i-1 (TRL's rotation by one), so the
     mismatched completions are the batch's own, paired with other prompts."""
     shifted = [encoded[-1]] + encoded[:-1]
-    return [{"input_ids": e["prompt_ids"] + s["completion_ids"],
-             "labels": [IGNORE] * len(e["prompt_ids"]) + s["completion_ids"]} for e, s in zip(encoded, shifted)]
+    return [
+        {
+            "input_ids": e["prompt_ids"] + s["completion_ids"],
+            "labels": [IGNORE] * len(e["prompt_ids"]) + s["completion_ids"],
+        }
+        for e, s in zip(encoded, shifted)
+    ]
 
 
 def collate_kto(examples: list[dict], pad_id: int, with_kl: bool = True) -> dict[str, torch.Tensor]:
@@ -242,7 +300,7 @@ def _pad(rows: list, pad_id: int) -> dict[str, torch.Tensor]:
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (ids, lab) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        labels[i, :len(lab)] = torch.tensor(lab, dtype=torch.long)
-        attention_mask[i, :len(ids)] = 1
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+        attention_mask[i, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -2,6 +2,7 @@
 
 Every record carries `_source` ("file:line") so later checks can say where a bad record is.
 """
+
 import csv
 import io
 import json
@@ -26,13 +27,23 @@ def read_records(path, file_type: str = "auto", columns=()) -> list[dict]:
         raise DataError(f"data file not found: {path}")
     suffix = p.suffix.lower() if file_type == "auto" else "." + file_type
     columns = list(columns)
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": lambda q: _read_csv(q, False, columns),
-               ".tsv": lambda q: _read_csv(q, True, columns), ".parquet": _read_parquet, ".txt": _read_text}
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".csv": lambda q: _read_csv(q, False, columns),
+        ".tsv": lambda q: _read_csv(q, True, columns),
+        ".parquet": _read_parquet,
+        ".txt": _read_text,
+    }
     if suffix not in readers:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt, "
-                        f"or set data.file_type")
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv, .parquet or .txt, "
+            f"or set data.file_type"
+        )
     if columns and suffix not in (".csv", ".tsv"):
-        raise DataError(f"{path}: data.columns names the fields of a header-less CSV/TSV file, but this is {suffix}")
+        raise DataError(
+            f"{path}: data.columns names the fields of a header-less CSV/TSV file, but this is {suffix}"
+        )
     records = readers[suffix](p)
     if not records:
         raise DataError(f"{path}: no records found (the file is empty)")
@@ -57,8 +68,11 @@ def _read_json(p: Path) -> list[dict]:
     try:
         data = json.loads(read_text(p))
     except json.JSONDecodeError as e:
-        hint = "; one object per line is JSONL: name it .jsonl or set data.file_type: jsonl" \
-            if e.msg == "Extra data" else ""
+        hint = (
+            "; one object per line is JSONL: name it .jsonl or set data.file_type: jsonl"
+            if e.msg == "Extra data"
+            else ""
+        )
         raise DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg}){hint}") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} wrappers
@@ -68,17 +82,25 @@ def _read_json(p: Path) -> list[dict]:
 
 
 def _read_csv(p: Path, tsv: bool = False, columns=None) -> list[dict]:
-    reader = csv.DictReader(io.StringIO(read_text(p), newline=""), fieldnames=columns or None,
-                            delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+    reader = csv.DictReader(
+        io.StringIO(read_text(p), newline=""),
+        fieldnames=columns or None,
+        delimiter="\t" if tsv else ",",
+        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+    )
     records = []
     try:
         for row in reader:
             if None in row:
-                raise DataError(f"{p}:{reader.line_num}: more fields than {'data.columns' if columns else 'the header'} "
-                                f"names ({len(reader.fieldnames)})")
+                raise DataError(
+                    f"{p}:{reader.line_num}: more fields than {'data.columns' if columns else 'the header'} "
+                    f"names ({len(reader.fieldnames)})"
+                )
             records.append({**row, SOURCE: f"{p}:{reader.line_num}"})
     except csv.Error as e:  # e.g. a field over csv's size limit, an unclosed quote in strict mode
-        raise DataError(f"{p}:{reader.line_num}: not valid {'TSV' if tsv else 'CSV'} ({e})") from None
+        raise DataError(
+            f"{p}:{reader.line_num}: not valid {'TSV' if tsv else 'CSV'} ({e})"
+        ) from None
     return records
 
 
@@ -92,7 +114,9 @@ def _read_parquet(p: Path) -> list[dict]:
     try:
         rows = pq.read_table(p).to_pylist()
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{p}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+        raise DataError(
+            f"{p}: not a readable Parquet file ({(str(e).splitlines() or [type(e).__name__])[0]})"
+        ) from None
     return [_as_record(r, f"{p}:row {i + 1}") for i, r in enumerate(rows)]
 
 
@@ -105,7 +129,9 @@ def _read_hf_dataset(p: Path) -> list[dict]:
     try:
         from datasets import load_from_disk
     except ImportError:
-        raise DataError(f"{p} is a directory; reading a saved HF dataset needs `pip install datasets`") from None
+        raise DataError(
+            f"{p} is a directory; reading a saved HF dataset needs `pip install datasets`"
+        ) from None
     try:
         ds = load_from_disk(str(p))
     except FileNotFoundError:

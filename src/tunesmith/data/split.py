@@ -1,10 +1,13 @@
 """Seeded train/validation/test split of one record list (stratified when a label key is given)."""
+
 import random
 from collections import defaultdict
 from typing import Optional
 
 
-def split_records(records: list, fractions, seed: int, label_key: Optional[str] = None) -> tuple[list, list, list]:
+def split_records(
+    records: list, fractions, seed: int, label_key: Optional[str] = None
+) -> tuple[list, list, list]:
     """Shuffle with `seed` and cut into (train, val, test) by `fractions` (e.g. 0.7, 0.1, 0.2).
 
     With label_key, each label is split separately so every part keeps the class balance.
@@ -23,8 +26,8 @@ def split_records(records: list, fractions, seed: int, label_key: Optional[str] 
         n_train = round(len(items) * fractions[0])
         n_val = round(len(items) * fractions[1])
         parts[0].extend(items[:n_train])
-        parts[1].extend(items[n_train:n_train + n_val])
-        parts[2].extend(items[n_train + n_val:])
+        parts[1].extend(items[n_train : n_train + n_val])
+        parts[2].extend(items[n_train + n_val :])
     for part in parts:
         rng.shuffle(part)
     return parts

@@ -1,13 +1,22 @@
 """Render chat messages with the tokenizer's chat template, or a plain fallback when it has none."""
 
-FALLBACK_HEADERS = {"system": "### System:\n", "user": "### Instruction:\n", "assistant": "### Response:\n"}
+FALLBACK_HEADERS = {
+    "system": "### System:\n",
+    "user": "### Instruction:\n",
+    "assistant": "### Response:\n",
+}
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     """Prompt text of `messages`; with add_generation_prompt it ends where the answer starts."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    text = "".join(f"{FALLBACK_HEADERS[m['role']]}{m['content']}{end_of_turn(tokenizer, m['role'])}" for m in messages)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    text = "".join(
+        f"{FALLBACK_HEADERS[m['role']]}{m['content']}{end_of_turn(tokenizer, m['role'])}"
+        for m in messages
+    )
     return text + (FALLBACK_HEADERS["assistant"] if add_generation_prompt else "")
 
 

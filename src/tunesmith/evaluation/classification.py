@@ -1,4 +1,5 @@
 """Classification metrics: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix (and PNG)."""
+
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,9 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     return cm
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
+) -> dict:
     """accuracy, macro_f1, per_class {label: precision, recall, f1, support}, confusion (list of rows), n.
 
     A class never predicted has precision 0; one absent from y_true has recall 0 (as scikit-learn
@@ -23,15 +26,34 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
     predicted, actual = cm.sum(0).astype(float), cm.sum(1).astype(float)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
-    per_class = {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                         "support": int(actual[i])} for i, label in enumerate(labels)}
+    f1 = np.divide(
+        2 * precision * recall,
+        precision + recall,
+        out=np.zeros_like(tp),
+        where=precision + recall > 0,
+    )
+    per_class = {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(actual[i]),
+        }
+        for i, label in enumerate(labels)
+    }
     n = int(cm.sum())
-    return {"accuracy": float(tp.sum() / max(n, 1)), "macro_f1": float(f1.mean()), "per_class": per_class,
-            "confusion": cm.tolist(), "n": n}
+    return {
+        "accuracy": float(tp.sum() / max(n, 1)),
+        "macro_f1": float(f1.mean()),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "n": n,
+    }
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str = "") -> Path:
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str = ""
+) -> Path:
     """Write the confusion matrix as a PNG heat map with counts in the cells."""
     import matplotlib
 
@@ -48,7 +70,14 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     ax.set_ylabel("true")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     if title:
         ax.set_title(title)
     fig.tight_layout()

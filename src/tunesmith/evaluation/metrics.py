@@ -1,4 +1,5 @@
 """Generation metrics: exact match and contains, on normalised text."""
+
 import re
 
 
@@ -20,7 +21,9 @@ def contains_match(predictions: list[str], references: list[str]) -> float:
 def rouge_l(predictions: list[str], references: list[str]) -> float:
     """Mean ROUGE-L F1 over word tokens (longest common subsequence, Lin 2004), on normalised text."""
     pairs = list(zip(predictions, references, strict=True))
-    return sum(_rouge_l_pair(normalize(p).split(), normalize(r).split()) for p, r in pairs) / max(len(pairs), 1)
+    return sum(_rouge_l_pair(normalize(p).split(), normalize(r).split()) for p, r in pairs) / max(
+        len(pairs), 1
+    )
 
 
 def _rouge_l_pair(pred: list[str], ref: list[str]) -> float:

@@ -1,4 +1,5 @@
 """Token-weighted mean loss and perplexity over encoded examples."""
+
 import math
 
 import torch
@@ -14,8 +15,10 @@ def mean_loss(model, examples: list, pad_id: int, batch_size: int = 8) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
-        loss, n = causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        batch = collate(examples[start : start + batch_size], pad_id)
+        loss, n = causal_lm_loss(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )
         total, count = total + loss.item() * n, count + n
     model.train(was_training)
     return total / max(count, 1)

@@ -1,22 +1,51 @@
 """Fine-tuning methods. Importing this package registers every method folder."""
-from . import adapter  # noqa: F401  (registers "adapter")
-from . import bitfit  # noqa: F401  (registers "bitfit")
-from . import full  # noqa: F401  (registers "full")
-from . import ia3  # noqa: F401  (registers "ia3")
-from . import llama_adapter  # noqa: F401  (registers "llama_adapter")
-from . import lora  # noqa: F401  (registers "lora")
-from . import p_tuning  # noqa: F401  (registers "p_tuning")
-from . import prefix_tuning  # noqa: F401  (registers "prefix_tuning")
-from . import prompt_tuning  # noqa: F401  (registers "prompt_tuning")
-from . import selected  # noqa: F401  (registers "selected")
-from . import sparse  # noqa: F401  (registers "sparse")
-from .base import (AdapterLayer, MethodSpec, adapter_configs, disabled_adapters, merge_adapters,
-                   merge_and_unload, set_active_adapter, unmerge_adapters)
-from .registry import check_quantized_base, config_classes, get_method, method_names, register_method
 
-__all__ = ["AdapterLayer", "MethodSpec", "adapter_configs", "apply_method", "config_classes",
-           "disabled_adapters", "get_method", "merge_adapters", "merge_and_unload", "method_names",
-           "register_method", "set_active_adapter", "unmerge_adapters"]
+from . import (
+    adapter,  # noqa: F401  (registers "adapter")
+    bitfit,  # noqa: F401  (registers "bitfit")
+    full,  # noqa: F401  (registers "full")
+    ia3,  # noqa: F401  (registers "ia3")
+    llama_adapter,  # noqa: F401  (registers "llama_adapter")
+    lora,  # noqa: F401  (registers "lora")
+    p_tuning,  # noqa: F401  (registers "p_tuning")
+    prefix_tuning,  # noqa: F401  (registers "prefix_tuning")
+    prompt_tuning,  # noqa: F401  (registers "prompt_tuning")
+    selected,  # noqa: F401  (registers "selected")
+    sparse,  # noqa: F401  (registers "sparse")
+)
+from .base import (
+    AdapterLayer,
+    MethodSpec,
+    adapter_configs,
+    disabled_adapters,
+    merge_adapters,
+    merge_and_unload,
+    set_active_adapter,
+    unmerge_adapters,
+)
+from .registry import (
+    check_quantized_base,
+    config_classes,
+    get_method,
+    method_names,
+    register_method,
+)
+
+__all__ = [
+    "AdapterLayer",
+    "MethodSpec",
+    "adapter_configs",
+    "apply_method",
+    "config_classes",
+    "disabled_adapters",
+    "get_method",
+    "merge_adapters",
+    "merge_and_unload",
+    "method_names",
+    "register_method",
+    "set_active_adapter",
+    "unmerge_adapters",
+]
 
 
 def apply_method(model, cfg, adapter_name: str = "default"):

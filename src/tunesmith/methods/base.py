@@ -21,6 +21,7 @@ The spec stores the registered function as `spec.apply.own` and `spec.apply` run
 so every caller (`methods.apply_method`, `io.load_adapter`) gets the same result. A method may still
 call `record_adapter`/`mark_trainable` itself (some do): both are idempotent.
 """
+
 import abc
 import contextlib
 import re
@@ -30,16 +31,25 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError, UnsupportedModuleError
 from ..config.schema import MethodConfig
+from ..errors import ConfigError, UnsupportedModuleError
 from ..utils.modules import is_linear_like
 
-__all__ = ["AdapterLayer", "Injection", "MethodConfig", "MethodSpec", "inject_adapter",
-           "mark_trainable", "record_adapter"]
+__all__ = [
+    "AdapterLayer",
+    "Injection",
+    "MethodConfig",
+    "MethodSpec",
+    "inject_adapter",
+    "mark_trainable",
+    "record_adapter",
+]
 ADAPTERS_ATTR = "tunesmith_adapters"  # {adapter name: MethodConfig}, stored on the model
 # {adapter name: [[parameter, its original tensor], ...]} for methods that train base weights in place
 BASE_PARAMS_ATTR = "tunesmith_base_params"
-PROMPT_LAYER_ATTR = "prompt_encoder"  # backbone attribute holding a prompt method's VirtualTokenLayer
+PROMPT_LAYER_ATTR = (
+    "prompt_encoder"  # backbone attribute holding a prompt method's VirtualTokenLayer
+)
 PEFT_PREFIX = "base_model.model."  # PEFT names saved tensors base_model.model.<module path>.<param>
 
 
@@ -56,9 +66,15 @@ class MethodSpec:
     peft_type: Optional[str] = None  # the PEFT `peft_type` written to adapter_config.json
     to_peft_config: Optional[Callable] = None  # cfg -> dict of PEFT config keys
     from_peft_config: Optional[Callable] = None  # dict -> cfg
-    on_step: Optional[Callable] = None  # on_step(model, adapter_name, step) after each optimizer step
-    report: Optional[Callable] = None  # report(model, adapter_name) -> dict of method-specific metrics
-    resolve: Optional[Callable] = None  # resolve(model, cfg) -> cfg: model-dependent defaults (step 1)
+    on_step: Optional[Callable] = (
+        None  # on_step(model, adapter_name, step) after each optimizer step
+    )
+    report: Optional[Callable] = (
+        None  # report(model, adapter_name) -> dict of method-specific metrics
+    )
+    resolve: Optional[Callable] = (
+        None  # resolve(model, cfg) -> cfg: model-dependent defaults (step 1)
+    )
 
     def __post_init__(self):
         # dataclasses.replace hands the Injection back in: rebuild it from the method's own part.
@@ -72,15 +88,22 @@ class Injection:
     def __init__(self, own: Callable, resolve: Optional[Callable] = None):
         self.own, self.resolve = own, resolve
 
-    def __call__(self, model: nn.Module, cfg: MethodConfig, adapter_name: str = "default") -> nn.Module:
+    def __call__(
+        self, model: nn.Module, cfg: MethodConfig, adapter_name: str = "default"
+    ) -> nn.Module:
         return inject_adapter(model, cfg, adapter_name, self.own, self.resolve)
 
     def __repr__(self) -> str:
         return f"Injection({getattr(self.own, '__qualname__', self.own)})"
 
 
-def inject_adapter(model: nn.Module, cfg: MethodConfig, adapter_name: str, own: Callable,
-                   resolve: Optional[Callable] = None) -> nn.Module:
+def inject_adapter(
+    model: nn.Module,
+    cfg: MethodConfig,
+    adapter_name: str,
+    own: Callable,
+    resolve: Optional[Callable] = None,
+) -> nn.Module:
     """Add adapter `adapter_name` to model in place: resolve cfg, run the method's own part, then
     activate, record and mark trainable the new adapter (the module docstring has the steps)."""
     if resolve is not None:
@@ -184,7 +207,9 @@ def record_adapter(model: nn.Module, name: str, cfg: MethodConfig) -> None:
 def set_active_adapter(model: nn.Module, name: str) -> None:
     """Make one adapter the active one (the others stay loaded but unused)."""
     if name not in adapter_configs(model):
-        raise ConfigError(f"no adapter named {name!r}; loaded: {', '.join(adapter_configs(model)) or 'none'}")
+        raise ConfigError(
+            f"no adapter named {name!r}; loaded: {', '.join(adapter_configs(model)) or 'none'}"
+        )
     for _, layer in adapter_layers(model):
         layer.set_active([name])
 
@@ -258,8 +283,10 @@ def train_base_parameters(model: nn.Module, adapter_name: str, params) -> None:
     taken = {id(p) for other, pairs in held.items() if other != adapter_name for p, _ in pairs}
     unique = list({id(p): p for p in params}.values())  # tied weights count once
     if any(id(p) in taken for p in unique):
-        raise ConfigError(f"adapter {adapter_name!r} would train base weights that adapter(s) "
-                          f"{', '.join(n for n in held if n != adapter_name)} already train; load one of them only")
+        raise ConfigError(
+            f"adapter {adapter_name!r} would train base weights that adapter(s) "
+            f"{', '.join(n for n in held if n != adapter_name)} already train; load one of them only"
+        )
     held[adapter_name] = [[p, p.detach().clone()] for p in unique]
     setattr(model, BASE_PARAMS_ATTR, held)
 
@@ -290,10 +317,13 @@ def find_target_linears(model: nn.Module, targets, exclude=("lm_head",)) -> list
     modules = dict(model.named_modules())
     # An adapter's own parts (lora_A, its base_layer, ...) are not the model's layers.
     inside_adapters = tuple(f"{n}." for n, m in modules.items() if isinstance(m, AdapterLayer))
-    linears = [n for n, m in modules.items()
-               if not n.startswith(inside_adapters)
-               and f".{PROMPT_LAYER_ATTR}." not in f".{n}"  # a prompt method's encoder is not the model's
-               and is_linear_like(m.base_layer if isinstance(m, AdapterLayer) else m)]
+    linears = [
+        n
+        for n, m in modules.items()
+        if not n.startswith(inside_adapters)
+        and f".{PROMPT_LAYER_ATTR}." not in f".{n}"  # a prompt method's encoder is not the model's
+        and is_linear_like(m.base_layer if isinstance(m, AdapterLayer) else m)
+    ]
     candidates = [n for n in linears if n.split(".")[-1] not in exclude]
     if targets == "all-linear":
         matched = candidates
@@ -305,5 +335,6 @@ def find_target_linears(model: nn.Module, targets, exclude=("lm_head",)) -> list
         kinds = sorted({n.split(".")[-1] for n in linears})
         raise UnsupportedModuleError(
             f"method.target_modules={targets!r} matches no linear layer of this model; "
-            f"its linear layers are named: {', '.join(kinds)} (or use 'all-linear')")
+            f"its linear layers are named: {', '.join(kinds)} (or use 'all-linear')"
+        )
     return matched

@@ -1,4 +1,5 @@
 """Name -> MethodSpec. Methods register themselves on import of `tunesmith.methods`."""
+
 from ..errors import ConfigError
 from ..utils.modules import quantization_schemes
 from .base import MethodSpec, adapter_configs
@@ -49,8 +50,10 @@ def spec_for_peft_type(peft_type: str) -> MethodSpec:
     for spec in _REGISTRY.values():
         if spec.peft_type == peft_type:
             return spec
-    raise ConfigError(f"adapter type {peft_type!r} is not supported; supported: "
-                      f"{', '.join(sorted(s.peft_type for s in _REGISTRY.values() if s.peft_type))}")
+    raise ConfigError(
+        f"adapter type {peft_type!r} is not supported; supported: "
+        f"{', '.join(sorted(s.peft_type for s in _REGISTRY.values() if s.peft_type))}"
+    )
 
 
 def check_quantized_base(model, spec: MethodSpec) -> None:
@@ -60,7 +63,9 @@ def check_quantized_base(model, spec: MethodSpec) -> None:
     if not schemes or spec.supports_4bit:
         return
     able = ", ".join(n for n, s in sorted(_REGISTRY.items()) if s.supports_4bit) or "none"
-    raise ConfigError(f"method {spec.name!r} cannot train on a quantized base (the model holds "
-                      f"{', '.join(f'{n} {k} layers' for k, n in schemes.items())}): its quantized weights are "
-                      f"frozen codes. Use model.quantize=none for {spec.name!r}, or a method that supports a "
-                      f"quantized base ({able})")
+    raise ConfigError(
+        f"method {spec.name!r} cannot train on a quantized base (the model holds "
+        f"{', '.join(f'{n} {k} layers' for k, n in schemes.items())}): its quantized weights are "
+        f"frozen codes. Use model.quantize=none for {spec.name!r}, or a method that supports a "
+        f"quantized base ({able})"
+    )

@@ -5,6 +5,7 @@ sits on the backbone (`model.base_model`, e.g. LlamaModel) and hooks its forward
 `model.base_model(...)` and `generate` keep their signatures and return outputs for the real
 tokens only.
 """
+
 import dataclasses
 import inspect
 from typing import Iterator
@@ -92,8 +93,10 @@ class VirtualTokenLayer(AdapterLayer):
 
     def check_mergeable(self) -> None:
         if self.active_adapters:
-            raise ConfigError("prompt-based adapters add virtual tokens and cannot be merged into the weights; "
-                              "keep them as adapters (load_adapter) or deactivate them first")
+            raise ConfigError(
+                "prompt-based adapters add virtual tokens and cannot be merged into the weights; "
+                "keep them as adapters (load_adapter) or deactivate them first"
+            )
 
     def merge(self) -> None:
         self.check_mergeable()
@@ -147,8 +150,10 @@ def attach_virtual_tokens(model: nn.Module, layer_cls: type, *args) -> VirtualTo
         backbone.register_forward_hook(layer.after_forward, with_kwargs=True)
     elif type(layer) is not layer_cls:
         held = ", ".join(n for n, c in adapter_configs(model).items() if n in layer.adapter_names)
-        raise ConfigError(f"this model already holds a prompt-based adapter of another method ({held}); one model "
-                          f"holds the virtual tokens of one prompt-based method. Load it into a fresh model")
+        raise ConfigError(
+            f"this model already holds a prompt-based adapter of another method ({held}); one model "
+            f"holds the virtual tokens of one prompt-based method. Load it into a fresh model"
+        )
     return layer
 
 
@@ -160,7 +165,9 @@ def fold_virtual_tokens(model: nn.Module, adapter_name: str = "default") -> None
         raise ConfigError(f"the model has no prompt-based adapter named {adapter_name!r} to fold")
     layer.fold(adapter_name)
     cfg = adapter_configs(model)[adapter_name]
-    if any(f.name == "folded" for f in dataclasses.fields(cfg)):  # prompt tuning's table is folded already
+    if any(
+        f.name == "folded" for f in dataclasses.fields(cfg)
+    ):  # prompt tuning's table is folded already
         record_adapter(model, adapter_name, dataclasses.replace(cfg, folded=True))
 
 
@@ -172,7 +179,9 @@ def prepend_embeddings(backbone: nn.Module, kwargs: dict, prompts: torch.Tensor)
         embeds = backbone.get_input_embeddings()(kwargs["input_ids"])  # (B, T, H)
     kwargs["input_ids"] = None
     batch, n = embeds.shape[0], prompts.shape[0]
-    kwargs["inputs_embeds"] = torch.cat([prompts.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
+    kwargs["inputs_embeds"] = torch.cat(
+        [prompts.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1
+    )
     if (pos := kwargs.get("position_ids")) is not None:  # already shifted by n
         front = torch.arange(n, device=pos.device, dtype=pos.dtype).expand(*pos.shape[:-1], n)
         kwargs["position_ids"] = torch.cat([front, pos], dim=-1)
@@ -206,7 +215,8 @@ def _extend_attention_mask(kwargs: dict, n: int) -> None:
         raise UnsupportedModuleError(
             "prompt-based methods need a 2D attention mask (batch, tokens) or none; got "
             f"{type(mask).__name__} {getattr(mask, 'shape', '')} (static/compiled caches build 4D masks: "
-            "generate with the default dynamic cache)")
+            "generate with the default dynamic cache)"
+        )
     kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
 
 

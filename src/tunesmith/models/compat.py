@@ -6,6 +6,7 @@ FutureWarning), but forward hooks see the keywords as the caller wrote them (5.2
 its CausalLM heads pass `cache`), and when both names are set the model keeps `cache` and drops
 the other. So code that reads, sets or strips the cache asks `cache_kwarg(model)` for the name.
 """
+
 import functools
 import inspect
 
@@ -25,7 +26,9 @@ def cache_kwarg(model: nn.Module) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _cache_kwarg(cls: type) -> str:
-    params = inspect.signature(cls.forward).parameters  # follows functools.wraps to the real forward
+    params = inspect.signature(
+        cls.forward
+    ).parameters  # follows functools.wraps to the real forward
     return next((name for name in CACHE_NAMES if name in params), CACHE_NAMES[1])
 
 

@@ -5,6 +5,7 @@ another copy is fine-tuned) and returns one vector per text: the last real token
 the mean over real tokens, read from a chosen layer. Results are stored under
 <cache>/embeddings/<key>.npy, the key hashing the model, pooling, layer, length limit and texts.
 """
+
 import hashlib
 import json
 import logging
@@ -28,9 +29,24 @@ class Embedder:
     """Embeddings of texts by model `name` (frozen): pooling auto/last/first/mean, layer i = the
     output of block i (0: the token embeddings), -1 = the final (normalised) hidden state."""
 
-    def __init__(self, name: str, pooling: str = "mean", layer: int = -1, max_length: int = 128,
-                 batch_size: int = 16, bf16: bool = False, model=None, tokenizer=None):
-        self.name, self.layer, self.max_length, self.batch_size, self.bf16 = name, layer, max_length, batch_size, bf16
+    def __init__(
+        self,
+        name: str,
+        pooling: str = "mean",
+        layer: int = -1,
+        max_length: int = 128,
+        batch_size: int = 16,
+        bf16: bool = False,
+        model=None,
+        tokenizer=None,
+    ):
+        self.name, self.layer, self.max_length, self.batch_size, self.bf16 = (
+            name,
+            layer,
+            max_length,
+            batch_size,
+            bf16,
+        )
         self.pooling_arg = pooling
         self._model, self._tokenizer = model, tokenizer
         self.seconds, self.cache_hits = 0.0, 0
@@ -73,11 +89,16 @@ class Embedder:
     def _compute(self, texts: list) -> dict:
         """{pooling: (N, H)} for last, first, mean, and for "auto" (last for decoders, first for encoders)."""
         model, tokenizer = self._load()
-        encoded = [tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in texts]
+        encoded = [
+            tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in texts
+        ]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        out = {how: np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) for how in POOLINGS}
+        out = {
+            how: np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+            for how in POOLINGS
+        }
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             ids, mask = _pad([encoded[i] for i in idx], tokenizer.pad_token_id)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 states = self._states(model.base_model, ids, mask).float()
@@ -93,7 +114,9 @@ class Embedder:
         n = len(find_blocks(backbone)[1])
         k = self.layer if self.layer >= 0 else n + 1 + self.layer
         if not 0 <= k <= n:
-            raise ConfigError(f"features.layer={self.layer} is outside this model's layers -1, 0..{n}")
+            raise ConfigError(
+                f"features.layer={self.layer} is outside this model's layers -1, 0..{n}"
+            )
         return FrozenPrefix(backbone, k).capture(ids, mask)
 
 
@@ -102,7 +125,9 @@ def _stamp(name: str) -> list:
     path = Path(name)
     if not path.is_dir():
         return []
-    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in path.iterdir() if f.is_file())
+    return sorted(
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in path.iterdir() if f.is_file()
+    )
 
 
 def _pad(seqs: list, pad_id: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,5 +135,5 @@ def _pad(seqs: list, pad_id: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]
     ids = torch.full((len(seqs), width), pad_id or 0, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
     return ids, mask

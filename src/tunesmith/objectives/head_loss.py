@@ -5,12 +5,14 @@ For each chunk of positions the logits (n, V) are made, the loss summed, and d l
 those gradients (n, H) are kept for backward. So no chunk is recomputed (as checkpointing would)
 and at most one chunk of logits exists at a time.
 """
+
 import torch
 import torch.nn.functional as F
 
 
-def fused_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                    chunk_size: int = 256) -> torch.Tensor:
+def fused_head_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256
+) -> torch.Tensor:
     """Summed cross-entropy of logits = hidden @ weight.T against targets. hidden (N, H), weight (V, H)."""
     return _HeadLoss.apply(hidden, weight, targets, chunk_size)
 
@@ -20,10 +22,12 @@ class _HeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk_size):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        )
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
-            h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+            h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
             logits = F.linear(h, weight)  # (n, V), bf16 under autocast
             logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
             total += -logp.gather(1, t[:, None]).sum()
@@ -32,7 +36,7 @@ class _HeadLoss(torch.autograd.Function):
                 g[torch.arange(t.numel()), t] -= 1  # d loss / d logits, (n, V)
                 g = g.to(logits.dtype)
                 if want_h:
-                    grad_h[start:start + chunk_size] = (g @ weight.to(g.dtype)).to(hidden.dtype)
+                    grad_h[start : start + chunk_size] = (g @ weight.to(g.dtype)).to(hidden.dtype)
                 if want_w:
                     grad_w += (g.T @ h.to(g.dtype)).float()
         ctx.save_for_backward(grad_h, grad_w)

@@ -4,14 +4,16 @@ The output head runs only at labelled positions and in chunks (each chunk's logi
 backward rather than kept), so a batch never holds its full (B, T, vocab) logits: with a 49k
 vocabulary that is most of a preference step's memory.
 """
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from .sft import IGNORE, _inputs, supports_hidden_path
 
 
-def sequence_logps(model, input_ids, attention_mask, labels, chunk_size: int = 256,
-                   position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(
+    model, input_ids, attention_mask, labels, chunk_size: int = 256, position_ids=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log p(token) over each row's labelled tokens (B,), number of such tokens (B,)).
 
     Position t predicts token t+1; labels == -100 (prompt, padding) carry nothing.
@@ -30,13 +32,15 @@ def sequence_logps(model, input_ids, attention_mask, labels, chunk_size: int = 2
     head = model.get_output_embeddings()
     parts = []
     for start in range(0, wanted.numel(), chunk_size):
-        h, t = selected[start:start + chunk_size], wanted[start:start + chunk_size]
+        h, t = selected[start : start + chunk_size], wanted[start : start + chunk_size]
         if torch.is_grad_enabled():
             parts.append(checkpoint(_chunk_logps, head, h, t, use_reentrant=False))
         else:
             parts.append(_chunk_logps(head, h, t))
     per_token = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device).index_add(0, rows, per_token)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device).index_add(
+        0, rows, per_token
+    )
     return sums, counts
 
 

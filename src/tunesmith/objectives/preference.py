@@ -12,32 +12,50 @@ Notable:
   exactly 0 and the sigmoid loss exactly log 2.
 - ORPO and SimPO need *average* log-probs (`response_logps(..., average=True)`); the others sums.
 """
+
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 
 IGNORE = -100
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
-              "sigmoid_norm")
+DPO_LOSSES = (
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "bco_pair",
+    "nca_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+    "sigmoid_norm",
+)
 _LENGTH_NORMALISED = ("ipo", "sigmoid_norm")  # TRL divides these scores by the completion length
 
 
-def response_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE,
-                   average: bool = False, chunk_size: int = 1024) -> torch.Tensor:
+def response_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE,
+    average: bool = False,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
     """(B,) log-probability of each row's labelled tokens, summed (or averaged over them).
 
     Causal-LM shift: logits[:, t] scores labels[:, t + 1]. Positions labelled `ignore_index`
     (prompt, padding) carry nothing; a row without labelled tokens gets 0.
     """
     if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, T)")
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, T)"
+        )
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != ignore_index
     rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
     pieces = []
     for start in range(0, rows.numel(), chunk_size):
-        r, c = rows[start:start + chunk_size], cols[start:start + chunk_size]
+        r, c = rows[start : start + chunk_size], cols[start : start + chunk_size]
         lg = logits[r, c].float()  # (n, V): only the selected positions
         picked = lg.gather(-1, targets[r, c].unsqueeze(-1)).squeeze(-1)  # (n,)
         pieces.append(picked - torch.logsumexp(lg, dim=-1))
@@ -55,8 +73,12 @@ def response_lengths(labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.
     return (labels[:, 1:] != ignore_index).sum(-1)
 
 
-def reward_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin=None,
-                center_coef: float = 0.0) -> torch.Tensor:
+def reward_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin=None,
+    center_coef: float = 0.0,
+) -> torch.Tensor:
     """Bradley-Terry loss of a reward model: mean of -log sigmoid(r_c - r_r - margin), plus
     center_coef * mean((r_c + r_r)^2) (TRL's center_rewards_coefficient) to keep rewards near 0."""
     diff = chosen_rewards - rejected_rewards  # (B,)
@@ -68,9 +90,17 @@ def reward_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, ma
     return loss
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, loss_type: str = "sigmoid", beta: float = 0.1,
-             label_smoothing: float = 0.0, chosen_lengths=None, rejected_lengths=None):
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    loss_type: str = "sigmoid",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    chosen_lengths=None,
+    rejected_lengths=None,
+):
     """DPO-family losses from summed response log-probs (each (B,)).
 
     Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); the rewards are
@@ -85,7 +115,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     if loss_type in _LENGTH_NORMALISED:
         if chosen_lengths is None or rejected_lengths is None:
             raise ValueError(f"dpo loss {loss_type!r} needs chosen_lengths and rejected_lengths")
-        delta = chosen_ratio / chosen_lengths.clamp(min=1) - rejected_ratio / rejected_lengths.clamp(min=1)
+        delta = chosen_ratio / chosen_lengths.clamp(
+            min=1
+        ) - rejected_ratio / rejected_lengths.clamp(min=1)
     else:
         delta = chosen_ratio - rejected_ratio
     losses = _dpo_losses(loss_type, beta, label_smoothing, delta, chosen_ratio, rejected_ratio)
@@ -117,17 +149,23 @@ def _dpo_losses(loss_type, beta, eps, delta, chosen_ratio, rejected_ratio):
 
 def _check_dpo_args(loss_type, beta, label_smoothing):
     if loss_type not in DPO_LOSSES:
-        raise ConfigError(f"dpo.loss must be one of {', '.join(DPO_LOSSES)} (or orpo, simpo), got {loss_type!r}")
+        raise ConfigError(
+            f"dpo.loss must be one of {', '.join(DPO_LOSSES)} (or orpo, simpo), got {loss_type!r}"
+        )
     if beta <= 0:
         raise ConfigError(f"dpo.beta must be > 0, got {beta}")
     if label_smoothing and loss_type != "robust":
-        raise ConfigError(f"dpo.label_smoothing={label_smoothing} is only used by dpo.loss=robust (or simpo); "
-                          f"set it to 0 for {loss_type!r}")
+        raise ConfigError(
+            f"dpo.label_smoothing={label_smoothing} is only used by dpo.loss=robust (or simpo); "
+            f"set it to 0 for {loss_type!r}"
+        )
     if not 0 <= label_smoothing < 0.5:
         raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {label_smoothing}")
 
 
-def orpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, nll=None, lam: float = 0.1):
+def orpo_loss(
+    chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, nll=None, lam: float = 0.1
+):
     """ORPO: nll - lam * log sigmoid(log odds(chosen) - log odds(rejected)), per example.
 
     Takes *average* response log-probs (B,) and the chosen-side NLL (a scalar; TRL takes it over
@@ -144,11 +182,18 @@ def orpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     # log(1 - exp(x)) for x < 0, switching form at -log 2 to avoid cancellation
-    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    return torch.where(
+        x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x))
+    )
 
 
-def simpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float = 2.0,
-               gamma: float = 0.5, label_smoothing: float = 0.0):
+def simpo_loss(
+    chosen_avg_logps: torch.Tensor,
+    rejected_avg_logps: torch.Tensor,
+    beta: float = 2.0,
+    gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+):
     """SimPO (no reference model): -log sigmoid(beta * (avg_c - avg_r) - gamma), with optional label
     smoothing, per example. gamma is the target reward margin (TRL's simpo_gamma). Returns (losses,
     chosen_rewards, rejected_rewards) with rewards beta * avg logp."""
@@ -159,9 +204,16 @@ def simpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor,
     return losses, beta * chosen_avg_logps.detach(), beta * rejected_avg_logps.detach()
 
 
-def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor,
-             policy_kl_logps=None, ref_kl_logps=None, beta: float = 0.1, desirable_weight: float = 1.0,
-             undesirable_weight: float = 1.0):
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    policy_kl_logps=None,
+    ref_kl_logps=None,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+):
     """KTO on unpaired examples: summed log-probs (B,) of each completion under policy and reference,
     and `desirable` (B,) bool.
 
@@ -183,19 +235,27 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     return losses, rewards[desirable], rewards[~desirable], kl
 
 
-def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                       chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> dict[str, float]:
+def preference_metrics(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+) -> dict[str, float]:
     """Batch means under TRL's metric names (paired losses: DPO family, ORPO, SimPO)."""
     with torch.no_grad():
-        return {"rewards/chosen": chosen_rewards.mean().item(),
-                "rewards/rejected": rejected_rewards.mean().item(),
-                "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                "logps/chosen": chosen_logps.detach().mean().item(),
-                "logps/rejected": rejected_logps.detach().mean().item()}
+        return {
+            "rewards/chosen": chosen_rewards.mean().item(),
+            "rewards/rejected": rejected_rewards.mean().item(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+            "logps/chosen": chosen_logps.detach().mean().item(),
+            "logps/rejected": rejected_logps.detach().mean().item(),
+        }
 
 
-def kto_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, kl) -> dict[str, float]:
+def kto_metrics(
+    chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, kl
+) -> dict[str, float]:
     """KTO's metrics as TRL names them; a side absent from the batch is left out (and so is the margin)."""
     out = {"kl": float(kl)}
     with torch.no_grad():

@@ -4,6 +4,7 @@ The output head runs on the selected positions only (not the full (B, T, vocab) 
 chunks, so memory stays at one chunk of logits: a plain bias-free linear head computes its
 gradients during the forward pass (head_loss.py); other heads recompute each chunk in backward.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,8 +15,9 @@ from .head_loss import fused_head_loss
 IGNORE = -100
 
 
-def causal_lm_loss(model, input_ids, attention_mask, labels, chunk_size: int = 256,
-                   position_ids=None) -> tuple[torch.Tensor, int]:
+def causal_lm_loss(
+    model, input_ids, attention_mask, labels, chunk_size: int = 256, position_ids=None
+) -> tuple[torch.Tensor, int]:
     """(mean next-token cross-entropy over label positions, number of such positions).
 
     With `position_ids` (a packed batch, see data.packing) the model gets no 2D attention mask:
@@ -37,7 +39,7 @@ def causal_lm_loss(model, input_ids, attention_mask, labels, chunk_size: int = 2
         return fused_head_loss(selected, head.weight, wanted, chunk_size) / n, n
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, n, chunk_size):
-        h, t = selected[start:start + chunk_size], wanted[start:start + chunk_size]
+        h, t = selected[start : start + chunk_size], wanted[start : start + chunk_size]
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_loss, head, h, t, use_reentrant=False)
         else:
@@ -48,16 +50,28 @@ def causal_lm_loss(model, input_ids, attention_mask, labels, chunk_size: int = 2
 def supports_hidden_path(model) -> bool:
     """True when logits = output head(last hidden state) with nothing in between (no softcapping/scale)."""
     cfg = getattr(model, "config", None)
-    if cfg is None or model.get_output_embeddings() is None or getattr(model, "base_model", model) is model:
+    if (
+        cfg is None
+        or model.get_output_embeddings() is None
+        or getattr(model, "base_model", model) is model
+    ):
         return False
-    return not any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier"))
+    return not any(
+        getattr(cfg, k, None)
+        for k in ("final_logit_softcapping", "logit_scale", "output_multiplier")
+    )
 
 
 def _inputs(input_ids, attention_mask, position_ids) -> dict:
     if position_ids is None:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
     # No cache: transformers only detects packed position_ids when past_key_values is None.
-    return {"input_ids": input_ids, "attention_mask": None, "position_ids": position_ids, "use_cache": False}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": None,
+        "position_ids": position_ids,
+        "use_cache": False,
+    }
 
 
 def _chunk_loss(head, h, t):
@@ -68,6 +82,10 @@ def _full_logits_loss(model, inputs, labels):
     logits = model(**inputs).logits[:, :-1].float()
     targets = labels[:, 1:]
     n = int((targets != IGNORE).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
     return loss / max(n, 1), n

@@ -6,20 +6,21 @@ module each, looked up in their registry. A mode's fit(cfg, splits, out, progres
 (predictor, info); load(cfg, out, labels) returns the predictor again from out. A predictor has
 `labels` and `predict_proba(examples) -> (N, K)`.
 """
+
 import json
 import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import CheckpointError, DataError
 from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
+from ..errors import CheckpointError, DataError
 from ..evaluation.classification import classification_metrics, plot_confusion
+from ..tasks.classify.modes import get_mode, resolve
 from ..utils.files import atomic_write_text
 from ..utils.paths import ensure_output_dir, read_text
 from ..utils.seeding import seed_everything
-from ..tasks.classify.modes import get_mode, resolve
 
 log = logging.getLogger(__name__)
 LABELS_FILE = "classifier.json"
@@ -38,20 +39,28 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     save_config(cfg, out / "config.yaml")
     splits = load_labelled_splits(cfg.data, cfg.train.seed, cfg.task.labels)
     predictor, info = get_mode(cfg.task.mode).fit(cfg, splits, out, progress)
-    atomic_write_text(out / LABELS_FILE, json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2))
+    atomic_write_text(
+        out / LABELS_FILE, json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2)
+    )
     metrics = {"mode": cfg.task.mode, **info}
     scored = {}
     # Untrained modes (zero-shot prompts, icl) have nothing to select on validation data and no
     # training fit to report: they score the test split only (each pass over a split costs minutes).
     trained = info.get("trained", True)
-    parts = (("train", splits.train if trained else []), ("val", splits.eval if trained else []), ("test", splits.test))
+    parts = (
+        ("train", splits.train if trained else []),
+        ("val", splits.eval if trained else []),
+        ("test", splits.test),
+    )
     for name, part in parts:
         if part:
             scored[name] = score(predictor, part)
             metrics[f"{name}_accuracy"] = scored[name]["accuracy"]
             metrics[f"{name}_macro_f1"] = scored[name]["macro_f1"]
     if not scored:
-        raise DataError("nothing to score: the test split is empty; set data.test or data.split fractions that leave one")
+        raise DataError(
+            "nothing to score: the test split is empty; set data.test or data.split fractions that leave one"
+        )
     held_out = "test" if "test" in scored else "val" if "val" in scored else "train"
     metrics.update(split=held_out, **scored[held_out])
     _write(out, metrics, splits.labels)
@@ -68,7 +77,9 @@ def evaluate(cfg: RunConfig, split: str = "test") -> dict:
     splits = load_labelled_splits(cfg.data, cfg.train.seed, predictor.labels)
     examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
     if not examples:
-        raise DataError(f"the {split} split is empty: set data.{split} or use data.split fractions that leave one")
+        raise DataError(
+            f"the {split} split is empty: set data.{split} or use data.split fractions that leave one"
+        )
     check_known_labels(examples, predictor.labels, split)
     metrics = {"split": split, "mode": cfg.task.mode, **score(predictor, examples)}
     _write(out, metrics, predictor.labels)
@@ -81,17 +92,23 @@ def load_predictor(cfg: RunConfig):
     out = Path(cfg.output.dir)
     path = out / LABELS_FILE
     if not path.is_file():
-        raise CheckpointError(f"{out} holds no trained classifier ({LABELS_FILE} is missing): run "
-                              f"`tunesmith train CONFIG.yaml` with task.type=classify first")
+        raise CheckpointError(
+            f"{out} holds no trained classifier ({LABELS_FILE} is missing): run "
+            f"`tunesmith train CONFIG.yaml` with task.type=classify first"
+        )
     try:
         saved = json.loads(read_text(path, CheckpointError))
         mode, labels = saved["mode"], saved["labels"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}); train the classifier again") from None
+        raise CheckpointError(
+            f"{path} is damaged ({type(e).__name__}: {e}); train the classifier again"
+        ) from None
     return get_mode(mode).load(cfg, out, labels)
 
 
-def classify_texts(run_dir: str, texts: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, float]]:
+def classify_texts(
+    run_dir: str, texts: Sequence[str], overrides: Sequence[str] = ()
+) -> list[tuple[str, float]]:
     """(label, probability) for each text, with the classifier trained in run_dir (its config.yaml)."""
     from ..tasks import load_config  # the tasks import this module: a late import
 
@@ -112,5 +129,9 @@ def score(predictor, examples: list) -> dict:
 
 def _write(out: Path, metrics: dict, labels: list) -> None:
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    plot_confusion(metrics["confusion"], labels, out / "confusion.png",
-                   f"{metrics.get('split', '')} accuracy {metrics['accuracy']:.3f}")
+    plot_confusion(
+        metrics["confusion"],
+        labels,
+        out / "confusion.png",
+        f"{metrics.get('split', '')} accuracy {metrics['accuracy']:.3f}",
+    )

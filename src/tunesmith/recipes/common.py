@@ -1,4 +1,5 @@
 """Pieces every recipe shares: build the model with its method, evaluate generations, save outputs."""
+
 import json
 import logging
 from pathlib import Path
@@ -10,14 +11,16 @@ from ..methods import apply_method
 from ..models import load_base_model
 from ..utils.files import atomic_write_text
 from ..utils.modules import count_parameters
+from ..utils.paths import ensure_output_dir
 
 log = logging.getLogger(__name__)
 
 
 def build_model(cfg: RunConfig):
     """(model with cfg.method applied, tokenizer)."""
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
-                                       cfg.model.quant_block_size)
+    model, tokenizer = load_base_model(
+        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    )
     apply_method(model, cfg.method)
     log_parameters(model, f"method {cfg.method.name}")
     return model, tokenizer
@@ -25,7 +28,13 @@ def build_model(cfg: RunConfig):
 
 def log_parameters(model, what: str) -> tuple[int, int]:
     trainable, total = count_parameters(model)
-    log.info("%s: trainable params %s of %s (%.3f%%)", what, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info(
+        "%s: trainable params %s of %s (%.3f%%)",
+        what,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
     return trainable, total
 
 
@@ -33,8 +42,11 @@ def train_loss_metrics(result) -> dict:
     """The run's training loss as metrics.json reports it: train_loss is the mean of the last
     logging window (train.log_every steps, also named train_loss_last_window); one step's loss alone
     is noisy and is kept as train_loss_last_step."""
-    return {"train_loss": result.final_loss, "train_loss_last_window": result.final_loss,
-            "train_loss_last_step": result.last_step_loss}
+    return {
+        "train_loss": result.final_loss,
+        "train_loss_last_window": result.final_loss,
+        "train_loss_last_step": result.last_step_loss,
+    }
 
 
 def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple[dict, list[dict]]:
@@ -42,18 +54,32 @@ def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple
     examples = [e for e in examples if e.prompt_messages][: cfg.eval.limit]
     if not examples:
         return {}, []
-    preds = generate(model, tokenizer, [e.prompt_messages for e in examples], cfg.eval.max_new_tokens,
-                     cfg.eval.do_sample, cfg.eval.temperature, cfg.eval.top_p, cfg.eval.batch_size)
+    preds = generate(
+        model,
+        tokenizer,
+        [e.prompt_messages for e in examples],
+        cfg.eval.max_new_tokens,
+        cfg.eval.do_sample,
+        cfg.eval.temperature,
+        cfg.eval.top_p,
+        cfg.eval.batch_size,
+    )
     refs = [e.reference for e in examples]
-    samples = [{"prompt": e.prompt_messages[-1]["content"], "reference": r, "prediction": p}
-               for e, r, p in zip(examples, refs, preds)]
-    scores = {"exact_match": exact_match(preds, refs), "contains": contains_match(preds, refs),
-              "rouge_l": rouge_l(preds, refs), "n": len(refs)}
+    samples = [
+        {"prompt": e.prompt_messages[-1]["content"], "reference": r, "prediction": p}
+        for e, r, p in zip(examples, refs, preds)
+    ]
+    scores = {
+        "exact_match": exact_match(preds, refs),
+        "contains": contains_match(preds, refs),
+        "rouge_l": rouge_l(preds, refs),
+        "n": len(refs),
+    }
     return scores, samples
 
 
 def write_outputs(out_dir: Path, cfg: RunConfig, metrics: dict, samples: list[dict]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out_dir, "output.dir")
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))

@@ -3,6 +3,7 @@
 Each method runs in its own process (`tunesmith train ... method.name=M`) so that its peak
 memory is its own. Results: compare.md, compare.csv and compare.png in the output directory.
 """
+
 import csv
 import json
 import logging
@@ -17,11 +18,25 @@ from ..errors import ConfigError
 from ..methods import get_method
 
 log = logging.getLogger(__name__)
-COLUMNS = ["method", "metric", "value", "trainable_params", "trainable_pct", "train_seconds", "peak_rss_mb"]
+COLUMNS = [
+    "method",
+    "metric",
+    "value",
+    "trainable_params",
+    "trainable_pct",
+    "train_seconds",
+    "peak_rss_mb",
+]
 
 
-def run(config_path: str, methods: Sequence[str], overrides: Sequence[str], out_dir: str, metric: str,
-        method_overrides: Sequence[str] = ()) -> list[dict]:
+def run(
+    config_path: str,
+    methods: Sequence[str],
+    overrides: Sequence[str],
+    out_dir: str,
+    metric: str,
+    method_overrides: Sequence[str] = (),
+) -> list[dict]:
     """Run `tunesmith train` once per method; returns one row per method and writes the report.
 
     method_overrides: "METHOD:key=value" items applied to that method only (after `overrides`),
@@ -31,7 +46,9 @@ def run(config_path: str, methods: Sequence[str], overrides: Sequence[str], out_
     own = _per_method(method_overrides, methods)
     out = Path(out_dir)
     rows = []
-    for name in methods:  # the report is rewritten after each method: an interruption keeps what finished
+    for (
+        name
+    ) in methods:  # the report is rewritten after each method: an interruption keeps what finished
         rows.append(_run_one(config_path, name, [*overrides, *own[name]], out / name, metric))
         write_report(rows, out)
     return rows
@@ -42,28 +59,51 @@ def _per_method(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[
     for item in items:
         name, sep, override = item.partition(":")
         if not sep or "=" not in override:
-            raise ConfigError(f"--set {item!r}: expected METHOD:key=value, e.g. prompt_tuning:train.lr=3e-2")
+            raise ConfigError(
+                f"--set {item!r}: expected METHOD:key=value, e.g. prompt_tuning:train.lr=3e-2"
+            )
         if name not in own:
-            raise ConfigError(f"--set {item!r}: {name!r} is not among --methods ({', '.join(methods)})")
+            raise ConfigError(
+                f"--set {item!r}: {name!r} is not among --methods ({', '.join(methods)})"
+            )
         own[name].append(override)
     return own
 
 
-def _run_one(config_path: str, method: str, overrides: Sequence[str], run_dir: Path, metric: str) -> dict:
-    cmd = [sys.executable, "-m", "tunesmith.cli.main", "train", str(_method_config(config_path, method, run_dir)),
-           *overrides, f"output.dir={run_dir}"]
+def _run_one(
+    config_path: str, method: str, overrides: Sequence[str], run_dir: Path, metric: str
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith.cli.main",
+        "train",
+        str(_method_config(config_path, method, run_dir)),
+        *overrides,
+        f"output.dir={run_dir}",
+    ]
     log.info("compare: training %s -> %s", method, run_dir)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:  # e.g. a method that does not apply to this model: a row says why
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         log.error("compare: method %s failed: %s", method, last)
-        return {"method": method, "metric": metric, "value": f"failed: {last.removeprefix('error: ')}"}
+        return {
+            "method": method,
+            "metric": metric,
+            "value": f"failed: {last.removeprefix('error: ')}",
+        }
     m = json.loads((run_dir / "metrics.json").read_text())
     # Methods whose trainable tensors are partly frozen by masks (sparse) report what can still change.
     trainable = m.get("effective_trainable_params", m["trainable_params"])
-    return {"method": method, "metric": metric, "value": m.get(metric), "trainable_params": trainable,
-            "trainable_pct": round(100 * trainable / m["total_params"], 4),
-            "train_seconds": m["train_seconds"], "peak_rss_mb": round(m["peak_rss_mb"])}
+    return {
+        "method": method,
+        "metric": metric,
+        "value": m.get(metric),
+        "trainable_params": trainable,
+        "trainable_pct": round(100 * trainable / m["total_params"], 4),
+        "train_seconds": m["train_seconds"],
+        "peak_rss_mb": round(m["peak_rss_mb"]),
+    }
 
 
 def _method_config(config_path: str, method: str, run_dir: Path) -> Path:
@@ -89,15 +129,19 @@ def write_report(rows: list[dict], out: Path) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     metric = rows[0]["metric"] if rows else "metric"
-    lines = [f"| method | {metric} | trainable params | % of total | train time (s) | peak RSS (MiB) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| method | {metric} | trainable params | % of total | train time (s) | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         value = f"{r['value']:.4f}" if isinstance(r["value"], float) else str(r["value"])
         if failed(r):
             lines.append(f"| {r['method']} | {value} | | | | |")
             continue
-        lines.append(f"| {r['method']} | {value} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
-                     f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |")
+        lines.append(
+            f"| {r['method']} | {value} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
+            f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +159,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in points:
         ax.scatter(r["trainable_params"], r["value"])
-        ax.annotate(r["method"], (r["trainable_params"], r["value"]), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(
+            r["method"],
+            (r["trainable_params"], r["value"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log)")
     ax.set_ylabel(points[0]["metric"] if points else "metric")

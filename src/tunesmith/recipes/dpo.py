@@ -6,6 +6,7 @@ before training, cached in output.dir (keyed by the model and the token ids, so 
 repeated run reuses them) and read from the batch; a step then runs one forward pass over the
 concatenated chosen + rejected rows.
 """
+
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from ..utils.files import atomic_path
 from ..utils.hardware import autocast
 from ..utils.memory import peak_rss_mb
 from ..utils.modules import count_parameters
+from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
 from .common import build_model, train_loss_metrics, write_outputs
 from .preference_common import collate_with_reference, load_preference_splits
@@ -47,26 +49,48 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     """
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "output.dir")
     save_config(cfg, out / "config.yaml")
     model, tokenizer = build_model(cfg)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     if cfg.dpo.uses_reference and cfg.dpo.precompute_reference:
-        attach_reference(model, [*splits.train, *splits.eval, *splits.test], cfg, pad, out / REFERENCE_FILE)
+        attach_reference(
+            model, [*splits.train, *splits.eval, *splits.test], cfg, pad, out / REFERENCE_FILE
+        )
     objective = Objective(partial(collate_with_reference, pad_id=pad), partial(pair_loss, cfg=cfg))
-    evaluate = (lambda: {"eval_loss": held_out_metrics(model, splits.eval, cfg, pad)["loss"]}) if splits.eval else None
-    result = train(model, splits.train, cfg.train, out, objective, evaluate=evaluate, progress=progress,
-                   on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name))
+    evaluate = (
+        (lambda: {"eval_loss": held_out_metrics(model, splits.eval, cfg, pad)["loss"]})
+        if splits.eval
+        else None
+    )
+    result = train(
+        model,
+        splits.train,
+        cfg.train,
+        out,
+        objective,
+        evaluate=evaluate,
+        progress=progress,
+        on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name),
+    )
     save_adapter(model, out, base_model=cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     trainable, total = count_parameters(model)
-    metrics = {**train_loss_metrics(result), "steps": result.steps, "train_seconds": round(result.seconds, 1),
-               "trainable_params": trainable, "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1),
-               **result.method_metrics}
+    metrics = {
+        **train_loss_metrics(result),
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **result.method_metrics,
+    }
     held_out = splits.test or splits.eval
     if held_out:
-        metrics.update(split="test" if splits.test else "eval", **held_out_metrics(model, held_out, cfg, pad))
+        metrics.update(
+            split="test" if splits.test else "eval", **held_out_metrics(model, held_out, cfg, pad)
+        )
     write_outputs(out, cfg, metrics, [])
     return metrics
 
@@ -75,17 +99,24 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
     """Preference metrics of the adapter in output.dir (or `adapter`) on `split` of cfg.data."""
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
-                                       cfg.model.quant_block_size)
+    model, tokenizer = load_base_model(
+        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    )
     adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
     if adapter is None:
         from ..errors import CheckpointError
 
-        raise CheckpointError(f"{out} holds no adapter: train first (tunesmith train CONFIG.yaml) or give --adapter")
+        raise CheckpointError(
+            f"{out} holds no adapter: train first (tunesmith train CONFIG.yaml) or give --adapter"
+        )
     load_adapter(model, adapter)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pairs = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
-    metrics = {"split": split, "adapter": adapter, **held_out_metrics(model, pairs, cfg, tokenizer.pad_token_id)}
+    metrics = {
+        "split": split,
+        "adapter": adapter,
+        **held_out_metrics(model, pairs, cfg, tokenizer.pad_token_id),
+    }
     write_outputs(out, cfg, metrics, [])
     return metrics
 
@@ -93,13 +124,19 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
 def pair_loss(model, batch: dict, cfg: RunConfig):
     """(mean loss over the pairs, number of pairs, TRL-named metrics) of a concatenated batch:
     rows 0..B-1 chosen, B..2B-1 rejected."""
-    policy, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    policy, counts = sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
     reference = batch.get("reference_logps")
     if reference is None and cfg.dpo.uses_reference:
         reference = _reference_logps(model, batch)
     losses, chosen_rewards, rejected_rewards = preference_loss(policy, counts, reference, cfg.dpo)
     n = losses.shape[0]
-    return losses.mean(), n, preference_metrics(chosen_rewards, rejected_rewards, policy[:n], policy[n:])
+    return (
+        losses.mean(),
+        n,
+        preference_metrics(chosen_rewards, rejected_rewards, policy[:n], policy[n:]),
+    )
 
 
 def preference_loss(policy, counts, reference, dpo_cfg):
@@ -109,10 +146,21 @@ def preference_loss(policy, counts, reference, dpo_cfg):
     if dpo_cfg.loss in ("orpo", "simpo"):
         average = policy / counts.clamp(min=1)  # both score the mean log-prob per response token
         if dpo_cfg.loss == "simpo":
-            return simpo_loss(average[:n], average[n:], dpo_cfg.beta, dpo_cfg.gamma, dpo_cfg.label_smoothing)
+            return simpo_loss(
+                average[:n], average[n:], dpo_cfg.beta, dpo_cfg.gamma, dpo_cfg.label_smoothing
+            )
         return orpo_loss(average[:n], average[n:], nll=-average[:n], lam=dpo_cfg.orpo_lambda)
-    return dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], dpo_cfg.loss, dpo_cfg.beta,
-                    dpo_cfg.label_smoothing, counts[:n], counts[n:])
+    return dpo_loss(
+        policy[:n],
+        policy[n:],
+        reference[:n],
+        reference[n:],
+        dpo_cfg.loss,
+        dpo_cfg.beta,
+        dpo_cfg.label_smoothing,
+        counts[:n],
+        counts[n:],
+    )
 
 
 @torch.no_grad()
@@ -122,7 +170,7 @@ def held_out_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
     totals, n_total = {}, 0
     batch_size = max(1, cfg.eval.batch_size // 2)
     for start in range(0, len(pairs), batch_size):
-        batch = collate_with_reference(pairs[start:start + batch_size], pad_id)
+        batch = collate_with_reference(pairs[start : start + batch_size], pad_id)
         with autocast(cfg.train.precision):
             loss, n, metrics = pair_loss(model, batch, cfg)
         for key, value in {"loss": float(loss), **metrics}.items():
@@ -151,25 +199,44 @@ def _score_reference(model, pairs: list, cfg: RunConfig, pad_id: int) -> torch.T
     rows = []
     batch_size = max(1, cfg.eval.batch_size // 2)
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         batch = collate_pairs(chunk, pad_id)
         with autocast(cfg.train.precision):
             logps = _reference_logps(model, batch)  # (2b,)
-        rows.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], 1))
+        rows.append(torch.stack([logps[: len(chunk)], logps[len(chunk) :]], 1))
     return torch.cat(rows).float()  # (N, 2)
 
 
 def _reference_logps(model, batch: dict) -> torch.Tensor:
     with torch.no_grad(), disabled_adapters(model):
-        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])[
+            0
+        ]
 
 
 def _reference_key(pairs: list, cfg: RunConfig) -> str:
-    digest = hashlib.sha256(json.dumps([cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.train.precision,
-                                        cfg.model.quant_block_size]).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            [
+                cfg.model.name,
+                cfg.model.dtype,
+                cfg.model.quantize,
+                cfg.train.precision,
+                cfg.model.quant_block_size,
+            ]
+        ).encode()
+    )
     for pair in pairs:
-        digest.update(json.dumps([pair["chosen_input_ids"], pair["rejected_input_ids"], pair["chosen_labels"],
-                                  pair["rejected_labels"]]).encode())
+        digest.update(
+            json.dumps(
+                [
+                    pair["chosen_input_ids"],
+                    pair["rejected_input_ids"],
+                    pair["chosen_labels"],
+                    pair["rejected_labels"],
+                ]
+            ).encode()
+        )
     return digest.hexdigest()
 
 
@@ -181,7 +248,10 @@ def _read_reference_cache(cache: Path, key: str, n: int):
 
         with safe_open(str(cache), "pt") as f:
             if (f.metadata() or {}).get("key") != key:
-                log.info("%s was made for other data or another model; scoring the reference again", cache)
+                log.info(
+                    "%s was made for other data or another model; scoring the reference again",
+                    cache,
+                )
                 return None
         values = load_file(str(cache))["logps"]
     except (SafetensorError, OSError, KeyError) as e:

@@ -1,4 +1,5 @@
 """Evaluate a base model plus (optionally) a trained adapter on a config's held-out data."""
+
 import json
 import logging
 import math
@@ -11,13 +12,16 @@ from ..evaluation import mean_loss
 from ..methods.io import CONFIG_NAME, load_adapter
 from ..models import load_base_model
 from ..utils.files import atomic_write_text
+from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
 from .common import generation_scores
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test", base_only: bool = False) -> dict:
+def run(
+    cfg: RunConfig, adapter: Optional[str] = None, split: str = "test", base_only: bool = False
+) -> dict:
     """Metrics (loss, perplexity, exact match, contains) on `split`; written to output.dir/metrics.json.
 
     The adapter defaults to the one in output.dir when it holds one; with base_only (or when there
@@ -25,8 +29,9 @@ def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test", base
     """
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
-                                       cfg.model.quant_block_size)
+    model, tokenizer = load_base_model(
+        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    )
     if base_only:
         adapter = None
     elif adapter is None and (out / CONFIG_NAME).is_file():
@@ -34,11 +39,18 @@ def run(cfg: RunConfig, adapter: Optional[str] = None, split: str = "test", base
     if adapter:
         load_adapter(model, adapter)
     splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
-    examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split] or splits.eval
+    examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[
+        split
+    ] or splits.eval
     loss = mean_loss(model, examples, tokenizer.pad_token_id, cfg.eval.batch_size)
-    metrics = {"split": split, "adapter": adapter, "loss": loss, "perplexity": math.exp(min(loss, 50))}
+    metrics = {
+        "split": split,
+        "adapter": adapter,
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50)),
+    }
     scores, samples = generation_scores(model, tokenizer, examples, cfg)
     metrics.update(scores)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "output.dir")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return {**metrics, "samples": samples}

@@ -1,5 +1,6 @@
 """What the preference tasks (reward, dpo) share: the pairs of each split, encoded, and batches
 that carry precomputed reference log-probs."""
+
 import logging
 
 import torch
@@ -20,10 +21,17 @@ def load_preference_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
         raise DataError("data.train is not set: give a preference file (prompt, chosen, rejected)")
     train = read_preference(cfg.train, cfg.file_type, cfg.system_prompt)
     if cfg.limit:
-        train = train[:cfg.limit]
+        train = train[: cfg.limit]
     if cfg.eval is None and cfg.test is None:
         train, val, test = split_records(train, cfg.split, seed)
-        log.info("split %s into %d/%d/%d pairs (seed %d)", cfg.train, len(train), len(val), len(test), seed)
+        log.info(
+            "split %s into %d/%d/%d pairs (seed %d)",
+            cfg.train,
+            len(train),
+            len(val),
+            len(test),
+            seed,
+        )
     else:
         val = read_preference(cfg.eval, cfg.file_type, cfg.system_prompt) if cfg.eval else []
         test = read_preference(cfg.test, cfg.file_type, cfg.system_prompt) if cfg.test else []
@@ -33,7 +41,9 @@ def load_preference_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
         log.info("data %s: %s", name, stats.describe() if stats else "none")
         parts.append(encoded)
     if not parts[0]:
-        raise DataError(f"no training pairs left from {cfg.train}: lower the eval/test fractions of data.split")
+        raise DataError(
+            f"no training pairs left from {cfg.train}: lower the eval/test fractions of data.split"
+        )
     return Splits(*parts)
 
 

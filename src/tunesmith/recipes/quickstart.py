@@ -1,13 +1,14 @@
 """The quick-start: zero-shot vs LoRA-fine-tuned exact match on the built-in extraction task."""
+
 import json
 import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..data.synthetic import extraction_records
 from ..data import load_splits
-from ..tasks import load_config
+from ..data.synthetic import extraction_records
 from ..models import load_base_model
+from ..tasks import load_config
 from ..utils.files import atomic_write_text
 from . import sft
 from .common import generation_scores
@@ -36,13 +37,22 @@ def run(config_path=None, overrides: Sequence[str] = (), progress: bool = True) 
     out = Path(cfg.output.dir)
     paths = write_task_data(out / "data")
     cfg.data.train, cfg.data.eval, cfg.data.test = paths["train"], paths["eval"], paths["test"]
-    model, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize,
-                                       cfg.model.quant_block_size)
+    model, tokenizer = load_base_model(
+        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    )
     test = load_splits(cfg.data, tokenizer, cfg.train.seed).test
-    log.info("scoring the base model zero-shot on %d held-out examples", min(len(test), cfg.eval.limit or len(test)))
+    log.info(
+        "scoring the base model zero-shot on %d held-out examples",
+        min(len(test), cfg.eval.limit or len(test)),
+    )
     zero_shot, before = generation_scores(model, tokenizer, test, cfg)
     del model
     fine_tuned = sft.run(cfg, progress=progress)
     after = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     samples = [{**a, "zero_shot": b["prediction"]} for a, b in zip(after, before)]
-    return {"zero_shot": zero_shot, "fine_tuned": fine_tuned, "samples": samples, "output_dir": str(out)}
+    return {
+        "zero_shot": zero_shot,
+        "fine_tuned": fine_tuned,
+        "samples": samples,
+        "output_dir": str(out),
+    }

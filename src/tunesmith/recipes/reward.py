@@ -5,6 +5,7 @@ cfg.method applied (LoRA by default), trained on preference pairs with the Bradl
 Saved in output.dir: the method's adapter (PEFT layout) and the head (reward_head.safetensors), so
 `load_reward_model(output.dir)` (and `tunesmith score`) rebuild the scorer.
 """
+
 import logging
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..utils.files import atomic_path
 from ..utils.hardware import autocast
 from ..utils.memory import peak_rss_mb
 from ..utils.modules import count_parameters
+from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
 from .common import log_parameters, train_loss_metrics, write_outputs
 from .preference_common import load_preference_splits
@@ -44,24 +46,44 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     `margin` (mean r_chosen - r_rejected) of the held-out split."""
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out, "output.dir")
     save_config(cfg, out / "config.yaml")
     model, tokenizer = build_reward_model(cfg)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     objective = Objective(partial(collate_pairs, pad_id=pad), partial(pair_loss, cfg=cfg))
-    evaluate = (lambda: {"eval_loss": pairwise_metrics(model, splits.eval, cfg, pad)["loss"]}) if splits.eval else None
-    result = train(model, splits.train, cfg.train, out, objective, evaluate=evaluate, progress=progress,
-                   on_best=lambda: save_reward_model(model, out / "best", cfg.model.name))
+    evaluate = (
+        (lambda: {"eval_loss": pairwise_metrics(model, splits.eval, cfg, pad)["loss"]})
+        if splits.eval
+        else None
+    )
+    result = train(
+        model,
+        splits.train,
+        cfg.train,
+        out,
+        objective,
+        evaluate=evaluate,
+        progress=progress,
+        on_best=lambda: save_reward_model(model, out / "best", cfg.model.name),
+    )
     save_reward_model(model, out, cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     trainable, total = count_parameters(model)
-    metrics = {**train_loss_metrics(result), "steps": result.steps, "train_seconds": round(result.seconds, 1),
-               "trainable_params": trainable, "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1),
-               **result.method_metrics}
+    metrics = {
+        **train_loss_metrics(result),
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **result.method_metrics,
+    }
     held_out = splits.test or splits.eval
     if held_out:
-        metrics.update(split="test" if splits.test else "eval", **pairwise_metrics(model, held_out, cfg, pad))
+        metrics.update(
+            split="test" if splits.test else "eval", **pairwise_metrics(model, held_out, cfg, pad)
+        )
     write_outputs(out, cfg, metrics, [])
     return metrics
 
@@ -78,7 +100,9 @@ def evaluate(cfg: RunConfig, split: str = "test") -> dict:
 
 def build_reward_model(cfg: RunConfig):
     """(SequenceClassifier with one output and cfg.method applied to its language model, tokenizer)."""
-    lm, tokenizer = load_base_model(cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size)
+    lm, tokenizer = load_base_model(
+        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    )
     apply_method(lm, cfg.method)
     model = SequenceClassifier(lm, 1, "last")
     _share_adapter_record(model, lm)
@@ -89,7 +113,9 @@ def build_reward_model(cfg: RunConfig):
 def pair_loss(model, batch: dict, cfg: RunConfig):
     """(Bradley-Terry loss over the pairs, number of pairs, accuracy and margin) of a batch whose
     rows 0..B-1 are the chosen answers and B..2B-1 the rejected ones."""
-    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[:, 0]  # (2B,)
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[
+        :, 0
+    ]  # (2B,)
     n = rewards.shape[0] // 2
     chosen, rejected = rewards[:n], rewards[n:]
     loss = reward_loss(chosen, rejected, batch.get("margin"), cfg.reward.center_coefficient)
@@ -103,7 +129,7 @@ def pairwise_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
     totals, n_total = {}, 0
     batch_size = max(1, cfg.eval.batch_size // 2)
     for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start:start + batch_size], pad_id)
+        batch = collate_pairs(pairs[start : start + batch_size], pad_id)
         with autocast(cfg.train.precision):
             loss, n, metrics = pair_loss(model, batch, cfg)
         for key, value in {"loss": float(loss), **metrics}.items():
@@ -114,8 +140,10 @@ def pairwise_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
 
 def save_reward_model(model: SequenceClassifier, out_dir: Path, base_model: str) -> None:
     save_adapter(model.lm, out_dir, base_model=base_model)
-    head = {"weight": model.head.weight.detach().float().contiguous(),
-            "bias": model.head.bias.detach().float().contiguous()}
+    head = {
+        "weight": model.head.weight.detach().float().contiguous(),
+        "bias": model.head.bias.detach().float().contiguous(),
+    }
     with atomic_path(Path(out_dir) / HEAD_FILE) as tmp:
         save_file(head, str(tmp), metadata={"format": "pt"})
 
@@ -126,8 +154,10 @@ def load_reward_model(run_dir, model_name: Optional[str] = None, dtype: str = "f
     run_dir = Path(run_dir)
     path = run_dir / HEAD_FILE
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a reward model: {HEAD_FILE} is missing (train one with "
-                              f"task.type=reward)")
+        raise CheckpointError(
+            f"{run_dir} is not a reward model: {HEAD_FILE} is missing (train one with "
+            f"task.type=reward)"
+        )
     try:
         head = load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -135,9 +165,13 @@ def load_reward_model(run_dir, model_name: Optional[str] = None, dtype: str = "f
     lm, tokenizer = load_base_model(model_name or "default", dtype)
     load_adapter(lm, str(run_dir))
     model = SequenceClassifier(lm, 1, "last")
-    if set(head) != {"weight", "bias"} or tuple(head["weight"].shape) != tuple(model.head.weight.shape):
-        raise CheckpointError(f"{path} does not fit {model_name or 'default'}: expected weight "
-                              f"{tuple(model.head.weight.shape)} and bias; was it trained on another model?")
+    if set(head) != {"weight", "bias"} or tuple(head["weight"].shape) != tuple(
+        model.head.weight.shape
+    ):
+        raise CheckpointError(
+            f"{path} does not fit {model_name or 'default'}: expected weight "
+            f"{tuple(model.head.weight.shape)} and bias; was it trained on another model?"
+        )
     with torch.no_grad():
         model.head.weight.copy_(head["weight"])
         model.head.bias.copy_(head["bias"])
@@ -145,14 +179,29 @@ def load_reward_model(run_dir, model_name: Optional[str] = None, dtype: str = "f
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8) -> list[float]:
+def score(
+    model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8
+) -> list[float]:
     """The reward of each (prompt, response): the conversation rendered with the chat template."""
-    texts = [render(tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
-                    add_generation_prompt=False) for p, r in zip(prompts, responses)]
+    texts = [
+        render(
+            tokenizer,
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+            add_generation_prompt=False,
+        )
+        for p, r in zip(prompts, responses)
+    ]
     rewards = []
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        rewards += model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[:, 0].tolist()
+        enc = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        rewards += model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[
+            :, 0
+        ].tolist()
     return rewards
 
 

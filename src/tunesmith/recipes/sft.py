@@ -1,9 +1,10 @@
 """Supervised fine-tuning (instruction / chat / plain text) with any registered method."""
+
 import logging
 import math
 
-from ..config.schema import RunConfig
 from ..config.loader import save_config
+from ..config.schema import RunConfig
 from ..data import load_splits
 from ..data.packing import batching
 from ..evaluation import mean_loss
@@ -32,16 +33,37 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     model, tokenizer = build_model(cfg)
     splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
-    evaluate = (lambda: {"eval_loss": mean_loss(model, splits.eval, pad, cfg.eval.batch_size)}) if splits.eval else None
-    objective = sft_objective(pad, **batching(cfg.data, splits.train, pad, get_method(cfg.method.name).is_prompt_based))
-    result = train(model, splits.train, cfg.train, out, objective, evaluate=evaluate,
-                   on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name), progress=progress)
+    evaluate = (
+        (lambda: {"eval_loss": mean_loss(model, splits.eval, pad, cfg.eval.batch_size)})
+        if splits.eval
+        else None
+    )
+    objective = sft_objective(
+        pad, **batching(cfg.data, splits.train, pad, get_method(cfg.method.name).is_prompt_based)
+    )
+    result = train(
+        model,
+        splits.train,
+        cfg.train,
+        out,
+        objective,
+        evaluate=evaluate,
+        on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name),
+        progress=progress,
+    )
     save_adapter(model, out, base_model=cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     trainable, total = count_parameters(model)
-    metrics = {**train_loss_metrics(result), "steps": result.steps, "train_seconds": round(result.seconds, 1),
-               "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), "trainable_params": trainable,
-               "total_params": total, "peak_rss_mb": round(peak_rss_mb(), 1), **result.method_metrics}
+    metrics = {
+        **train_loss_metrics(result),
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **result.method_metrics,
+    }
     held_out = splits.test or splits.eval
     if held_out:
         loss = mean_loss(model, held_out, pad, cfg.eval.batch_size)

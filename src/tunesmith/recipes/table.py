@@ -14,6 +14,7 @@ Each row runs in <output>/<row slug>/ and writes its own metrics.json. A row who
 holds metrics with every column, from the same resolved config, is reused (--force reruns it).
 Results: table.md, table.csv and table.json in the output directory.
 """
+
 import csv
 import json
 import logging
@@ -24,8 +25,8 @@ from typing import Sequence
 
 import yaml
 
-from ..errors import ConfigError
 from ..config.loader import config_to_dict
+from ..errors import ConfigError
 from ..tasks import load_config
 from ..utils.files import atomic_write_text
 from ..utils.paths import read_text, yaml_error_line
@@ -48,8 +49,10 @@ def read_spec(path: str) -> dict:
         raise ConfigError(f"{path}: a table spec is a mapping (config, output, columns, rows, ...)")
     unknown = set(spec) - {"config", "output", "columns", "overrides", "rows", "title"}
     if unknown:
-        raise ConfigError(f"{path}: unknown table spec key(s) {sorted(unknown)}; allowed: config, output, columns, "
-                          f"overrides, rows, title")
+        raise ConfigError(
+            f"{path}: unknown table spec key(s) {sorted(unknown)}; allowed: config, output, columns, "
+            f"overrides, rows, title"
+        )
     for key in ("config", "output", "rows", "columns"):
         if not spec.get(key):
             raise ConfigError(f"{path}: the table spec needs {key!r}")
@@ -62,14 +65,21 @@ def read_spec(path: str) -> dict:
     return spec
 
 
-def run(spec_path: str, overrides: Sequence[str] = (), force: bool = False, progress: bool = False) -> list[dict]:
+def run(
+    spec_path: str, overrides: Sequence[str] = (), force: bool = False, progress: bool = False
+) -> list[dict]:
     """Run every row of the spec (reusing finished ones unless force); returns the table rows."""
     spec = read_spec(spec_path)
     out = Path(spec["output"])
     rows = []
     for row in spec["rows"]:
         row_dir = out / slug(row["name"])
-        row_overrides = [*spec.get("overrides", []), *row.get("overrides", []), *overrides, f"output.dir={row_dir}"]
+        row_overrides = [
+            *spec.get("overrides", []),
+            *row.get("overrides", []),
+            *overrides,
+            f"output.dir={row_dir}",
+        ]
         cfg = load_config(spec["config"], row_overrides)
         metrics = _finished(row_dir, cfg, spec["columns"]) if not force else None
         if metrics is None:

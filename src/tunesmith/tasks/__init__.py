@@ -1,24 +1,42 @@
 """Task types (`task.type`), one module each, registered on import; and the config loader that
 knows every registry (methods, tasks and their sections)."""
+
 from typing import Optional, Sequence
 
 from ..config.loader import ConfigTypes
 from ..config.loader import load_config as _load_config
 from ..config.schema import RunConfig
 from ..methods import config_classes
-from . import classify  # noqa: F401  (registers "classify")
-from . import dpo  # noqa: F401  (registers "dpo")
-from . import reward  # noqa: F401  (registers "reward")
-from . import sft  # noqa: F401  (registers "sft")
+from . import (
+    classify,  # noqa: F401  (registers "classify")
+    dpo,  # noqa: F401  (registers "dpo")
+    reward,  # noqa: F401  (registers "reward")
+    sft,  # noqa: F401  (registers "sft")
+)
 from .registry import EvalRequest, TaskSpec, all_sections, get_task, register_task, task_names
 
-__all__ = ["EvalRequest", "TaskSpec", "all_sections", "config_types", "get_task", "load_config", "register_task", "task_names"]
+__all__ = [
+    "EvalRequest",
+    "TaskSpec",
+    "all_sections",
+    "config_types",
+    "get_task",
+    "load_config",
+    "register_task",
+    "task_names",
+]
 
 
 def config_types() -> ConfigTypes:
     """The registered methods, tasks and plug-in sections, as the config loader takes them."""
-    return ConfigTypes(methods=config_classes(), tasks=task_names(), sections=all_sections(),
-                       active=lambda task: get_task(task.type).sections_for(task) if task.type in task_names() else ())
+    return ConfigTypes(
+        methods=config_classes(),
+        tasks=task_names(),
+        sections=all_sections(),
+        active=lambda task: (
+            get_task(task.type).sections_for(task) if task.type in task_names() else ()
+        ),
+    )
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:

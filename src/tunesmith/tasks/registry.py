@@ -3,6 +3,7 @@
 A task is what a run optimises and reports: SFT, classification, preference tuning, distillation.
 The CLI, the config loader and the loop ask this registry; none of them branches on a task's name.
 """
+
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -25,7 +26,9 @@ class TaskSpec:
     train: Callable  # train(cfg: RunConfig, progress: bool) -> metrics dict (also in output.dir/metrics.json)
     evaluate: Callable  # evaluate(cfg, request: EvalRequest) -> metrics dict
     text: Callable  # text(metrics) -> what the CLI prints of them
-    sections: dict = field(default_factory=dict)  # config sections this task adds: name -> dataclass
+    sections: dict = field(
+        default_factory=dict
+    )  # config sections this task adds: name -> dataclass
     # active_sections(task_cfg) -> the section names a run uses (default: all of this task's own)
     active_sections: Optional[Callable] = None
     # finish(cfg): checks and completions across sections, after the loader built them (e.g. older
@@ -63,6 +66,8 @@ def all_sections() -> dict[str, type]:
     for spec in _REGISTRY.values():
         for name, cls in spec.sections.items():
             if sections.get(name, cls) is not cls:
-                raise ValueError(f"config section {name!r} is registered twice with different types")
+                raise ValueError(
+                    f"config section {name!r} is registered twice with different types"
+                )
             sections[name] = cls
     return sections

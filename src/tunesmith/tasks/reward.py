@@ -3,6 +3,7 @@
 The `reward` section is shared with the tasks that optimise against a reward (ppo, grpo): there
 `model` or `function` names the reward; here `center_coefficient` shapes the training.
 """
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,14 +15,23 @@ from .text import metrics_text
 
 @dataclass
 class RewardConfig:
-    model: Optional[str] = opt(None, "ppo/grpo: a reward run's output.dir (or a sequence-classification directory)")
-    function: Optional[str] = opt(None, "ppo/grpo: module:fn, fn(prompts, completions, **fields) -> list of floats")
-    center_coefficient: float = opt(0.0, "reward training: weight of mean((r_chosen + r_rejected)^2), which keeps "
-                                         "rewards centred on zero (TRL's center_rewards_coefficient; 0.01 is usual)")
+    model: Optional[str] = opt(
+        None, "ppo/grpo: a reward run's output.dir (or a sequence-classification directory)"
+    )
+    function: Optional[str] = opt(
+        None, "ppo/grpo: module:fn, fn(prompts, completions, **fields) -> list of floats"
+    )
+    center_coefficient: float = opt(
+        0.0,
+        "reward training: weight of mean((r_chosen + r_rejected)^2), which keeps "
+        "rewards centred on zero (TRL's center_rewards_coefficient; 0.01 is usual)",
+    )
 
     def __post_init__(self):
         if self.center_coefficient < 0:
-            raise ConfigError(f"reward.center_coefficient must be >= 0, got {self.center_coefficient}")
+            raise ConfigError(
+                f"reward.center_coefficient must be >= 0, got {self.center_coefficient}"
+            )
 
 
 def _train(cfg, progress: bool) -> dict:
@@ -34,9 +44,19 @@ def _evaluate(cfg, request: EvalRequest) -> dict:
     from ..recipes import reward
 
     if request.base_only or request.adapter:
-        raise ConfigError("--base and --adapter do not apply to a reward model: it is read from output.dir")
+        raise ConfigError(
+            "--base and --adapter do not apply to a reward model: it is read from output.dir"
+        )
     return reward.evaluate(cfg, split=request.split)
 
 
-register_task(TaskSpec(name="reward", help="reward model on chosen/rejected pairs (Bradley-Terry loss)",
-                       train=_train, evaluate=_evaluate, text=metrics_text, sections={"reward": RewardConfig}))
+register_task(
+    TaskSpec(
+        name="reward",
+        help="reward model on chosen/rejected pairs (Bradley-Terry loss)",
+        train=_train,
+        evaluate=_evaluate,
+        text=metrics_text,
+        sections={"reward": RewardConfig},
+    )
+)

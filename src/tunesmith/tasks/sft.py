@@ -1,7 +1,8 @@
 """task.type=sft: language modelling, instruction and chat tuning (loss on the responses)."""
+
 from ..errors import ConfigError
-from .text import generation_text
 from .registry import EvalRequest, TaskSpec, register_task
+from .text import generation_text
 
 
 def _train(cfg, progress: bool) -> dict:
@@ -15,8 +16,17 @@ def _evaluate(cfg, request: EvalRequest) -> dict:
 
     if request.base_only and request.adapter:
         raise ConfigError("--base scores the model without an adapter; drop --adapter or --base")
-    return evaluate.run(cfg, adapter=request.adapter, split=request.split, base_only=request.base_only)
+    return evaluate.run(
+        cfg, adapter=request.adapter, split=request.split, base_only=request.base_only
+    )
 
 
-register_task(TaskSpec(name="sft", help="language modelling / instruction tuning (loss on the responses)",
-                       train=_train, evaluate=_evaluate, text=generation_text))
+register_task(
+    TaskSpec(
+        name="sft",
+        help="language modelling / instruction tuning (loss on the responses)",
+        train=_train,
+        evaluate=_evaluate,
+        text=generation_text,
+    )
+)

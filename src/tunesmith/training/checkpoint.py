@@ -13,6 +13,7 @@ Notable:
 - A load reads and checks everything before it touches the model or the optimizer, so when last/
   is damaged it can fall back to previous/ (with a warning) instead of resuming from half of each.
 """
+
 import errno
 import json
 import logging
@@ -41,13 +42,18 @@ class _Damaged(CheckpointError):
     """The checkpoint's files are missing, truncated or inconsistent (not: it fits another model)."""
 
     def __init__(self, path: Path, what: str):
-        super().__init__(f"checkpoint {path} is unusable: {what}; delete {path} or set train.resume=false")
+        super().__init__(
+            f"checkpoint {path} is unusable: {what}; delete {path} or set train.resume=false"
+        )
         self.path, self.what = path, what
 
 
 # ---- save ----------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, named_params: dict, optimizer, scheduler, position: dict, rng=None) -> None:
+
+def save_checkpoint(
+    path: Path, named_params: dict, optimizer, scheduler, position: dict, rng=None
+) -> None:
     """Write a checkpoint to `path`; when `path` is checkpoints/last, the old one becomes previous/.
 
     position: the loop position (plain JSON values); rng: the RNG state to restore on resume
@@ -84,11 +90,18 @@ def _to_plain(path: Path, optimizer, scheduler, position: dict, rng: dict) -> tu
         per_param[str(index)] = {"tensors": names, "values": values}
     rng_plain, rng_tensors = split_rng_state(rng)
     tensors.update(rng_tensors)
-    state = {"format": FORMAT, "position": position,
-             "optimizer": {"class": type(optimizer).__name__, "state": per_param,
-                           "param_groups": opt["param_groups"]},
-             "scheduler": scheduler.state_dict(), "rng": rng_plain,
-             "tensors": {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in tensors.items()}}
+    state = {
+        "format": FORMAT,
+        "position": position,
+        "optimizer": {
+            "class": type(optimizer).__name__,
+            "state": per_param,
+            "param_groups": opt["param_groups"],
+        },
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_plain,
+        "tensors": {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in tensors.items()},
+    }
     return _plain(state, path, "state"), tensors
 
 
@@ -100,9 +113,11 @@ def _plain(value, path: Path, where: str):
         return [_plain(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _plain(v, path, f"{where}.{k}") for k, v in value.items()}
-    raise CheckpointError(f"cannot write checkpoint {path}: {where} is a {type(value).__name__}, which only pickle "
-                          f"could store; use an optimizer and scheduler whose state_dict() holds only tensors, "
-                          f"numbers, strings and lists")
+    raise CheckpointError(
+        f"cannot write checkpoint {path}: {where} is a {type(value).__name__}, which only pickle "
+        f"could store; use an optimizer and scheduler whose state_dict() holds only tensors, "
+        f"numbers, strings and lists"
+    )
 
 
 def _write(tmp: Path, named_params: dict, tensors: dict, state: dict) -> None:
@@ -122,7 +137,9 @@ def _check_written(file: Path) -> None:
         with safe_open(str(file), framework="pt"):
             pass
     except SafetensorError as e:
-        raise OSError(errno.EIO, f"{file.name} came out short or corrupt ({e}); is the disk full?") from None
+        raise OSError(
+            errno.EIO, f"{file.name} came out short or corrupt ({e}); is the disk full?"
+        ) from None
 
 
 def _keep_for(path: Path) -> Path | None:
@@ -158,11 +175,14 @@ def _write_failure(path: Path, e: Exception) -> str:
         fix = f"free space on the disk holding {path.parent}"
     else:
         fix = f"check that {path.parent} is writable and has free space"
-    return f"cannot write checkpoint {path}: {reason}; {fix}, then run the same command to resume " \
-           f"(the previous checkpoint is kept)"
+    return (
+        f"cannot write checkpoint {path}: {reason}; {fix}, then run the same command to resume "
+        f"(the previous checkpoint is kept)"
+    )
 
 
 # ---- load ----------------------------------------------------------------------------------------
+
 
 def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dict:
     """Restore everything saved by save_checkpoint; returns the loop position.
@@ -180,9 +200,16 @@ def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dic
         try:
             ckpt = _read(backup, named_params, optimizer)
         except _Damaged as err2:
-            raise CheckpointError(f"checkpoints {path} and {backup} are both unusable ({err.what}; {err2.what}); "
-                                  f"delete {path.parent} or set train.resume=false") from None
-        log.warning("checkpoint %s is unusable (%s); resuming from the one before it, %s", path, err.what, backup)
+            raise CheckpointError(
+                f"checkpoints {path} and {backup} are both unusable ({err.what}; {err2.what}); "
+                f"delete {path.parent} or set train.resume=false"
+            ) from None
+        log.warning(
+            "checkpoint %s is unusable (%s); resuming from the one before it, %s",
+            path,
+            err.what,
+            backup,
+        )
     return _apply(ckpt, named_params, optimizer, scheduler)
 
 
@@ -217,7 +244,10 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
     for name in FILES:
         if not (path / name).is_file():
             if name == STATE and (path / "state.pt").is_file():
-                raise _Damaged(path, "it was written by an older version (state.pt, a pickle), which is no longer read")
+                raise _Damaged(
+                    path,
+                    "it was written by an older version (state.pt, a pickle), which is no longer read",
+                )
             raise _Damaged(path, f"{name} is missing")
         if (path / name).stat().st_size == 0:
             raise _Damaged(path, f"{name} is empty (0 bytes)")
@@ -233,8 +263,13 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
         raise _Damaged(path, f"{STATE} is malformed ({type(e).__name__}: {e})") from None
     if not isinstance(state["position"], dict) or not isinstance(state["scheduler"], dict):
         raise _Damaged(path, f"{STATE} is malformed (position and scheduler must be objects)")
-    return {"weights": weights, "optimizer": opt_state, "scheduler": state["scheduler"], "rng": rng,
-            "position": state["position"]}
+    return {
+        "weights": weights,
+        "optimizer": opt_state,
+        "scheduler": state["scheduler"],
+        "rng": rng,
+        "position": state["position"],
+    }
 
 
 def _read_json(path: Path) -> dict:
@@ -243,14 +278,18 @@ def _read_json(path: Path) -> dict:
     except OSError as e:
         raise _Damaged(path, f"{STATE} cannot be read ({e.strerror or e})") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise _Damaged(path, f"{STATE} is not valid JSON ({e}); it was probably cut short") from None
+        raise _Damaged(
+            path, f"{STATE} is not valid JSON ({e}); it was probably cut short"
+        ) from None
     if not isinstance(state, dict):
         raise _Damaged(path, f"{STATE} holds a {type(state).__name__}, not an object")
     missing = [k for k in _KEYS if k not in state]
     if missing:
         raise _Damaged(path, f"{STATE} lacks the key '{missing[0]}'")
     if state["format"] != FORMAT:
-        raise _Damaged(path, f"{STATE} has format {state['format']!r}, this version reads {FORMAT!r}")
+        raise _Damaged(
+            path, f"{STATE} has format {state['format']!r}, this version reads {FORMAT!r}"
+        )
     return state
 
 
@@ -258,7 +297,9 @@ def _read_tensors(path: Path, name: str) -> dict:
     try:
         return load_file(str(path / name))
     except (OSError, SafetensorError) as e:
-        raise _Damaged(path, f"{name} cannot be read ({' '.join(str(e).split())}); it was probably cut short") from None
+        raise _Damaged(
+            path, f"{name} cannot be read ({' '.join(str(e).split())}); it was probably cut short"
+        ) from None
 
 
 def _check_manifest(path: Path, manifest, tensors: dict) -> None:
@@ -271,39 +312,57 @@ def _check_manifest(path: Path, manifest, tensors: dict) -> None:
         raise _Damaged(path, f"{TENSORS} holds {extra[0]}, which {STATE} does not list")
     for key, t in tensors.items():
         want = manifest[key]
-        if not isinstance(want, dict) or [str(t.dtype), list(t.shape)] != [want.get("dtype"), want.get("shape")]:
-            raise _Damaged(path, f"{TENSORS}: {key} is {t.dtype} {list(t.shape)}, {STATE} says {want}")
+        if not isinstance(want, dict) or [str(t.dtype), list(t.shape)] != [
+            want.get("dtype"),
+            want.get("shape"),
+        ]:
+            raise _Damaged(
+                path, f"{TENSORS}: {key} is {t.dtype} {list(t.shape)}, {STATE} says {want}"
+            )
 
 
 def _check_weights(path: Path, weights: dict, named_params: dict) -> None:
     missing = sorted(set(named_params) - set(weights))
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing[0]}: it belongs to a different model or method; "
-                              f"use another output.dir or train.resume=false")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {missing[0]}: it belongs to a different model or method; "
+            f"use another output.dir or train.resume=false"
+        )
     extra = sorted(set(weights) - set(named_params))
     if extra:
-        raise CheckpointError(f"checkpoint {path} holds {extra[0]}, which this run does not train: it belongs to a "
-                              f"different model or method; use another output.dir or train.resume=false")
+        raise CheckpointError(
+            f"checkpoint {path} holds {extra[0]}, which this run does not train: it belongs to a "
+            f"different model or method; use another output.dir or train.resume=false"
+        )
     for name, p in named_params.items():
         w = weights[name]
         if w.shape != p.shape or w.dtype != p.dtype:
-            raise CheckpointError(f"checkpoint {path}: {name} is {w.dtype} {tuple(w.shape)}, this run has {p.dtype} "
-                                  f"{tuple(p.shape)}; use another output.dir or train.resume=false")
+            raise CheckpointError(
+                f"checkpoint {path}: {name} is {w.dtype} {tuple(w.shape)}, this run has {p.dtype} "
+                f"{tuple(p.shape)}; use another output.dir or train.resume=false"
+            )
 
 
 def _check_optimizer(path: Path, saved, optimizer) -> None:
-    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
-            or not isinstance(saved.get("state"), dict):
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("param_groups"), list)
+        or not isinstance(saved.get("state"), dict)
+    ):
         raise _Damaged(path, f"{STATE}: 'optimizer' must hold 'state' and 'param_groups'")
     if saved.get("class") != type(optimizer).__name__:
-        raise CheckpointError(f"checkpoint {path} was written with optimizer {saved.get('class')}, this run uses "
-                              f"{type(optimizer).__name__}; set train.optimizer back, use another output.dir or "
-                              f"train.resume=false")
+        raise CheckpointError(
+            f"checkpoint {path} was written with optimizer {saved.get('class')}, this run uses "
+            f"{type(optimizer).__name__}; set train.optimizer back, use another output.dir or "
+            f"train.resume=false"
+        )
     sizes = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in saved["param_groups"]]
     live = [len(g["params"]) for g in optimizer.param_groups]
     if sizes != live:
-        raise CheckpointError(f"checkpoint {path} has optimizer groups of {sizes} parameters, this run {live}: it "
-                              f"belongs to a different model or method; use another output.dir or train.resume=false")
+        raise CheckpointError(
+            f"checkpoint {path} has optimizer groups of {sizes} parameters, this run {live}: it "
+            f"belongs to a different model or method; use another output.dir or train.resume=false"
+        )
 
 
 def _rebuild_optimizer(saved: dict, tensors: dict, optimizer) -> dict:
@@ -315,8 +374,13 @@ def _rebuild_optimizer(saved: dict, tensors: dict, optimizer) -> dict:
             values[name] = tensors[f"optimizer.state.{index}.{name}"]
         per_param[int(index)] = values
     # JSON turned tuples (betas) into lists; give back the types the live groups use.
-    groups = [{k: tuple(v) if isinstance(live.get(k), tuple) and isinstance(v, list) else v for k, v in g.items()}
-              for g, live in zip(saved["param_groups"], optimizer.param_groups)]
+    groups = [
+        {
+            k: tuple(v) if isinstance(live.get(k), tuple) and isinstance(v, list) else v
+            for k, v in g.items()
+        }
+        for g, live in zip(saved["param_groups"], optimizer.param_groups)
+    ]
     return {"state": per_param, "param_groups": groups}
 
 

@@ -4,6 +4,7 @@ Data order is a seeded permutation per epoch, so a resumed run replays exactly t
 interrupted run would have seen; the checkpoint also restores RNG (dropout) state. The loop calls
 the methods' step hooks and collects their reports itself, so no task can forget them.
 """
+
 import dataclasses
 import logging
 import math
@@ -47,7 +48,9 @@ class TrainResult:
     seconds: float
     tokens: int
     resumed_from: int
-    method_metrics: dict = field(default_factory=dict)  # the methods' reports (e.g. sparsity reached)
+    method_metrics: dict = field(
+        default_factory=dict
+    )  # the methods' reports (e.g. sparsity reached)
 
 
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -57,20 +60,28 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
 
 
-def micro_batches(n: int, cfg: TrainConfig, epoch: int, skip: int,
-                  lengths: Optional[list[int]] = None) -> Iterator[tuple[int, int, list[int]]]:
+def micro_batches(
+    n: int, cfg: TrainConfig, epoch: int, skip: int, lengths: Optional[list[int]] = None
+) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, index in epoch, example indices) from `epoch`/`skip` on, forever (grouped by length
     when `lengths` is given)."""
     while True:
         order = epoch_order(n, cfg.batch_size, cfg.seed + epoch, lengths)
         for i in range(skip, math.ceil(n / cfg.batch_size)):
-            yield epoch, i, order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            yield epoch, i, order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         epoch, skip = epoch + 1, 0
 
 
-def train(model, examples: list, cfg: TrainConfig, out_dir: Path, objective: Objective,
-          evaluate: Optional[Callable[[], dict]] = None, on_best: Optional[Callable[[], None]] = None,
-          progress: bool = False) -> TrainResult:
+def train(
+    model,
+    examples: list,
+    cfg: TrainConfig,
+    out_dir: Path,
+    objective: Objective,
+    evaluate: Optional[Callable[[], dict]] = None,
+    on_best: Optional[Callable[[], None]] = None,
+    progress: bool = False,
+) -> TrainResult:
     """Train the parameters of `model` that require grad on `examples` with `objective`;
     checkpoints in out_dir/checkpoints.
 
@@ -97,8 +108,16 @@ def train(model, examples: list, cfg: TrainConfig, out_dir: Path, objective: Obj
     finally:
         for sink in sinks:
             sink.close()
-    return TrainResult(steps, loop.window_loss, loop.last_loss, position.best_eval_loss, loop.seconds,
-                       loop.tokens, resumed_from, method_reports(model))
+    return TrainResult(
+        steps,
+        loop.window_loss,
+        loop.last_loss,
+        position.best_eval_loss,
+        loop.seconds,
+        loop.tokens,
+        resumed_from,
+        method_reports(model),
+    )
 
 
 class _Window:
@@ -111,24 +130,40 @@ class _Window:
         self.losses.append(loss)
         for key, value in metrics.items():
             self.metrics[key] = self.metrics.get(key, 0.0) + value * terms
-        self.terms, self.tokens, self.seconds = self.terms + terms, self.tokens + tokens, self.seconds + seconds
+        self.terms, self.tokens, self.seconds = (
+            self.terms + terms,
+            self.tokens + tokens,
+            self.seconds + seconds,
+        )
 
     def record(self) -> dict:
         extra = {k: v / max(self.terms, 1) for k, v in self.metrics.items()}
-        return {"loss": sum(self.losses) / len(self.losses), **extra,
-                "tokens_per_s": self.tokens / max(self.seconds, 1e-9)}
+        return {
+            "loss": sum(self.losses) / len(self.losses),
+            **extra,
+            "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+        }
 
 
 class _Loop:
-    def __init__(self, model, examples, cfg, params, optimizer, scheduler, sinks, objective: Objective):
+    def __init__(
+        self, model, examples, cfg, params, optimizer, scheduler, sinks, objective: Objective
+    ):
         self.model, self.examples, self.cfg, self.objective = model, examples, cfg, objective
-        self.params, self.optimizer, self.scheduler, self.sinks = params, optimizer, scheduler, sinks
+        self.params, self.optimizer, self.scheduler, self.sinks = (
+            params,
+            optimizer,
+            scheduler,
+            sinks,
+        )
         self.seconds, self.tokens = 0.0, 0
         self.last_loss = self.window_loss = float("nan")
 
     def run(self, position: LoopPosition, steps: int, out_dir: Path, evaluate, on_best) -> None:
         cfg = self.cfg
-        batches = micro_batches(len(self.examples), cfg, position.epoch, position.batch, self.objective.lengths)
+        batches = micro_batches(
+            len(self.examples), cfg, position.epoch, position.batch, self.objective.lengths
+        )
         window = _Window()
         while position.step < steps:
             group = [next(batches) for _ in range(cfg.grad_accum)]
@@ -141,17 +176,34 @@ class _Loop:
                 self.save(out_dir, position, rng_before)
                 raise
             elapsed = time.perf_counter() - start
-            position.step, position.epoch, position.batch = position.step + 1, group[-1][0], group[-1][1] + 1
+            position.step, position.epoch, position.batch = (
+                position.step + 1,
+                group[-1][0],
+                group[-1][1] + 1,
+            )
             run_step_hooks(self.model, position.step)
             window.add(loss, metrics, terms, tokens, elapsed)
-            self.seconds, self.tokens, self.last_loss = self.seconds + elapsed, self.tokens + tokens, loss
+            self.seconds, self.tokens, self.last_loss = (
+                self.seconds + elapsed,
+                self.tokens + tokens,
+                loss,
+            )
             step = position.step
             if step % cfg.log_every == 0 or step == steps:
                 record = window.record()
                 self.window_loss = record["loss"]
-                self.emit({"step": step, **record, "lr": self.scheduler.get_last_lr()[0], "epoch": position.epoch})
+                self.emit(
+                    {
+                        "step": step,
+                        **record,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "epoch": position.epoch,
+                    }
+                )
                 window = _Window()
-            at_eval = evaluate is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps)
+            at_eval = evaluate is not None and (
+                (cfg.eval_every and step % cfg.eval_every == 0) or step == steps
+            )
             if at_eval:
                 self.run_eval(position, evaluate, on_best)
             if at_eval or step == steps or (cfg.save_every and step % cfg.save_every == 0):
@@ -168,8 +220,10 @@ class _Loop:
             with autocast(self.cfg.precision):
                 loss, n, *extra = self.objective.loss(self.model, batch)
             if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; training stopped and the "
-                                    f"last checkpoint was kept. Lower train.lr or check the data")
+                raise TrainingError(
+                    f"the loss became {loss.item()} at step {step + 1}; training stopped and the "
+                    f"last checkpoint was kept. Lower train.lr or check the data"
+                )
             (loss * n).backward()
             total, n_terms = total + loss.item() * n, n_terms + n
             for key, value in (extra[0] if extra else {}).items():
@@ -181,8 +235,10 @@ class _Loop:
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm)
         if not torch.isfinite(norm):
-            raise TrainingError(f"the gradient norm became {norm.item()} at step {step + 1}; training stopped "
-                                f"and the last checkpoint was kept. Lower train.lr or check the data")
+            raise TrainingError(
+                f"the gradient norm became {norm.item()} at step {step + 1}; training stopped "
+                f"and the last checkpoint was kept. Lower train.lr or check the data"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -200,8 +256,14 @@ class _Loop:
                 on_best()
 
     def save(self, out_dir: Path, position: LoopPosition, rng=None) -> None:
-        save_checkpoint(out_dir / "checkpoints" / "last", self.params, self.optimizer, self.scheduler,
-                        dataclasses.asdict(position), rng)
+        save_checkpoint(
+            out_dir / "checkpoints" / "last",
+            self.params,
+            self.optimizer,
+            self.scheduler,
+            dataclasses.asdict(position),
+            rng,
+        )
 
     def emit(self, record: dict) -> None:
         for sink in self.sinks:

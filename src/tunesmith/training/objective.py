@@ -3,6 +3,7 @@
 Every task (SFT, classification, preference tuning, distillation ...) hands `train()` an Objective;
 the loop owns everything else (order, accumulation, clipping, schedules, checkpoints, hooks).
 """
+
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional
@@ -35,11 +36,17 @@ class Objective:
 
 def sft_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Next-token loss on labelled tokens: (mean loss, number of tokens)."""
-    return causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                          position_ids=batch.get("position_ids"))  # position_ids: a packed batch
+    return causal_lm_loss(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        position_ids=batch.get("position_ids"),
+    )  # position_ids: a packed batch
 
 
-def sft_objective(pad_id: int, collate_fn: Optional[Callable] = None,
-                  lengths: Optional[list[int]] = None) -> Objective:
+def sft_objective(
+    pad_id: int, collate_fn: Optional[Callable] = None, lengths: Optional[list[int]] = None
+) -> Objective:
     """Language modelling on `Example`s: padded batches (or collate_fn, e.g. packed rows)."""
     return Objective(collate_fn or partial(collate, pad_id=pad_id), sft_loss, lengths)

@@ -1,4 +1,5 @@
 """AdamW (fp32 or 8-bit state) over the trainable parameters and a warm-up + linear/cosine/constant schedule."""
+
 import math
 
 import torch
@@ -11,7 +12,10 @@ def build_optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and norm scales (1-D tensors), as is standard.
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     # train.optimizer: adamw, or adamw8bit (same update, moments stored in 8 bits; optim8bit.py)
     cls = AdamW8bit if cfg.optimizer == "adamw8bit" else torch.optim.AdamW
     return cls([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -31,4 +35,5 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 
 def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_steps, cfg.scheduler))
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_steps, cfg.scheduler)
+    )

@@ -25,6 +25,7 @@ Notable:
 - ``load_state_dict`` casts the codes back to int8/uint8 (torch's loader casts every floating
   or integer state tensor of a float parameter to the parameter's dtype); values are exact.
 """
+
 import math
 
 import torch
@@ -32,9 +33,15 @@ import torch
 BLOCK = 256
 MIN_8BIT_SIZE = 4096
 _M_DECADES, _V_DECADES = 7, 8  # log10 range of the exp_avg and sqrt(exp_avg_sq) levels
-_M_LEVELS = torch.cat([torch.zeros(1), torch.logspace(-_M_DECADES, 0, 127, dtype=torch.float64).float()])  # (128,)
-_M_SIGNED = torch.cat([-_M_LEVELS[1:].flip(0), _M_LEVELS])  # (255,): value of code c at index c + 127
-_V_LEVELS = torch.logspace(-_V_DECADES, 0, 256, dtype=torch.float64).float()  # (256,), levels of sqrt(v)
+_M_LEVELS = torch.cat(
+    [torch.zeros(1), torch.logspace(-_M_DECADES, 0, 127, dtype=torch.float64).float()]
+)  # (128,)
+_M_SIGNED = torch.cat(
+    [-_M_LEVELS[1:].flip(0), _M_LEVELS]
+)  # (255,): value of code c at index c + 127
+_V_LEVELS = torch.logspace(
+    -_V_DECADES, 0, 256, dtype=torch.float64
+).float()  # (256,), levels of sqrt(v)
 _CODE_DTYPES = {"exp_avg_codes": torch.int8, "exp_avg_sq_codes": torch.uint8}
 
 
@@ -84,8 +91,15 @@ class AdamW8bit(torch.optim.Optimizer):
     parameters with fewer values keep fp32 state (None: MIN_8BIT_SIZE).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, min_8bit_size: int | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        min_8bit_size: int | None = None,
+    ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.min_8bit_size = MIN_8BIT_SIZE if min_8bit_size is None else min_8bit_size
@@ -113,8 +127,8 @@ class AdamW8bit(torch.optim.Optimizer):
         p.mul_(1 - group["lr"] * group["weight_decay"])
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (v.sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
-        p.addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=-group["lr"] / (1 - beta1 ** step))
+        denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
+        p.addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=-group["lr"] / (1 - beta1**step))
         self._store(p, state, m, v)
 
     def _moments(self, p: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +136,10 @@ class AdamW8bit(torch.optim.Optimizer):
         if "exp_avg" in state:
             return state["exp_avg"], state["exp_avg_sq"]
         if "exp_avg_codes" in state:
-            return (dequantize_signed(state["exp_avg_codes"], state["exp_avg_absmax"], p.shape),
-                    dequantize_sqrt(state["exp_avg_sq_codes"], state["exp_avg_sq_absmax"], p.shape))
+            return (
+                dequantize_signed(state["exp_avg_codes"], state["exp_avg_absmax"], p.shape),
+                dequantize_sqrt(state["exp_avg_sq_codes"], state["exp_avg_sq_absmax"], p.shape),
+            )
         m, v = torch.zeros_like(p, dtype=torch.float32), torch.zeros_like(p, dtype=torch.float32)
         if p.numel() < self.min_8bit_size:  # first step of a small parameter: keep fp32 state
             state["exp_avg"], state["exp_avg_sq"] = m, v
@@ -145,5 +161,9 @@ class AdamW8bit(torch.optim.Optimizer):
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by an optimizer's per-parameter state tensors (moments, codes, scales, steps)."""
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values()
-               for t in s.values() if isinstance(t, torch.Tensor))
+    return sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )

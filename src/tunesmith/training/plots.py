@@ -1,4 +1,5 @@
 """Loss curve PNG from metrics.jsonl."""
+
 import json
 from pathlib import Path
 

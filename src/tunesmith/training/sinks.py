@@ -1,4 +1,5 @@
 """Metric sinks: JSONL file, TensorBoard (when installed) and a progress bar."""
+
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,11 @@ class JsonlSink:
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in _lines(path) if json.loads(line).get("step", 0) <= resume_step] if resume_step else []
+        kept = (
+            [line for line in _lines(path) if json.loads(line).get("step", 0) <= resume_step]
+            if resume_step
+            else []
+        )
         path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
@@ -49,8 +54,12 @@ class ProgressSink:
     def write(self, record: dict) -> None:
         if "loss" in record:
             self.bar.n = record["step"]
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                 tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                lr=f"{record['lr']:.2e}",
+                tok_s=f"{record['tokens_per_s']:.0f}",
+                refresh=False,
+            )
             self.bar.refresh()
         elif "eval_loss" in record:
             self.bar.write(f"step {record['step']}: eval_loss {record['eval_loss']:.4f}")

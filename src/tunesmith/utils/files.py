@@ -3,6 +3,7 @@
 Directories are swapped the same way (replace_dir), optionally keeping the one they replace, so a
 crash at any point leaves a complete old or new directory under a known name.
 """
+
 import os
 import shutil
 import tempfile

@@ -1,5 +1,6 @@
 """What this CPU does fast. bf16 matmuls are only fast with native bf16 instructions (AVX512-BF16 or
 AMX); elsewhere PyTorch emulates them, measured ~400x slower than fp32 on an AVX2-only CPU."""
+
 import contextlib
 import functools
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Process memory readings (Linux /proc; 0 elsewhere)."""
+
 from pathlib import Path
 
 

@@ -1,4 +1,5 @@
 """Small helpers on nn.Module trees."""
+
 import torch
 from torch import nn
 
@@ -27,8 +28,10 @@ def named_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0 and len(module) == n_layers:
             return name, module
-    raise UnsupportedModuleError(f"cannot find the transformer blocks of this {type(model).__name__} "
-                                 f"(no module list of config.num_hidden_layers={n_layers} entries)")
+    raise UnsupportedModuleError(
+        f"cannot find the transformer blocks of this {type(model).__name__} "
+        f"(no module list of config.num_hidden_layers={n_layers} entries)"
+    )
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
@@ -67,7 +70,11 @@ def is_quantized_linear(module: nn.Module) -> bool:
 
 def is_linear_like(module: nn.Module) -> bool:
     """nn.Linear, GPT-2's Conv1D (a linear layer with a transposed weight) or a quantized linear."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" or is_quantized_linear(module)
+    return (
+        isinstance(module, nn.Linear)
+        or type(module).__name__ == "Conv1D"
+        or is_quantized_linear(module)
+    )
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:
@@ -90,7 +97,9 @@ def quantization_schemes(model: nn.Module) -> dict[str, int]:
 def weight_bytes(model: nn.Module) -> int:
     """Bytes held by the weights of model: its parameters and the codes, scales and biases of its
     quantized linear layers (tied tensors counted once; other buffers such as rotary tables not)."""
-    quantized = [b for m in model.modules() if is_quantized_linear(m) for b in m.buffers(recurse=False)]
+    quantized = [
+        b for m in model.modules() if is_quantized_linear(m) for b in m.buffers(recurse=False)
+    ]
     seen, total = set(), 0
     for t in list(model.parameters()) + quantized:
         if id(t) not in seen:

@@ -3,6 +3,7 @@
 Each failure is one TunesmithError line naming the path and the fix, never an OSError traceback.
 (errors.py imports nothing, so depending on it keeps utils free of the rest of tunesmith.)
 """
+
 import os
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def ensure_output_dir(path, what: str) -> Path:
     if blocker == out:
         raise ConfigError(f"{what} {path} exists and is a file; choose another path")
     if blocker is not None:
-        raise ConfigError(f"{what} {path}: {blocker} is a file, not a directory; choose another path")
+        raise ConfigError(
+            f"{what} {path}: {blocker} is a file, not a directory; choose another path"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -71,10 +74,14 @@ def yaml_error_line(path, e) -> str:
         return f"{path}: not valid YAML: character #x{e.character:04x} (at character {e.position}) is not allowed"
     mark = getattr(e, "problem_mark", None)
     if mark is None:
-        return f"{path}: not valid YAML: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        return f"{path}: not valid YAML: " + "; ".join(
+            line.strip() for line in str(e).splitlines() if line.strip()
+        )
     where, ctx = f"{path}:{mark.line + 1}:{mark.column + 1}", getattr(e, "context", None)
     cmark = getattr(e, "context_mark", None)
     if ctx and cmark is not None and (cmark.line, cmark.column) != (mark.line, mark.column):
         ctx += f" that starts at line {cmark.line + 1}, column {cmark.column + 1}"
-    text = f"{where}: not valid YAML: {e.problem or ctx}" + (f" ({ctx})" if ctx and e.problem else "")
+    text = f"{where}: not valid YAML: {e.problem or ctx}" + (
+        f" ({ctx})" if ctx and e.problem else ""
+    )
     return text + ("; indent with spaces, not tabs" if "'\\t'" in str(e.problem) else "")

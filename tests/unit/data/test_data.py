@@ -3,9 +3,9 @@ import json
 import pytest
 
 from tests.tiny import tiny_tokenizer
-from tunesmith.errors import DataError
 from tunesmith.config.schema import DataConfig
 from tunesmith.data import IGNORE, collate, encode_records, load_splits, read_records, split_records
+from tunesmith.errors import DataError
 
 
 def _jsonl(path, records):
@@ -26,13 +26,18 @@ def test_every_file_format_reads_the_same_records(tmp_path, suffix):
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         pq.write_table(pa.Table.from_pylist(INSTR), path)
     else:
         sep = "\t" if suffix == ".tsv" else ","
-        path.write_text("instruction{0}input{0}output\n".format(sep)
-                        + "".join(f"{r['instruction']}{sep}{sep}{r['output']}\n" for r in INSTR))
+        path.write_text(
+            "instruction{0}input{0}output\n".format(sep)
+            + "".join(f"{r['instruction']}{sep}{sep}{r['output']}\n" for r in INSTR)
+        )
     records = read_records(path)
-    assert [(r["instruction"], r["output"]) for r in records] == [(r["instruction"], r["output"]) for r in INSTR]
+    assert [(r["instruction"], r["output"]) for r in records] == [
+        (r["instruction"], r["output"]) for r in INSTR
+    ]
     assert records[0]["_source"].startswith(str(path))
 
 
@@ -65,20 +70,35 @@ def test_completion_only_labels_cover_the_answer_and_eos():
     (ex,), stats = encode_records([rec], tok, "auto", 256)
     target = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
     assert tok.decode(target) == "hi!<|im_end|>"
-    assert tok.decode(ex.input_ids).startswith("<|im_start|>user\nSay hi\n\nnow<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(ex.input_ids).startswith(
+        "<|im_start|>user\nSay hi\n\nnow<|im_end|>\n<|im_start|>assistant\n"
+    )
     (full,), _ = encode_records([rec], tok, "auto", 256, completion_only=False)
     assert full.labels == full.input_ids
 
 
 def test_chat_masks_every_user_turn_and_fallback_template_has_eos():
-    rec = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}], "_source": "t:1"}
+    rec = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ],
+        "_source": "t:1",
+    }
     tok = tiny_tokenizer()
     (ex,), _ = encode_records([rec], tok, "chat", 256)
-    assert tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]) == "b<|im_end|>d<|im_end|>"
+    assert (
+        tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+        == "b<|im_end|>d<|im_end|>"
+    )
     plain = tiny_tokenizer(chat_template=False)
     (ex,), _ = encode_records([rec], plain, "chat", 256)
-    assert tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]) == "b<|im_end|>d<|im_end|>"
+    assert (
+        tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+        == "b<|im_end|>d<|im_end|>"
+    )
 
 
 def test_truncation_is_counted_and_examples_without_targets_dropped():
@@ -108,9 +128,16 @@ def test_load_splits_splits_one_file(tmp_path):
 
 def test_collate_pads_right_and_masks_pads():
     tok = tiny_tokenizer()
-    examples, _ = encode_records([dict(r, _source="t") for r in INSTR[:2]] + [
-        {"instruction": "longer prompt here", "output": "z", "_source": "t"}], tok, "auto", 128)
+    examples, _ = encode_records(
+        [dict(r, _source="t") for r in INSTR[:2]]
+        + [{"instruction": "longer prompt here", "output": "z", "_source": "t"}],
+        tok,
+        "auto",
+        128,
+    )
     batch = collate(examples, tok.pad_token_id)
     n = len(examples[0].input_ids)
     assert batch["attention_mask"][0].sum() == n
-    assert (batch["labels"][0, n:] == IGNORE).all() and (batch["input_ids"][0, n:] == tok.pad_token_id).all()
+    assert (batch["labels"][0, n:] == IGNORE).all() and (
+        batch["input_ids"][0, n:] == tok.pad_token_id
+    ).all()

@@ -2,8 +2,15 @@ import random
 
 import numpy as np
 
-from tunesmith.data.demonstrations import (mdl_candidates, mdl_choice, one_per_class, random_demos, similar_demos,
-                                           text_rng, vote_k)
+from tunesmith.data.demonstrations import (
+    mdl_candidates,
+    mdl_choice,
+    one_per_class,
+    random_demos,
+    similar_demos,
+    text_rng,
+    vote_k,
+)
 
 
 def test_similar_puts_the_closest_last_and_respects_exclusions():
@@ -15,7 +22,11 @@ def test_similar_puts_the_closest_last_and_respects_exclusions():
 
 def test_random_demos_are_seeded_by_the_text_and_skip_the_input_itself():
     a = random_demos(10, 4, text_rng(1, "hello"), exclude=3)
-    assert a == random_demos(10, 4, text_rng(1, "hello"), exclude=3) and 3 not in a and len(set(a)) == 4
+    assert (
+        a == random_demos(10, 4, text_rng(1, "hello"), exclude=3)
+        and 3 not in a
+        and len(set(a)) == 4
+    )
 
 
 def test_one_per_class_picks_one_demo_of_each_class():

@@ -1,4 +1,5 @@
 """Packing keeps results: packed and unpacked batches give the same loss and gradients."""
+
 import pytest
 import torch
 
@@ -9,8 +10,8 @@ from tunesmith.data.packing import collate_packed, pack_rows
 from tunesmith.data.sampling import epoch_order
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig
-from tunesmith.training import sft_objective
 from tunesmith.objectives.sft import causal_lm_loss
+from tunesmith.training import sft_objective
 
 
 def _examples(lengths=(9, 23, 5, 14, 30, 7), prompt=4, seed=0):
@@ -23,15 +24,23 @@ def _examples(lengths=(9, 23, 5, 14, 30, 7), prompt=4, seed=0):
 
 
 def _loss_and_grads(model, batch):
-    loss, n = causal_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=8,
-                             position_ids=batch.get("position_ids"))
+    loss, n = causal_lm_loss(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        chunk_size=8,
+        position_ids=batch.get("position_ids"),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     return loss, n, torch.autograd.grad(loss, params, allow_unused=True)
 
 
 def _eager_llama():
     model = tiny_llama()
-    model.set_attn_implementation("eager")  # transformers builds an additive float mask instead of sdpa's bool one
+    model.set_attn_implementation(
+        "eager"
+    )  # transformers builds an additive float mask instead of sdpa's bool one
     return model
 
 
@@ -71,7 +80,9 @@ def test_an_example_does_not_see_its_row_neighbours():
     other = Example([7] * 6, [7] * 6)  # a different first neighbour
     for first in (examples[0], other):
         batch = collate_packed([first, examples[1]], 0, 16)
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
         torch.testing.assert_close(logits[0, 6:], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -102,7 +113,7 @@ def test_group_by_length_keeps_every_example_once_and_cuts_padding():
     assert epoch_order(1000, 8, 0, lengths) != epoch_order(1000, 8, 1, lengths)
 
     def padded(order):
-        return sum(8 * max(lengths[i] for i in order[s:s + 8]) for s in range(0, 1000, 8))
+        return sum(8 * max(lengths[i] for i in order[s : s + 8]) for s in range(0, 1000, 8))
 
     assert padded(epoch_order(1000, 8, 0, lengths)) < 0.6 * padded(epoch_order(1000, 8, 0))
 
@@ -118,10 +129,13 @@ def _train_losses(tmp_path, data_cfg, examples):
     from tunesmith.config.schema import TrainConfig
     from tunesmith.data.packing import batching
     from tunesmith.training import train
+
     model = apply_method(tiny_llama(), LoraConfig(r=4, target_modules="all-linear"))
     cfg = TrainConfig(max_steps=4, batch_size=4, lr=1e-2, log_every=1, seed=3)
     train(model, examples, cfg, tmp_path, sft_objective(0, **batching(data_cfg, examples, 0)))
-    return [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_training_with_packing_follows_the_unpacked_run(tmp_path):
@@ -135,7 +149,8 @@ def test_training_with_packing_follows_the_unpacked_run(tmp_path):
 
 
 def test_packing_with_a_prompt_based_method_is_an_error():
-    from tunesmith.errors import ConfigError
     from tunesmith.data.packing import batching
+    from tunesmith.errors import ConfigError
+
     with pytest.raises(ConfigError, match="data.packing"):
         batching(DataConfig(packing=True), _examples(), 0, prompt_based=True)

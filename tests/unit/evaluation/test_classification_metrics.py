@@ -2,7 +2,11 @@ import random
 
 import pytest
 
-from tunesmith.evaluation.classification import classification_metrics, confusion_matrix, plot_confusion
+from tunesmith.evaluation.classification import (
+    classification_metrics,
+    confusion_matrix,
+    plot_confusion,
+)
 
 
 def test_metrics_match_scikit_learn():

@@ -1,4 +1,5 @@
 """The lean greedy decoder gives HF generate's greedy tokens, token for token."""
+
 import pytest
 import torch
 
@@ -9,9 +10,15 @@ from tunesmith.methods.lora import LoraConfig
 
 
 def _hf(model, ids, mask, n, eos):
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=eos,
-                         pad_token_id=0)
-    return out[:, ids.shape[1]:]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
+    return out[:, ids.shape[1] :]
 
 
 def _prompts(rows=3, width=9):
@@ -43,7 +50,9 @@ def test_greedy_decode_stops_at_eos_like_hf():
 
 
 def test_greedy_decode_with_unmerged_lora_equals_hf_generate():
-    model = apply_method(tiny_llama(), LoraConfig(r=4, target_modules="all-linear", init="gaussian"))
+    model = apply_method(
+        tiny_llama(), LoraConfig(r=4, target_modules="all-linear", init="gaussian")
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -10,6 +10,8 @@ def test_exact_and_contains_normalise_case_and_space():
 
 def test_rouge_l_on_hand_computed_cases():
     # LCS("the cat sat on mat", "the cat is on the mat") = the cat on mat = 4; P = 4/5, R = 4/6.
-    assert rouge_l(["the cat sat on mat"], ["the cat is on the mat"]) == pytest.approx(2 * 0.8 * (4 / 6) / (0.8 + 4 / 6))
+    assert rouge_l(["the cat sat on mat"], ["the cat is on the mat"]) == pytest.approx(
+        2 * 0.8 * (4 / 6) / (0.8 + 4 / 6)
+    )
     assert rouge_l(["a b c"], ["a b c"]) == 1.0
     assert rouge_l(["x y"], ["a b"]) == 0.0

@@ -1,6 +1,6 @@
 """Matrix cases for LoRA: config overrides per architecture and the closed-form trainable count."""
-from tests.unit.methods.matrix_support import Case, linear_shapes
 
+from tests.unit.methods.matrix_support import Case, linear_shapes
 from tunesmith.methods.lora import LoraConfig
 
 
@@ -10,14 +10,30 @@ def lora_params(model, targets, r):
 
 
 CASES = [
-    Case("lora", "llama", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
-         lambda m: lora_params(m, ["q_proj", "v_proj"], 4)),
-    Case("lora-all", "llama", LoraConfig(r=2, alpha=4, target_modules="all-linear"),
-         lambda m: lora_params(m, "all-linear", 2)),
-    Case("lora-rslora", "llama", LoraConfig(r=4, use_rslora=True, target_modules=r".*\.(k|o)_proj"),
-         lambda m: lora_params(m, ["k_proj", "o_proj"], 4)),
-    Case("lora", "gpt2", LoraConfig(r=4, target_modules=["c_attn", "c_fc"]),
-         lambda m: lora_params(m, ["c_attn", "c_fc"], 4)),
+    Case(
+        "lora",
+        "llama",
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        lambda m: lora_params(m, ["q_proj", "v_proj"], 4),
+    ),
+    Case(
+        "lora-all",
+        "llama",
+        LoraConfig(r=2, alpha=4, target_modules="all-linear"),
+        lambda m: lora_params(m, "all-linear", 2),
+    ),
+    Case(
+        "lora-rslora",
+        "llama",
+        LoraConfig(r=4, use_rslora=True, target_modules=r".*\.(k|o)_proj"),
+        lambda m: lora_params(m, ["k_proj", "o_proj"], 4),
+    ),
+    Case(
+        "lora",
+        "gpt2",
+        LoraConfig(r=4, target_modules=["c_attn", "c_fc"]),
+        lambda m: lora_params(m, ["c_attn", "c_fc"], 4),
+    ),
 ]
 
 
@@ -27,15 +43,37 @@ def dora_params(model, targets, r):
 
 
 CASES += [
-    Case("dora", "llama", LoraConfig(r=4, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"]),
-         lambda m: dora_params(m, ["q_proj", "v_proj", "down_proj"], 4)),
-    Case("dora-rslora", "gpt2", LoraConfig(r=4, use_dora=True, use_rslora=True, target_modules=["c_attn", "c_proj"]),
-         lambda m: dora_params(m, ["c_attn", "c_proj"], 4)),
+    Case(
+        "dora",
+        "llama",
+        LoraConfig(r=4, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"]),
+        lambda m: dora_params(m, ["q_proj", "v_proj", "down_proj"], 4),
+    ),
+    Case(
+        "dora-rslora",
+        "gpt2",
+        LoraConfig(r=4, use_dora=True, use_rslora=True, target_modules=["c_attn", "c_proj"]),
+        lambda m: dora_params(m, ["c_attn", "c_proj"], 4),
+    ),
     # PiSSA moves the top-r part of W0 into B @ A: equal to the base only up to float rounding.
-    Case("pissa", "llama", LoraConfig(r=4, init="pissa", target_modules=["q_proj", "o_proj", "up_proj"]),
-         lambda m: lora_params(m, ["q_proj", "o_proj", "up_proj"], 4), atol=1e-5),
-    Case("pissa-dora", "gpt2", LoraConfig(r=2, init="pissa", use_dora=True, target_modules=["c_attn", "c_fc"]),
-         lambda m: dora_params(m, ["c_attn", "c_fc"], 2), atol=1e-5),
-    Case("gaussian", "llama", LoraConfig(r=4, init="gaussian", target_modules="all-linear"),
-         lambda m: lora_params(m, "all-linear", 4)),
+    Case(
+        "pissa",
+        "llama",
+        LoraConfig(r=4, init="pissa", target_modules=["q_proj", "o_proj", "up_proj"]),
+        lambda m: lora_params(m, ["q_proj", "o_proj", "up_proj"], 4),
+        atol=1e-5,
+    ),
+    Case(
+        "pissa-dora",
+        "gpt2",
+        LoraConfig(r=2, init="pissa", use_dora=True, target_modules=["c_attn", "c_fc"]),
+        lambda m: dora_params(m, ["c_attn", "c_fc"], 2),
+        atol=1e-5,
+    ),
+    Case(
+        "gaussian",
+        "llama",
+        LoraConfig(r=4, init="gaussian", target_modules="all-linear"),
+        lambda m: lora_params(m, "all-linear", 4),
+    ),
 ]

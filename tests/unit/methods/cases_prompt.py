@@ -1,8 +1,8 @@
 """Matrix cases for the prompt-based methods (prompt tuning, prefix tuning, p-tuning) and
 LLaMA-Adapter, with their closed-form trainable counts. D = hidden size, L = layers,
 d = kv heads * head dim (the key/value width), h = encoder hidden size, n = virtual tokens."""
-from tests.unit.methods.matrix_support import Case
 
+from tests.unit.methods.matrix_support import Case
 from tunesmith.methods.llama_adapter import LlamaAdapterConfig
 from tunesmith.methods.p_tuning import PTuningConfig
 from tunesmith.methods.prefix_tuning import PrefixTuningConfig, kv_shape
@@ -39,25 +39,69 @@ def p_tuning_params(model, rows, encoder="lstm", h=None, layers=2):
 
 
 CASES = [
-    Case("prompt_tuning", "llama", PromptTuningConfig(num_virtual_tokens=4), lambda m: 4 * hidden(m),
-         identity_at_init=False),
-    Case("prompt_tuning-vocab", "gpt2", PromptTuningConfig(num_virtual_tokens=3, init="vocab"),
-         lambda m: 3 * hidden(m), identity_at_init=False),
-    Case("prefix_tuning", "llama", PrefixTuningConfig(num_virtual_tokens=4), lambda m: prefix_params(m, 4),
-         identity_at_init=False),
-    Case("prefix_tuning-plain", "llama", PrefixTuningConfig(num_virtual_tokens=3, projection=False),
-         lambda m: prefix_params(m, 3, projection=False), identity_at_init=False),
-    Case("prefix_tuning", "gpt2", PrefixTuningConfig(num_virtual_tokens=4, encoder_hidden_size=12),
-         lambda m: prefix_params(m, 4, h=12), identity_at_init=False),
-    Case("p_tuning", "llama", PTuningConfig(num_virtual_tokens=4), lambda m: p_tuning_params(m, 4),
-         identity_at_init=False),
-    Case("p_tuning-mlp", "llama", PTuningConfig(num_virtual_tokens=3, encoder="mlp", encoder_hidden_size=8),
-         lambda m: p_tuning_params(m, 3, "mlp", 8), identity_at_init=False),
+    Case(
+        "prompt_tuning",
+        "llama",
+        PromptTuningConfig(num_virtual_tokens=4),
+        lambda m: 4 * hidden(m),
+        identity_at_init=False,
+    ),
+    Case(
+        "prompt_tuning-vocab",
+        "gpt2",
+        PromptTuningConfig(num_virtual_tokens=3, init="vocab"),
+        lambda m: 3 * hidden(m),
+        identity_at_init=False,
+    ),
+    Case(
+        "prefix_tuning",
+        "llama",
+        PrefixTuningConfig(num_virtual_tokens=4),
+        lambda m: prefix_params(m, 4),
+        identity_at_init=False,
+    ),
+    Case(
+        "prefix_tuning-plain",
+        "llama",
+        PrefixTuningConfig(num_virtual_tokens=3, projection=False),
+        lambda m: prefix_params(m, 3, projection=False),
+        identity_at_init=False,
+    ),
+    Case(
+        "prefix_tuning",
+        "gpt2",
+        PrefixTuningConfig(num_virtual_tokens=4, encoder_hidden_size=12),
+        lambda m: prefix_params(m, 4, h=12),
+        identity_at_init=False,
+    ),
+    Case(
+        "p_tuning",
+        "llama",
+        PTuningConfig(num_virtual_tokens=4),
+        lambda m: p_tuning_params(m, 4),
+        identity_at_init=False,
+    ),
+    Case(
+        "p_tuning-mlp",
+        "llama",
+        PTuningConfig(num_virtual_tokens=3, encoder="mlp", encoder_hidden_size=8),
+        lambda m: p_tuning_params(m, 3, "mlp", 8),
+        identity_at_init=False,
+    ),
     # No p-tuning x GPT-2 cell: GPT-2's dropout (on in _train_steps) moves the 5-step loss more than
     # a fresh LSTM encoder does, so "loss goes down" would be luck; test_prompt_methods covers GPT-2.
-    Case("p_tuning-1layer", "llama", PTuningConfig(num_virtual_tokens=3, encoder_hidden_size=6, encoder_num_layers=1),
-         lambda m: p_tuning_params(m, 3, h=6, layers=1), identity_at_init=False),
+    Case(
+        "p_tuning-1layer",
+        "llama",
+        PTuningConfig(num_virtual_tokens=3, encoder_hidden_size=6, encoder_num_layers=1),
+        lambda m: p_tuning_params(m, 3, h=6, layers=1),
+        identity_at_init=False,
+    ),
     # zero-init gate: exactly the base output at init; L adapted layers of (len x D) prompt + 1 gate
-    Case("llama_adapter", "llama", LlamaAdapterConfig(adapter_len=3, adapter_layers=2),
-         lambda m: 2 * (3 * hidden(m) + 1)),
+    Case(
+        "llama_adapter",
+        "llama",
+        LlamaAdapterConfig(adapter_len=3, adapter_layers=2),
+        lambda m: 2 * (3 * hidden(m) + 1),
+    ),
 ]

@@ -1,4 +1,5 @@
 """Support for the method matrix: the Case record and shape helpers for parameter formulas."""
+
 from dataclasses import dataclass
 from typing import Callable
 

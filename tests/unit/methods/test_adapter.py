@@ -1,4 +1,5 @@
 """Bottleneck adapter specifics: placements, the forward equations, init and refusals."""
+
 import pytest
 import torch
 from torch import nn
@@ -27,24 +28,35 @@ def _adapt(layer, h):
 
 
 def test_placements_wrap_the_expected_modules():
-    assert _wrapped(apply_method(tiny_gpt2(), AdapterConfig(placement="houlsby", reduction_factor=4))) == {
-        f"transformer.h.{i}.{m}.c_proj": "serial" for i in range(2) for m in ("attn", "mlp")}
-    assert _wrapped(apply_method(tiny_llama(), AdapterConfig(placement="pfeiffer", reduction_factor=4))) == {
-        f"model.layers.{i}.mlp.down_proj": "serial" for i in range(2)}
-    assert _wrapped(apply_method(tiny_bert(), AdapterConfig(placement="parallel", reduction_factor=4))) == {
-        f"bert.encoder.layer.{i}.output": "residual" for i in range(2)}
+    assert _wrapped(
+        apply_method(tiny_gpt2(), AdapterConfig(placement="houlsby", reduction_factor=4))
+    ) == {f"transformer.h.{i}.{m}.c_proj": "serial" for i in range(2) for m in ("attn", "mlp")}
+    assert _wrapped(
+        apply_method(tiny_llama(), AdapterConfig(placement="pfeiffer", reduction_factor=4))
+    ) == {f"model.layers.{i}.mlp.down_proj": "serial" for i in range(2)}
+    assert _wrapped(
+        apply_method(tiny_bert(), AdapterConfig(placement="parallel", reduction_factor=4))
+    ) == {f"bert.encoder.layer.{i}.output": "residual" for i in range(2)}
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2, tiny_bert])
 def test_houlsby_has_twice_the_parameters_of_pfeiffer(build):
-    houlsby = count_parameters(apply_method(build(), AdapterConfig(placement="houlsby", reduction_factor=4)))[0]
-    pfeiffer = count_parameters(apply_method(build(), AdapterConfig(placement="pfeiffer", reduction_factor=4)))[0]
+    houlsby = count_parameters(
+        apply_method(build(), AdapterConfig(placement="houlsby", reduction_factor=4))
+    )[0]
+    pfeiffer = count_parameters(
+        apply_method(build(), AdapterConfig(placement="pfeiffer", reduction_factor=4))
+    )[0]
     h, b = 16, 4
     assert pfeiffer == 2 * (2 * h * b + b + h) and houlsby == 2 * pfeiffer  # 2 layers
 
 
 def test_near_identity_init():
-    layer = apply_method(tiny_llama(), AdapterConfig(init_std=1e-2, reduction_factor=4)).model.layers[0].mlp.down_proj
+    layer = (
+        apply_method(tiny_llama(), AdapterConfig(init_std=1e-2, reduction_factor=4))
+        .model.layers[0]
+        .mlp.down_proj
+    )
     down, up = layer.adapter_down["default"], layer.adapter_up["default"]
     assert torch.all(up.weight == 0) and torch.all(up.bias == 0) and torch.all(down.bias == 0)
     assert 0 < down.weight.abs().max() <= 2e-2  # truncated at 2 std
@@ -59,7 +71,9 @@ def test_serial_and_parallel_equations():
     h = torch.randn(2, 3, 64)
     y = serial.base_layer(h)
     torch.testing.assert_close(serial(h), y + _adapt(serial, y))
-    llama = apply_method(tiny_llama(), AdapterConfig(placement="parallel", reduction_factor=4, scaling=4.0))
+    llama = apply_method(
+        tiny_llama(), AdapterConfig(placement="parallel", reduction_factor=4, scaling=4.0)
+    )
     parallel = llama.model.layers[0].mlp
     _randomise_up(parallel)
     torch.testing.assert_close(parallel(x), parallel.base_layer(x) + _adapt(parallel, x))

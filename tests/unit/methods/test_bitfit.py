@@ -1,4 +1,5 @@
 """BitFit specifics: only biases train, and models without biases are refused."""
+
 import json
 
 import pytest
@@ -25,4 +26,7 @@ def test_exactly_the_biases_train(build):
 def test_saves_biases_with_its_own_peft_type(tmp_path):
     model = apply_method(tiny_gpt2(), BitfitConfig())
     save_adapter(model, tmp_path)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "TUNESMITH_BITFIT"
+    assert (
+        json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"]
+        == "TUNESMITH_BITFIT"
+    )

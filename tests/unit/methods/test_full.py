@@ -1,4 +1,5 @@
 """Full fine-tuning and the base-weight contract (train_base_parameters) it relies on."""
+
 import json
 
 import pytest
@@ -35,7 +36,9 @@ def test_every_weight_is_saved_under_peft_names(tmp_path):
     model = apply_method(tiny_llama(), FullConfig())
     _step(model)
     save_adapter(model, tmp_path)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "TUNESMITH_FULL"
+    assert (
+        json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "TUNESMITH_FULL"
+    )
     fresh = load_adapter(tiny_llama(), tmp_path)
     torch.testing.assert_close(_logits(fresh), _logits(model), atol=0, rtol=0)
     with disabled_adapters(fresh):  # the loaded model still knows its base weights

@@ -1,13 +1,20 @@
 """(IA)^3 specifics the matrix does not cover: defaults, config checks, roles, exact unmerge."""
+
 import copy
 
 import pytest
 import torch
 
 from tests.tiny import tiny_gpt2, tiny_llama
-from tunesmith.errors import ConfigError
 from tunesmith.config.loader import build_config
-from tunesmith.methods import adapter_configs, apply_method, config_classes, merge_adapters, unmerge_adapters
+from tunesmith.errors import ConfigError
+from tunesmith.methods import (
+    adapter_configs,
+    apply_method,
+    config_classes,
+    merge_adapters,
+    unmerge_adapters,
+)
 from tunesmith.methods.ia3 import Ia3Config, Ia3Linear
 
 INPUT = torch.tensor([[5, 9, 13, 40, 41, 42, 7, 8]])
@@ -19,16 +26,26 @@ def _logits(model):
 
 
 def _roles(model):
-    return {name.split(".")[-1]: m.is_feedforward for name, m in model.named_modules() if isinstance(m, Ia3Linear)}
+    return {
+        name.split(".")[-1]: m.is_feedforward
+        for name, m in model.named_modules()
+        if isinstance(m, Ia3Linear)
+    }
 
 
 def test_defaults_follow_the_architecture():
-    assert _roles(apply_method(tiny_llama(), Ia3Config())) == {"k_proj": False, "v_proj": False, "down_proj": True}
+    assert _roles(apply_method(tiny_llama(), Ia3Config())) == {
+        "k_proj": False,
+        "v_proj": False,
+        "down_proj": True,
+    }
     gpt2 = apply_method(tiny_gpt2(), Ia3Config())
     assert _roles(gpt2) == {"c_attn": False, "c_proj": True}
     assert not isinstance(gpt2.transformer.h[0].attn.c_proj, Ia3Linear)  # only mlp.c_proj
     saved = adapter_configs(gpt2)["default"]  # the resolved config is what gets saved
-    assert saved.target_modules == ["c_attn", "mlp.c_proj"] and saved.feedforward_modules == ["mlp.c_proj"]
+    assert saved.target_modules == ["c_attn", "mlp.c_proj"] and saved.feedforward_modules == [
+        "mlp.c_proj"
+    ]
 
 
 def test_explicit_targets_keep_only_feedforward_defaults_among_them():

@@ -1,4 +1,5 @@
 """LoRA specifics: PEFT's init, scaling, several named adapters (switch, disable), target errors."""
+
 import math
 
 import pytest
@@ -22,7 +23,9 @@ def _randomise_b(model, name, seed):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, LoraLinear) and name in m.adapter_names:
-                m.lora_B[name].weight.copy_(torch.randn(m.lora_B[name].weight.shape, generator=g) * 0.1)
+                m.lora_B[name].weight.copy_(
+                    torch.randn(m.lora_B[name].weight.shape, generator=g) * 0.1
+                )
 
 
 def test_init_is_kaiming_a_and_zero_b_with_alpha_over_r_scaling():
@@ -33,7 +36,9 @@ def test_init_is_kaiming_a_and_zero_b_with_alpha_over_r_scaling():
     bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform(a=sqrt(5)) bound = 1/sqrt(fan_in)
     a = layer.lora_A["default"].weight
     assert a.abs().max() <= bound and a.std() > bound / 4
-    rs = apply_method(tiny_llama(), LoraConfig(r=4, alpha=8, use_rslora=True, target_modules=["q_proj"]))
+    rs = apply_method(
+        tiny_llama(), LoraConfig(r=4, alpha=8, use_rslora=True, target_modules=["q_proj"])
+    )
     assert rs.model.layers[0].self_attn.q_proj.scaling["default"] == 4.0  # alpha / sqrt(r)
 
 
@@ -42,7 +47,10 @@ def test_forward_adds_scaled_low_rank_update():
     _randomise_b(model, "default", 0)
     layer = model.model.layers[1].self_attn.v_proj
     x = torch.randn(3, layer.in_features)
-    w = layer.base_layer.weight + 3.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    w = (
+        layer.base_layer.weight
+        + 3.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    )
     torch.testing.assert_close(layer(x), x @ w.T)
 
 
@@ -75,16 +83,22 @@ def test_merge_and_unload_leaves_plain_linears_with_same_output():
 
 
 def test_targets_that_match_nothing_list_the_linear_layers():
-    with pytest.raises(UnsupportedModuleError, match="its linear layers are named: .*q_proj.*v_proj"):
+    with pytest.raises(
+        UnsupportedModuleError, match="its linear layers are named: .*q_proj.*v_proj"
+    ):
         apply_method(tiny_llama(), LoraConfig(target_modules=["query"]))
     with pytest.raises(UnsupportedModuleError):
         apply_method(tiny_llama(), LoraConfig(target_modules=r"nothing\..*"))
 
 
 def test_all_linear_on_a_second_adapter_wraps_only_the_models_layers():
-    model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules="all-linear"), adapter_name="a")
+    model = apply_method(
+        tiny_llama(), LoraConfig(r=2, target_modules="all-linear"), adapter_name="a"
+    )
     wrapped_once = {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
     apply_method(model, LoraConfig(r=4, target_modules="all-linear"), adapter_name="b")
     wrapped_twice = {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
     assert wrapped_twice == wrapped_once
-    assert all(set(m.adapter_names) == {"a", "b"} for m in model.modules() if isinstance(m, LoraLinear))
+    assert all(
+        set(m.adapter_names) == {"a", "b"} for m in model.modules() if isinstance(m, LoraLinear)
+    )

@@ -1,4 +1,5 @@
 """Mixed-adapter batches give each row what its adapter alone gives."""
+
 import pytest
 import torch
 
@@ -15,8 +16,14 @@ def _model():
     model = tiny_llama()
     # Different ranks and targets per adapter.
     for i, name in enumerate(NAMES):
-        targets = ["q_proj", "v_proj"] if name == "c" else ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
-        apply_method(model, LoraConfig(r=2 + 2 * i, alpha=8, target_modules=targets), adapter_name=name)
+        targets = (
+            ["q_proj", "v_proj"]
+            if name == "c"
+            else ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+        )
+        apply_method(
+            model, LoraConfig(r=2 + 2 * i, alpha=8, target_modules=targets), adapter_name=name
+        )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -40,8 +47,8 @@ def test_mixed_batch_equals_one_adapter_at_a_time():
         mixed = model(input_ids=ids).logits
     for i, name in enumerate(rows):
         with torch.no_grad():
-            ref = _alone(model, name, ids[i:i + 1])
-        torch.testing.assert_close(mixed[i:i + 1], ref, atol=1e-5, rtol=1e-5)
+            ref = _alone(model, name, ids[i : i + 1])
+        torch.testing.assert_close(mixed[i : i + 1], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_mixed_greedy_decode_equals_per_adapter_decode():
@@ -53,11 +60,11 @@ def test_mixed_greedy_decode_equals_per_adapter_decode():
     for i, name in enumerate(rows):
         if name is None:
             with disabled_adapters(model):
-                ref = greedy_decode(model, ids[i:i + 1], max_new_tokens=12)
+                ref = greedy_decode(model, ids[i : i + 1], max_new_tokens=12)
         else:
             set_active_adapter(model, name)
-            ref = greedy_decode(model, ids[i:i + 1], max_new_tokens=12)
-        assert torch.equal(mixed[i:i + 1], ref)
+            ref = greedy_decode(model, ids[i : i + 1], max_new_tokens=12)
+        assert torch.equal(mixed[i : i + 1], ref)
 
 
 def test_mixed_adapters_reject_bad_use():

@@ -1,5 +1,6 @@
 """LoRA variants beyond the matrix: config mapping to PEFT keys, PiSSA's single-adapter rule and
 the restoration of W0 when a PiSSA adapter is disabled, inactive or deleted."""
+
 import copy
 
 import pytest
@@ -29,8 +30,14 @@ def _trained_pissa(model, targets=("q_proj", "v_proj")):
     return model
 
 
-@pytest.mark.parametrize("cfg", [LoraConfig(use_dora=True), LoraConfig(init="pissa", use_rslora=True),
-                                 LoraConfig(init="gaussian")])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LoraConfig(use_dora=True),
+        LoraConfig(init="pissa", use_rslora=True),
+        LoraConfig(init="gaussian"),
+    ],
+)
 def test_peft_config_round_trip(cfg):
     assert from_peft_config(to_peft_config(cfg)) == cfg
 
@@ -58,7 +65,9 @@ def test_pissa_cannot_share_a_layer():
 
 def test_pissa_rank_above_layer_rank():
     with pytest.raises(ConfigError, match="exceeds"):
-        apply_method(tiny_llama(), LoraConfig(r=9, init="pissa", target_modules=["k_proj"]))  # k_proj: 8 x 16
+        apply_method(
+            tiny_llama(), LoraConfig(r=9, init="pissa", target_modules=["k_proj"])
+        )  # k_proj: 8 x 16
 
 
 def test_inactive_or_disabled_pissa_gives_the_original_model():
@@ -76,14 +85,17 @@ def test_deleting_pissa_puts_w0_back():
     model = _trained_pissa(copy.deepcopy(base))
     layer = model.model.layers[0].self_attn.q_proj
     layer.delete_adapter("default")
-    torch.testing.assert_close(layer.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        layer.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight, atol=1e-6, rtol=0
+    )
 
 
 def test_re_adding_a_pissa_adapter_starts_from_w0_again():
     base = tiny_llama()
     model = _trained_pissa(copy.deepcopy(base))
-    apply_method(model, LoraConfig(r=2, use_dora=True, target_modules=["q_proj", "v_proj"]))  # same name
+    apply_method(
+        model, LoraConfig(r=2, use_dora=True, target_modules=["q_proj", "v_proj"])
+    )  # same name
     layer = model.model.layers[0].self_attn.q_proj
     assert not layer.pissa_init and "default" in layer.lora_magnitude_vector
     torch.testing.assert_close(_logits(model), _logits(base), atol=1e-6, rtol=0)

@@ -3,6 +3,7 @@ training lowers the loss, save/load round trip, merge == unmerged, cached == unc
 
 Cases come from every `cases_*.py` module next to this file.
 """
+
 import copy
 import importlib
 import pkgutil
@@ -12,7 +13,13 @@ import pytest
 import torch
 
 from tests.unit.methods.matrix_support import BUILDERS, DECODERS
-from tunesmith.methods import apply_method, get_method, method_names, merge_adapters, unmerge_adapters
+from tunesmith.methods import (
+    apply_method,
+    get_method,
+    merge_adapters,
+    method_names,
+    unmerge_adapters,
+)
 from tunesmith.methods.base import disabled_adapters
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.utils.modules import count_parameters
@@ -49,7 +56,9 @@ def _train_steps(model, steps=5, lr=1e-2):
     model.train()
     losses = []
     for _ in range(steps):
-        loss = model(input_ids=INPUT, attention_mask=MASK, labels=INPUT.masked_fill(MASK == 0, -100)).loss
+        loss = model(
+            input_ids=INPUT, attention_mask=MASK, labels=INPUT.masked_fill(MASK == 0, -100)
+        ).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -60,7 +69,9 @@ def _train_steps(model, steps=5, lr=1e-2):
 
 def test_every_registered_method_has_a_case():
     covered = {type(c.cfg)().name for c in CASES}
-    assert set(method_names()) <= covered, f"methods without a matrix case: {set(method_names()) - covered}"
+    assert set(method_names()) <= covered, (
+        f"methods without a matrix case: {set(method_names()) - covered}"
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -97,7 +108,9 @@ def test_save_load_round_trip(case, tmp_path):
     torch.testing.assert_close(_logits(fresh), _logits(model), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if get_method(type(c.cfg)().name).can_merge], ids=str)
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if get_method(type(c.cfg)().name).can_merge], ids=str
+)
 def test_merge_equals_unmerged(case):
     _, model = _apply(case)
     _train_steps(model, steps=2)
@@ -108,7 +121,9 @@ def test_merge_equals_unmerged(case):
     torch.testing.assert_close(_logits(model), before, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.arch in DECODERS], ids=str)  # encoders don't generate
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.arch in DECODERS], ids=str
+)  # encoders don't generate
 def test_generation_with_and_without_cache_agree(case):
     _, model = _apply(case)
     _train_steps(model, steps=2)

@@ -5,6 +5,7 @@ by us loads in PEFT with the same logits, and one saved by PEFT loads in ours wi
 logits. fp32, max abs diff <= 1e-5, adapter weights randomised so they change the output. PEFT's
 logits include the virtual positions for prompt/p-tuning; those are cut before comparing.
 """
+
 import copy
 from dataclasses import dataclass
 
@@ -45,18 +46,45 @@ class Pair:
 
 
 PAIRS = [
-    Pair("prompt_tuning", PromptTuningConfig(num_virtual_tokens=3), "PromptTuningConfig",
-         dict(num_virtual_tokens=3), prepended=3),
-    Pair("prefix_tuning-mlp", PrefixTuningConfig(num_virtual_tokens=3, encoder_hidden_size=12),
-         "PrefixTuningConfig", dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=12)),
-    Pair("prefix_tuning-plain", PrefixTuningConfig(num_virtual_tokens=4, projection=False),
-         "PrefixTuningConfig", dict(num_virtual_tokens=4)),
-    Pair("p_tuning-lstm", PTuningConfig(num_virtual_tokens=3, encoder_hidden_size=8), "PromptEncoderConfig",
-         dict(num_virtual_tokens=3, encoder_reparameterization_type="LSTM", encoder_hidden_size=8), prepended=3),
-    Pair("p_tuning-mlp", PTuningConfig(num_virtual_tokens=2, encoder="mlp"), "PromptEncoderConfig",
-         dict(num_virtual_tokens=2, encoder_reparameterization_type="MLP"), prepended=2),
-    Pair("llama_adapter", LlamaAdapterConfig(adapter_len=3, adapter_layers=2), "AdaptionPromptConfig",
-         dict(adapter_len=3, adapter_layers=2)),
+    Pair(
+        "prompt_tuning",
+        PromptTuningConfig(num_virtual_tokens=3),
+        "PromptTuningConfig",
+        dict(num_virtual_tokens=3),
+        prepended=3,
+    ),
+    Pair(
+        "prefix_tuning-mlp",
+        PrefixTuningConfig(num_virtual_tokens=3, encoder_hidden_size=12),
+        "PrefixTuningConfig",
+        dict(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=12),
+    ),
+    Pair(
+        "prefix_tuning-plain",
+        PrefixTuningConfig(num_virtual_tokens=4, projection=False),
+        "PrefixTuningConfig",
+        dict(num_virtual_tokens=4),
+    ),
+    Pair(
+        "p_tuning-lstm",
+        PTuningConfig(num_virtual_tokens=3, encoder_hidden_size=8),
+        "PromptEncoderConfig",
+        dict(num_virtual_tokens=3, encoder_reparameterization_type="LSTM", encoder_hidden_size=8),
+        prepended=3,
+    ),
+    Pair(
+        "p_tuning-mlp",
+        PTuningConfig(num_virtual_tokens=2, encoder="mlp"),
+        "PromptEncoderConfig",
+        dict(num_virtual_tokens=2, encoder_reparameterization_type="MLP"),
+        prepended=2,
+    ),
+    Pair(
+        "llama_adapter",
+        LlamaAdapterConfig(adapter_len=3, adapter_layers=2),
+        "AdaptionPromptConfig",
+        dict(adapter_len=3, adapter_layers=2),
+    ),
 ]
 
 
@@ -86,7 +114,9 @@ def test_ours_loads_in_peft(pair, tmp_path):
     save_adapter(ours, tmp_path / "ours")
     theirs = peft.PeftModel.from_pretrained(base, tmp_path / "ours")
     assert _max_diff(_logits(theirs, pair.prepended), _logits(ours)) <= TOL
-    assert _max_diff(_logits(ours), _logits(tiny_llama())) > 1e-3  # the adapter does change the output
+    assert (
+        _max_diff(_logits(ours), _logits(tiny_llama())) > 1e-3
+    )  # the adapter does change the output
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=str)
@@ -108,8 +138,10 @@ def test_prefix_file_holds_plain_prefixes_with_kv_heads(tmp_path):
 
 def test_peft_refuses_a_p_tuning_template_file_instead_of_misreading_it(tmp_path):
     # PEFT only prepends; a template's slot rows make prompt_embeddings longer than PEFT expects.
-    model = apply_method(tiny_llama(), PTuningConfig(num_virtual_tokens=2, template="[P] {text} [P]",
-                                                     placeholder_token_id=5))
+    model = apply_method(
+        tiny_llama(),
+        PTuningConfig(num_virtual_tokens=2, template="[P] {text} [P]", placeholder_token_id=5),
+    )
     save_adapter(model, tmp_path / "a")
     with pytest.raises(RuntimeError, match="size mismatch"):
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path / "a")

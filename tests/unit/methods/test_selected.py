@@ -1,4 +1,5 @@
 """Selected-module specifics: which blocks and modules train, and the errors for bad selections."""
+
 import pytest
 
 from tests.tiny import tiny_gpt2, tiny_llama
@@ -14,7 +15,9 @@ def _trainable(model):
 
 def test_top_k_layers_trains_the_last_blocks_only():
     model = apply_method(tiny_llama(), SelectedConfig(top_k_layers=1))
-    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.startswith("model.layers.1.")}
+    assert _trainable(model) == {
+        n for n, _ in model.named_parameters() if n.startswith("model.layers.1.")
+    }
 
 
 def test_blocks_are_found_on_each_architecture():
@@ -33,7 +36,12 @@ def test_unmatched_module_lists_what_exists():
     with pytest.raises(UnsupportedModuleError) as e:
         apply_method(tiny_llama(), SelectedConfig(modules=["lm_haed"]))
     message = str(e.value)
-    assert "'lm_haed'" in message and "lm_head" in message and "model.layers.0-1" in message and "q_proj" in message
+    assert (
+        "'lm_haed'" in message
+        and "lm_head" in message
+        and "model.layers.0-1" in message
+        and "q_proj" in message
+    )
 
 
 def test_more_layers_than_the_model_has():

@@ -1,4 +1,5 @@
 """Sparse fine-tuning specifics: the schedule, sparsity reached, masked training, saved masks."""
+
 import pytest
 import torch
 
@@ -7,7 +8,13 @@ from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.methods.registry import method_reports, run_step_hooks
-from tunesmith.methods.sparse import SparseConfig, SparseDeltaLinear, kept_count, prune, reached_sparsity
+from tunesmith.methods.sparse import (
+    SparseConfig,
+    SparseDeltaLinear,
+    kept_count,
+    prune,
+    reached_sparsity,
+)
 
 INPUT = torch.tensor([[5, 9, 13, 40, 41, 42, 7, 8]])
 TARGETS = ["q_proj", "v_proj"]  # tiny llama: q 16 x 16 = 256 entries, v 16 x 8 = 128, two layers
@@ -29,7 +36,12 @@ def _layers(model):
 
 def test_schedules():
     cubic = SparseConfig(sparsity=0.8, rounds=4, prune_every=10)
-    assert [round(cubic.sparsity_after(k), 6) for k in (0, 2, 4, 9)] == [0, 0.7, 0.8, 0.8]  # 0.8 * (1 - 0.5^3)
+    assert [round(cubic.sparsity_after(k), 6) for k in (0, 2, 4, 9)] == [
+        0,
+        0.7,
+        0.8,
+        0.8,
+    ]  # 0.8 * (1 - 0.5^3)
     linear = SparseConfig(sparsity=0.8, rounds=4, schedule="linear")
     assert linear.sparsity_after(2) == pytest.approx(0.4)
     assert [cubic.round_at(s) for s in (9, 10, 25, 1000)] == [0, 1, 2, 4]
@@ -63,21 +75,31 @@ def test_pruned_entries_stay_at_the_pretrained_value():
 
 
 def test_report_warns_when_training_ends_before_the_target(caplog):
-    model = apply_method(tiny_llama(), SparseConfig(target_modules=TARGETS, sparsity=0.5, rounds=2, prune_every=1,
-                                                   schedule="linear"))
+    model = apply_method(
+        tiny_llama(),
+        SparseConfig(
+            target_modules=TARGETS, sparsity=0.5, rounds=2, prune_every=1, schedule="linear"
+        ),
+    )
     _train(model, steps=1, hooks=True)
     assert method_reports(model)["sparsity"] == 0.25
     assert "reached sparsity 0.250 of the target 0.500" in caplog.text
 
 
 def test_step_hooks_follow_the_schedule():
-    model = apply_method(tiny_llama(), SparseConfig(target_modules=TARGETS, sparsity=0.5, rounds=2, prune_every=1,
-                                                   schedule="linear"))
+    model = apply_method(
+        tiny_llama(),
+        SparseConfig(
+            target_modules=TARGETS, sparsity=0.5, rounds=2, prune_every=1, schedule="linear"
+        ),
+    )
     _train(model, steps=1, hooks=True)
     assert reached_sparsity(model) == 0.25
     _train(model, steps=3, hooks=True)  # steps 1-3 again: the schedule saturates at round 2
     assert reached_sparsity(model) == 0.5
-    assert all(torch.all(m.sparse_delta["default"][~m.mask("default")] == 0) for m in _layers(model))
+    assert all(
+        torch.all(m.sparse_delta["default"][~m.mask("default")] == 0) for m in _layers(model)
+    )
     targeted = sum(m.base_layer.weight.numel() for m in _layers(model))
     assert method_reports(model) == {"sparsity": 0.5, "effective_trainable_params": targeted // 2}
 

@@ -1,5 +1,6 @@
 """base_model_name_or_path of saved adapters: the embedded model's Hub id for 'default', and that
 id loading the embedded files again when the HF cache does not hold it."""
+
 import json
 
 import pytest
@@ -33,22 +34,28 @@ def hub(tmp_path, monkeypatch):
         save_tiny_model(repo / "snapshots" / "abc123", model)
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text("abc123")
+
     return put
 
 
 def test_model_id_for_adapter_names_the_embedded_model_and_keeps_the_rest():
-    assert model_id_for_adapter("default") == DEFAULT_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        model_id_for_adapter("default") == DEFAULT_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
     for name in ("runs/base", "/abs/base", "./base", "m.gguf", "acme/tiny"):
         assert model_id_for_adapter(name) == name
     assert model_id_for_adapter(None) is None
 
 
-@pytest.mark.parametrize("base, recorded", [("default", DEFAULT_HUB_ID), ("models/mine", "models/mine"),
-                                            (None, None)])
+@pytest.mark.parametrize(
+    "base, recorded", [("default", DEFAULT_HUB_ID), ("models/mine", "models/mine"), (None, None)]
+)
 def test_saved_adapter_records_the_base_model(llama, tmp_path, base, recorded):
     model = apply_method(llama, LoraConfig(r=2, target_modules=["q_proj"]))
     out = save_adapter(model, tmp_path / "a", base_model=base)
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == recorded
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == recorded
+    )
 
 
 def test_embedded_hub_id_loads_the_embedded_files_when_not_in_the_hf_cache(embedded, hub):
@@ -58,7 +65,10 @@ def test_embedded_hub_id_loads_the_embedded_files_when_not_in_the_hf_cache(embed
 
 
 def test_embedded_hub_id_in_the_hf_cache_loads_from_there(embedded, hub):
-    hub(DEFAULT_HUB_ID, tiny_llama(seed=2, hidden_size=8, num_attention_heads=2, num_key_value_heads=1))
+    hub(
+        DEFAULT_HUB_ID,
+        tiny_llama(seed=2, hidden_size=8, num_attention_heads=2, num_key_value_heads=1),
+    )
     model, _ = load_base_model(DEFAULT_HUB_ID)
     assert model.config.hidden_size == 8  # the cached Hub model, not the embedded one (16)
 
@@ -72,7 +82,9 @@ def test_own_adapter_loads_on_the_base_its_config_names(embedded, hub, tmp_path,
             torch.nn.init.normal_(p)
     out = save_adapter(trained, tmp_path / "a", base_model="default")
     config = json.loads((out / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = recorded  # as older adapters ("default") or newer ones wrote it
+    config["base_model_name_or_path"] = (
+        recorded  # as older adapters ("default") or newer ones wrote it
+    )
     (out / "adapter_config.json").write_text(json.dumps(config))
     model, _ = load_base_model(config["base_model_name_or_path"])
     load_adapter(model, out)

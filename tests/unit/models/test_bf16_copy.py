@@ -1,4 +1,5 @@
 """`default` in bfloat16 loads from a bf16 copy of the embedded model, equal to the cast weights."""
+
 import torch
 
 from tests.tiny import save_tiny_model

@@ -1,4 +1,5 @@
 """models.compat: the KV-cache keyword, `past_key_values` before transformers 5.24 and `cache` from it."""
+
 import pytest
 import torch
 import transformers

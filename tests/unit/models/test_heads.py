@@ -19,7 +19,9 @@ def test_pool_reads_last_real_first_real_and_mean_tokens_under_any_padding():
     assert pool(hidden, right, "mean").flatten().tolist() == [1, 5.5]
 
 
-@pytest.mark.parametrize("make, pooling", [(tiny_llama, "last"), (tiny_gpt2, "last"), (tiny_bert, "first")])
+@pytest.mark.parametrize(
+    "make, pooling", [(tiny_llama, "last"), (tiny_gpt2, "last"), (tiny_bert, "first")]
+)
 def test_classifier_reads_last_token_for_decoders_first_for_encoders(make, pooling):
     lm = make()
     clf = SequenceClassifier(lm, 3)
@@ -34,7 +36,11 @@ def test_classifier_reads_last_token_for_decoders_first_for_encoders(make, pooli
 
 def _train_top_block(clf):
     freeze(clf)
-    for p in list(clf.lm.model.layers[-1].parameters()) + list(clf.lm.model.norm.parameters()) + list(clf.head.parameters()):
+    for p in (
+        list(clf.lm.model.layers[-1].parameters())
+        + list(clf.lm.model.norm.parameters())
+        + list(clf.head.parameters())
+    ):
         p.requires_grad_(True)
 
 
@@ -46,16 +52,25 @@ def test_frozen_prefix_cache_is_exact_for_llama_and_refused_where_not():
     prefix = make_prefix(clf, clf.backbone, (ids, mask))
     assert isinstance(prefix, FrozenPrefix) and prefix.k == 1
     clf.prefix = prefix
-    torch.testing.assert_close(clf(hidden=prefix.capture(ids, mask), attention_mask=mask), clf(ids, mask))
-    gpt = SequenceClassifier(tiny_gpt2(), 2)  # GPT-2 adds position embeddings to inputs_embeds: not exact
+    torch.testing.assert_close(
+        clf(hidden=prefix.capture(ids, mask), attention_mask=mask), clf(ids, mask)
+    )
+    gpt = SequenceClassifier(
+        tiny_gpt2(), 2
+    )  # GPT-2 adds position embeddings to inputs_embeds: not exact
     freeze(gpt)
     for p in gpt.lm.transformer.h[-1].parameters():
         p.requires_grad_(True)
-    assert frozen_prefix_length(gpt, gpt.backbone) == 1 and make_prefix(gpt, gpt.backbone, (ids, mask)) is None
+    assert (
+        frozen_prefix_length(gpt, gpt.backbone) == 1
+        and make_prefix(gpt, gpt.backbone, (ids, mask)) is None
+    )
 
 
 def test_nothing_cached_when_anything_before_the_blocks_trains_and_whole_backbone_when_frozen():
-    clf = SequenceClassifier(apply_method(tiny_llama(), LoraConfig(r=2, target_modules="all-linear")), 2)
+    clf = SequenceClassifier(
+        apply_method(tiny_llama(), LoraConfig(r=2, target_modules="all-linear")), 2
+    )
     assert frozen_prefix_length(clf, clf.backbone) == 0
     clf = SequenceClassifier(tiny_llama(), 2)
     freeze(clf.lm)
@@ -66,5 +81,7 @@ def test_nothing_cached_when_anything_before_the_blocks_trains_and_whole_backbon
     prefix = make_prefix(frozen, frozen.backbone, None)
     ids, mask = torch.randint(5, 100, (1, 5)), torch.ones(1, 5, dtype=torch.long)
     assert prefix.whole
-    torch.testing.assert_close(prefix.top(prefix.capture(ids, mask), mask),
-                               frozen.backbone(input_ids=ids, attention_mask=mask).last_hidden_state)
+    torch.testing.assert_close(
+        prefix.top(prefix.capture(ids, mask), mask),
+        frozen.backbone(input_ids=ids, attention_mask=mask).last_hidden_state,
+    )

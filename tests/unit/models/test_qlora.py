@@ -1,21 +1,39 @@
 """QLoRA on tiny models: LoRA on a quantized base, merging into it, refusals, quantized directories."""
+
 import pytest
 import torch
 from torch import nn
 
 from tests.tiny import save_tiny_model, tiny_llama
-from tunesmith.errors import ConfigError
 from tunesmith.config.schema import ModelConfig
-from tunesmith.methods import (apply_method, get_method, merge_adapters, merge_and_unload, method_names,
-                               unmerge_adapters)
+from tunesmith.errors import ConfigError
+from tunesmith.methods import (
+    apply_method,
+    get_method,
+    merge_adapters,
+    merge_and_unload,
+    method_names,
+    unmerge_adapters,
+)
 from tunesmith.methods.bitfit import BitfitConfig
 from tunesmith.methods.full import FullConfig
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.methods.lora import LoraConfig
 from tunesmith.models import load_base_model
-from tunesmith.models.quantization import (QuantizedLinear, dequantize_model, is_quantized_dir, quantize_model,
-                                           requantization_error, save_pretrained_quantized)
-from tunesmith.utils.modules import count_parameters, is_linear_like, quantization_schemes, weight_bytes
+from tunesmith.models.quantization import (
+    QuantizedLinear,
+    dequantize_model,
+    is_quantized_dir,
+    quantize_model,
+    requantization_error,
+    save_pretrained_quantized,
+)
+from tunesmith.utils.modules import (
+    count_parameters,
+    is_linear_like,
+    quantization_schemes,
+    weight_bytes,
+)
 
 IDS = torch.tensor([[5, 17, 33, 9, 60, 2, 71]])
 
@@ -48,7 +66,9 @@ def test_gradients_flow_into_lora_only(scheme):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert trainable and all("lora_" in n for n in trainable)
     assert with_grad == trainable
-    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B starts at 0
+    assert all(
+        p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n
+    )  # B starts at 0
     quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert len(quantized) == 14 and all(not list(q.parameters()) for q in quantized)
 
@@ -74,7 +94,9 @@ def test_merge_requantizes_reports_error_and_unmerge_is_exact():
     merged = _logits(model)
     assert not torch.equal(merged, before) and (merged - before).abs().max() < 1.0
     unmerge_adapters(model)
-    torch.testing.assert_close(_logits(model), before, atol=0, rtol=0)  # the saved codes are put back
+    torch.testing.assert_close(
+        _logits(model), before, atol=0, rtol=0
+    )  # the saved codes are put back
 
 
 def test_merge_and_unload_gives_full_precision_layers_with_the_same_output():
@@ -104,7 +126,9 @@ def test_refusal_follows_the_registry_flag_also_when_loading(tmp_path):
     assert "lora" in method_names()
 
 
-@pytest.mark.parametrize("kw, fragment", [({"use_dora": True}, "use_dora"), ({"init": "pissa"}, "pissa")])
+@pytest.mark.parametrize(
+    "kw, fragment", [({"use_dora": True}, "use_dora"), ({"init": "pissa"}, "pissa")]
+)
 def test_dora_and_pissa_are_refused_on_a_quantized_base(kw, fragment):
     model = _quantized()
     with pytest.raises(ConfigError, match=f"{fragment}.*not supported on a quantized base"):

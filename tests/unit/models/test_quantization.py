@@ -23,10 +23,22 @@ from tunesmith.models.quantization import (
 
 # bitsandbytes backends/utils.py _NF4_QUANT_TABLE (== get_4bit_type("nf4"))
 PUBLISHED_NF4 = [
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
 ]
 
 
@@ -135,8 +147,9 @@ def test_autocast_bfloat16():
 
 def test_nf4_double_quant_bytes_formula():
     n = 1024 * 1024
-    q = QuantizedLinear.from_linear(nn.Linear(1024, 1024, bias=False), scheme="nf4",
-                                    double_quant=True, block_size=64)
+    q = QuantizedLinear.from_linear(
+        nn.Linear(1024, 1024, bias=False), scheme="nf4", double_quant=True, block_size=64
+    )
     expected = n // 2 + n // 64 + (n // 64 // 256) * 4 + 4  # codes, int8 absmax, scales, mean
     assert q.weight_bytes() == expected
     assert q.weight_bytes() <= 0.3 * n * 4
@@ -172,9 +185,16 @@ def test_quantize_model_save_load_round_trip(tmp_path, scheme):
     assert torch.equal(loaded(ids), model(ids))
 
 
-@pytest.mark.parametrize("kwargs", [{"scheme": "fp3"}, {"block_size": 0}, {"block_size": -64},
-                                    {"scheme": "int8", "double_quant": True},
-                                    {"block_size": 63}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"scheme": "fp3"},
+        {"block_size": 0},
+        {"block_size": -64},
+        {"scheme": "int8", "double_quant": True},
+        {"block_size": 63},
+    ],
+)
 def test_bad_settings_raise_config_error(kwargs):
     with pytest.raises(ConfigError) as info:
         QuantizedLinear.from_linear(nn.Linear(8, 4), **kwargs)

@@ -42,7 +42,9 @@ def test_causal_scores_are_next_token_log_probs_joint_for_multi_token_words():
 def test_single_token_words_share_one_forward_and_match_the_general_path():
     lm, prompts, words = tiny_llama(), [[5, 6, 7], [8, 9]], [[10], [11]]
     shared = label_word_scores(lm, [_batch(prompts, [3, 2])], words, causal=True)
-    general = label_word_scores(lm, [_batch([p + w for p in prompts], [3, 2]) for w in words], words, causal=True)
+    general = label_word_scores(
+        lm, [_batch([p + w for p in prompts], [3, 2]) for w in words], words, causal=True
+    )
     torch.testing.assert_close(shared, general, atol=1e-5, rtol=1e-5)
 
 
@@ -54,7 +56,9 @@ def test_masked_lm_scores_read_the_mask_positions():
     with torch.no_grad():
         logp = torch.log_softmax(lm(torch.tensor(rows)).logits[0].float(), -1)
     for c, w in enumerate(words):
-        assert scores[0, c].item() == pytest.approx((logp[3, w[0]] + logp[4, w[1]]).item(), abs=1e-4)
+        assert scores[0, c].item() == pytest.approx(
+            (logp[3, w[0]] + logp[4, w[1]]).item(), abs=1e-4
+        )
 
 
 def test_entropy():

@@ -1,4 +1,5 @@
 """The model-level response log-probs (head at labelled positions only) against the logits-level ones."""
+
 import torch
 
 from tests.tiny import tiny_gpt2, tiny_llama

@@ -17,7 +17,9 @@ def _batch():
 
 def _reference(model, ids, mask, labels):
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
 
 
 def test_selected_chunked_loss_equals_full_logits_loss_and_grads():
@@ -48,6 +50,7 @@ def test_loss_on_hand_made_logits_matches_definition():
 
 def _wrapped_head(model):
     """The same model, its head wrapped so that causal_lm_loss takes the checkpointed chunk path."""
+
     class Head(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()

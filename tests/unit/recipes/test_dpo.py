@@ -1,4 +1,5 @@
 """DPO end to end on a tiny model: identity at the start, learning, the reference cache, resume."""
+
 import json
 import math
 import random
@@ -20,24 +21,42 @@ def task(tmp_path, cache_dir):
     rows = []
     for i in range(40):
         question = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 8)))
-        rows.append({"instruction": f"q {question}", "chosen": f"{question} yes", "rejected": f"{question} no"})
+        rows.append(
+            {
+                "instruction": f"q {question}",
+                "chosen": f"{question} yes",
+                "rejected": f"{question} no",
+            }
+        )
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return save_tiny_model(tmp_path / "tiny"), tmp_path / "pairs.jsonl"
 
 
 def _cfg(task, tmp_path, *overrides):
     model_dir, data = task
-    base = [f"model.name={model_dir}", f"data.train={data}", "data.max_length=48", "task.type=dpo",
-            "method.name=lora", "method.r=4", "method.target_modules=all-linear", "train.epochs=4",
-            "train.batch_size=4", "train.lr=2e-2", "train.log_every=2", "eval.batch_size=8",
-            "data.split=[0.8, 0.1, 0.1]", f"output.dir={tmp_path / 'out'}"]
+    base = [
+        f"model.name={model_dir}",
+        f"data.train={data}",
+        "data.max_length=48",
+        "task.type=dpo",
+        "method.name=lora",
+        "method.r=4",
+        "method.target_modules=all-linear",
+        "train.epochs=4",
+        "train.batch_size=4",
+        "train.lr=2e-2",
+        "train.log_every=2",
+        "eval.batch_size=8",
+        "data.split=[0.8, 0.1, 0.1]",
+        f"output.dir={tmp_path / 'out'}",
+    ]
     return tunesmith.load_config(None, [*base, *overrides])
 
 
 def test_at_initialisation_the_loss_is_log2_and_margins_zero(task, tmp_path):
     cfg = _cfg(task, tmp_path, "train.max_steps=1", "train.lr=1e-12")
-    from tunesmith.recipes.preference_common import load_preference_splits
     from tunesmith.recipes.common import build_model
+    from tunesmith.recipes.preference_common import load_preference_splits
 
     model, tokenizer = build_model(cfg)
     pairs = load_preference_splits(cfg.data, tokenizer, cfg.train.seed).train
@@ -51,7 +70,9 @@ def test_training_raises_the_preference_accuracy_and_writes_trl_metrics(task, tm
     assert metrics["rewards/accuracies"] >= 0.75 and metrics["rewards/margins"] > 0
     assert metrics["loss"] < math.log(2)
     saved = json.loads((tmp_path / "out/metrics.json").read_text())
-    assert {"rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"} <= set(saved)
+    assert {"rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"} <= set(
+        saved
+    )
     log = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
     assert any("rewards/accuracies" in r for r in log)
     assert (tmp_path / "out/adapter_model.safetensors").is_file()
@@ -79,7 +100,15 @@ def test_resume_after_interrupt_ends_with_identical_weights(task, tmp_path, monk
 
     monkeypatch.setattr(dpo, "pair_loss", dies_on_step_4)
     with pytest.raises(KeyboardInterrupt):
-        dpo.run(_cfg(task, tmp_path / "b", "train.max_steps=6", "train.save_every=1", "train.eval_every=0"))
+        dpo.run(
+            _cfg(
+                task,
+                tmp_path / "b",
+                "train.max_steps=6",
+                "train.save_every=1",
+                "train.eval_every=0",
+            )
+        )
     monkeypatch.setattr(dpo, "pair_loss", original)
     resumed = dpo.run(_cfg(task, tmp_path / "b", "train.max_steps=6", "train.save_every=1"))
     wa, wb = (load_file(str(tmp_path / p / "out/adapter_model.safetensors")) for p in ("a", "b"))
@@ -87,11 +116,14 @@ def test_resume_after_interrupt_ends_with_identical_weights(task, tmp_path, monk
     assert resumed["rewards/accuracies"] == straight["rewards/accuracies"]
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("dpo.loss=kl", "dpo.loss must be one of"),
-    ("dpo.beta=0", "dpo.beta must be > 0"),
-    ("dpo.label_smoothing=0.5", "dpo.label_smoothing must be in"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("dpo.loss=kl", "dpo.loss must be one of"),
+        ("dpo.beta=0", "dpo.beta must be > 0"),
+        ("dpo.label_smoothing=0.5", "dpo.label_smoothing must be in"),
+    ],
+)
 def test_bad_dpo_settings_are_config_errors(task, tmp_path, override, fragment):
     with pytest.raises(ConfigError, match=fragment):
         _cfg(task, tmp_path, override)

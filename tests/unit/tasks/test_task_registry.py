@@ -1,4 +1,5 @@
 """The task registry and the config sections tasks register."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -32,8 +33,14 @@ class _ToyConfig:
 
 @pytest.fixture
 def toy_task():
-    spec = TaskSpec(name="toy", help="a toy task", train=lambda cfg, progress: {}, evaluate=lambda cfg, r: {},
-                    text=str, sections={"toy": _ToyConfig})
+    spec = TaskSpec(
+        name="toy",
+        help="a toy task",
+        train=lambda cfg, progress: {},
+        evaluate=lambda cfg, r: {},
+        text=str,
+        sections={"toy": _ToyConfig},
+    )
     register_task(spec)
     yield spec
     del _REGISTRY["toy"]

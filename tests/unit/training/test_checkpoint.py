@@ -1,4 +1,5 @@
 """Checkpoints without pickle: exact round trip, validation on load, last/previous rotation, disk full."""
+
 import errno
 import json
 import logging
@@ -23,7 +24,10 @@ def _setup(seed=0, optimizer="adamw"):
     """Trainable params (one 2-D, one 1-D), optimizer with two groups, LambdaLR, a few steps taken."""
     torch.manual_seed(seed)
     params = {"w": torch.nn.Parameter(torch.randn(8, 4)), "b": torch.nn.Parameter(torch.randn(4))}
-    groups = [{"params": [params["w"]], "weight_decay": 0.1}, {"params": [params["b"]], "weight_decay": 0.0}]
+    groups = [
+        {"params": [params["w"]], "weight_decay": 0.1},
+        {"params": [params["b"]], "weight_decay": 0.0},
+    ]
     if optimizer == "adamw8bit":
         opt = AdamW8bit(groups, lr=1e-2, min_8bit_size=16)  # w (32 values) in 8 bits, b (4) in fp32
     else:
@@ -39,8 +43,13 @@ def _setup(seed=0, optimizer="adamw"):
 
 def _save(path, setup, step, **extra):
     params, opt, sched = setup
-    save_checkpoint(path, params, opt, sched, {"step": step, "epoch": 0, "batch": step, "best_eval_loss": None,
-                                               **extra})
+    save_checkpoint(
+        path,
+        params,
+        opt,
+        sched,
+        {"step": step, "epoch": 0, "batch": step, "best_eval_loss": None, **extra},
+    )
 
 
 def _fresh(optimizer="adamw"):
@@ -62,7 +71,13 @@ def test_round_trip_is_exact(tmp_path, optimizer):
 
     new_params, new_opt, new_sched = _fresh(optimizer)
     position = load_checkpoint(path, new_params, new_opt, new_sched)
-    assert position == {"step": 3, "epoch": 0, "batch": 3, "best_eval_loss": None, "extra_key": [1, "two"]}
+    assert position == {
+        "step": 3,
+        "epoch": 0,
+        "batch": 3,
+        "best_eval_loss": None,
+        "extra_key": [1, "two"],
+    }
     for name, p in params.items():
         assert torch.equal(new_params[name], p)
     saved, loaded = opt.state_dict(), new_opt.state_dict()
@@ -86,18 +101,24 @@ def test_files_are_safetensors_and_json_only(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == sorted(ck.FILES)
     state = json.loads((path / ck.STATE).read_text())
     assert state["position"]["step"] == 3 and read_position(path)["step"] == 3
-    assert state["tensors"]["optimizer.state.0.exp_avg"] == {"dtype": "torch.float32", "shape": [8, 4]}
+    assert state["tensors"]["optimizer.state.0.exp_avg"] == {
+        "dtype": "torch.float32",
+        "shape": [8, 4],
+    }
 
 
 def test_non_json_scheduler_state_is_refused_before_writing(tmp_path):
     params, opt, sched = _setup()
     sched.odd = object()  # LambdaLR.state_dict() keeps every attribute but the lambdas
-    with pytest.raises(CheckpointError, match=r"state\.scheduler\.odd is a object, which only pickle"):
+    with pytest.raises(
+        CheckpointError, match=r"state\.scheduler\.odd is a object, which only pickle"
+    ):
         save_checkpoint(tmp_path / "last", params, opt, sched, {"step": 1})
     assert not (tmp_path / "last").exists()
 
 
 # ---- validation on load --------------------------------------------------------------------------
+
 
 def _truncate(file):
     data = file.read_bytes()
@@ -114,23 +135,48 @@ DAMAGE = {
     "missing weights": (lambda p: (p / ck.WEIGHTS).unlink(), "trainable.safetensors is missing"),
     "missing tensors": (lambda p: (p / ck.TENSORS).unlink(), "state.safetensors is missing"),
     "missing json": (lambda p: (p / ck.STATE).unlink(), "state.json is missing"),
-    "empty weights": (lambda p: (p / ck.WEIGHTS).write_bytes(b""), r"trainable.safetensors is empty \(0 bytes\)"),
+    "empty weights": (
+        lambda p: (p / ck.WEIGHTS).write_bytes(b""),
+        r"trainable.safetensors is empty \(0 bytes\)",
+    ),
     "empty json": (lambda p: (p / ck.STATE).write_bytes(b""), r"state.json is empty"),
-    "truncated weights": (lambda p: _truncate(p / ck.WEIGHTS), "trainable.safetensors cannot be read"),
+    "truncated weights": (
+        lambda p: _truncate(p / ck.WEIGHTS),
+        "trainable.safetensors cannot be read",
+    ),
     "truncated tensors": (lambda p: _truncate(p / ck.TENSORS), "state.safetensors cannot be read"),
     "truncated json": (lambda p: _truncate(p / ck.STATE), "state.json is not valid JSON"),
-    "json not object": (lambda p: (p / ck.STATE).write_text("[1, 2]"), "holds a list, not an object"),
-    "missing key": (lambda p: _edit_json(p, lambda s: s.pop("scheduler")), "lacks the key 'scheduler'"),
+    "json not object": (
+        lambda p: (p / ck.STATE).write_text("[1, 2]"),
+        "holds a list, not an object",
+    ),
+    "missing key": (
+        lambda p: _edit_json(p, lambda s: s.pop("scheduler")),
+        "lacks the key 'scheduler'",
+    ),
     "wrong format": (lambda p: _edit_json(p, lambda s: s.update(format="x/9")), "has format 'x/9'"),
-    "dtype mismatch": (lambda p: _edit_json(p, lambda s: s["tensors"]["optimizer.state.0.exp_avg"].update(
-        dtype="torch.float16")), "optimizer.state.0.exp_avg is torch.float32 \\[8, 4\\], state.json says"),
-    "unlisted tensor": (lambda p: _edit_json(p, lambda s: s["tensors"].pop("rng.torch")),
-                        "holds rng.torch, which state.json does not list"),
-    "dangling reference": (lambda p: _edit_json(p, lambda s: s["optimizer"]["state"]["0"]["tensors"].append(
-        "ghost")), "state.json is malformed"),
-    "bad rng": (lambda p: _edit_json(p, lambda s: s["rng"].update(python=[3])), "state.json is malformed"),
-    "old pickle format": (lambda p: ((p / ck.STATE).unlink(), (p / "state.pt").write_bytes(b"x")),
-                          r"older version \(state.pt"),
+    "dtype mismatch": (
+        lambda p: _edit_json(
+            p, lambda s: s["tensors"]["optimizer.state.0.exp_avg"].update(dtype="torch.float16")
+        ),
+        "optimizer.state.0.exp_avg is torch.float32 \\[8, 4\\], state.json says",
+    ),
+    "unlisted tensor": (
+        lambda p: _edit_json(p, lambda s: s["tensors"].pop("rng.torch")),
+        "holds rng.torch, which state.json does not list",
+    ),
+    "dangling reference": (
+        lambda p: _edit_json(p, lambda s: s["optimizer"]["state"]["0"]["tensors"].append("ghost")),
+        "state.json is malformed",
+    ),
+    "bad rng": (
+        lambda p: _edit_json(p, lambda s: s["rng"].update(python=[3])),
+        "state.json is malformed",
+    ),
+    "old pickle format": (
+        lambda p: ((p / ck.STATE).unlink(), (p / "state.pt").write_bytes(b"x")),
+        r"older version \(state.pt",
+    ),
 }
 
 
@@ -152,7 +198,10 @@ def test_damaged_checkpoint_leaves_the_run_untouched(tmp_path):
     _save(path, _setup(), 3)
     _edit_json(path, lambda s: s["rng"].update(python=[3]))
     params, opt, sched = _fresh()
-    before = {k: p.detach().clone() for k, p in params.items()}, opt.state_dict()["state"][0]["exp_avg"].clone()
+    before = (
+        {k: p.detach().clone() for k, p in params.items()},
+        opt.state_dict()["state"][0]["exp_avg"].clone(),
+    )
     with pytest.raises(CheckpointError):
         load_checkpoint(path, params, opt, sched)
     assert all(torch.equal(params[k], v) for k, v in before[0].items())
@@ -163,23 +212,33 @@ def test_checkpoint_of_another_model_or_optimizer_is_refused(tmp_path):
     path = tmp_path / "last"
     _save(path, _setup(), 3)
     params, opt, sched = _fresh()
-    with pytest.raises(CheckpointError, match="w is torch.float32 \\(8, 4\\), this run has torch.float32 \\(4, 8\\)"):
-        load_checkpoint(path, {"w": torch.nn.Parameter(torch.zeros(4, 8)), "b": params["b"]}, opt, sched)
+    with pytest.raises(
+        CheckpointError,
+        match="w is torch.float32 \\(8, 4\\), this run has torch.float32 \\(4, 8\\)",
+    ):
+        load_checkpoint(
+            path, {"w": torch.nn.Parameter(torch.zeros(4, 8)), "b": params["b"]}, opt, sched
+        )
     with pytest.raises(CheckpointError, match="holds b, which this run does not train"):
         load_checkpoint(path, {"w": params["w"]}, opt, sched)
     with pytest.raises(CheckpointError, match="lacks c: it belongs to a different model"):
         load_checkpoint(path, {**params, "c": torch.nn.Parameter(torch.zeros(2))}, opt, sched)
-    with pytest.raises(CheckpointError, match="written with optimizer AdamW, this run uses AdamW8bit"):
+    with pytest.raises(
+        CheckpointError, match="written with optimizer AdamW, this run uses AdamW8bit"
+    ):
         load_checkpoint(path, *_fresh("adamw8bit"))
 
 
 # ---- last/ and previous/ -------------------------------------------------------------------------
 
+
 def test_saving_last_keeps_the_old_one_as_previous(tmp_path):
     setup, root = _setup(), tmp_path / "checkpoints"
     for step in (1, 2, 3):
         _save(root / "last", setup, step)
-    assert read_position(root / "last")["step"] == 3 and read_position(root / "previous")["step"] == 2
+    assert (
+        read_position(root / "last")["step"] == 3 and read_position(root / "previous")["step"] == 2
+    )
     assert sorted(p.name for p in root.iterdir()) == ["last", "previous"]
 
 
@@ -220,7 +279,9 @@ def test_find_checkpoint(tmp_path, caplog):
     assert find_checkpoint(tmp_path) is None
     _save(root / "last", _setup(), 1)
     assert find_checkpoint(tmp_path) == root / "last"
-    (root / "last").rename(root / "previous")  # as a crash between the two renames of a save leaves it
+    (root / "last").rename(
+        root / "previous"
+    )  # as a crash between the two renames of a save leaves it
     with caplog.at_level(logging.WARNING, logger="tunesmith.training.checkpoint"):
         assert find_checkpoint(tmp_path) == root / "previous"
     assert "missing" in caplog.text
@@ -228,6 +289,7 @@ def test_find_checkpoint(tmp_path, caplog):
 
 
 # ---- disk full and crashes while saving ----------------------------------------------------------
+
 
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
@@ -241,7 +303,9 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, target):
     with pytest.raises(CheckpointError) as err:
         _save(root / "last", setup, 2)
     message = str(err.value)
-    assert message.startswith(f"cannot write checkpoint {root / 'last'}: No space left on device; free space")
+    assert message.startswith(
+        f"cannot write checkpoint {root / 'last'}: No space left on device; free space"
+    )
     assert "\n" not in message
     monkeypatch.undo()
     assert sorted(p.name for p in root.iterdir()) == ["last"]  # temp dir removed
@@ -278,7 +342,9 @@ def test_crash_before_the_final_rename_keeps_a_loadable_checkpoint(tmp_path, mon
     with pytest.raises(CheckpointError, match="Input/output error"):
         _save(root / "last", setup, 2)
     monkeypatch.undo()
-    assert sorted(p.name for p in root.iterdir()) == ["previous"]  # last/ was moved, the new one never came
+    assert sorted(p.name for p in root.iterdir()) == [
+        "previous"
+    ]  # last/ was moved, the new one never came
     assert load_checkpoint(find_checkpoint(tmp_path), *_fresh())["step"] == 1
 
 
@@ -303,4 +369,6 @@ def test_replace_dir_without_keep_removes_the_old_directory(tmp_path):
         d.mkdir()
         (d / "f").write_text(text)
     replace_dir(tmp, target)
-    assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model"
+    ]

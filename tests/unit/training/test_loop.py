@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import tiny_llama, tiny_tokenizer
-from tunesmith.errors import TrainingError
 from tunesmith.config.schema import TrainConfig
 from tunesmith.data import encode_records
+from tunesmith.errors import TrainingError
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig
 from tunesmith.training import sft_objective, train
@@ -19,7 +19,10 @@ OBJ = sft_objective(pad_id=0)
 
 
 def _examples(n=24):
-    recs = [{"instruction": f"count {i}", "output": "x" * (1 + i % 5), "_source": f"t:{i}"} for i in range(n)]
+    recs = [
+        {"instruction": f"count {i}", "output": "x" * (1 + i % 5), "_source": f"t:{i}"}
+        for i in range(n)
+    ]
     return encode_records(recs, tiny_tokenizer(), "auto", 64)[0]
 
 
@@ -32,8 +35,17 @@ def _lora_state(model):
 
 
 def _cfg(**kw):
-    base = dict(max_steps=8, batch_size=4, grad_accum=2, lr=5e-3, warmup_steps=2, scheduler="cosine", log_every=1,
-                save_every=3, seed=7)
+    base = dict(
+        max_steps=8,
+        batch_size=4,
+        grad_accum=2,
+        lr=5e-3,
+        warmup_steps=2,
+        scheduler="cosine",
+        log_every=1,
+        save_every=3,
+        seed=7,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -63,7 +75,9 @@ def _interrupt(output):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
 def test_resume_after_interrupt_ends_with_identical_weights(tmp_path, optimizer, monkeypatch):
-    monkeypatch.setattr("tunesmith.training.optim8bit.MIN_8BIT_SIZE", 0)  # tiny LoRA tensors in 8 bits too
+    monkeypatch.setattr(
+        "tunesmith.training.optim8bit.MIN_8BIT_SIZE", 0
+    )  # tiny LoRA tensors in 8 bits too
     cfg = _cfg(optimizer=optimizer)
     ex = _examples()
     torch.manual_seed(0)
@@ -84,7 +98,9 @@ def test_resume_after_interrupt_ends_with_identical_weights(tmp_path, optimizer,
     assert result.resumed_from == 4
     for name, value in _lora_state(straight).items():
         torch.testing.assert_close(_lora_state(resumed)[name], value, atol=0, rtol=0)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 9))  # no duplicated metric lines after resume
 
 
@@ -109,7 +125,13 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
                 if p.requires_grad:
                     p.copy_(torch.linspace(-0.1, 0.1, p.numel()).reshape(p.shape))
     train(a, ex, _cfg(max_steps=1, batch_size=8, grad_accum=1, save_every=0), tmp_path / "a", OBJ)
-    train(b, ex, _cfg(max_steps=1, batch_size=2, grad_accum=4, save_every=0, seed=7), tmp_path / "b", OBJ)
+    train(
+        b,
+        ex,
+        _cfg(max_steps=1, batch_size=2, grad_accum=4, save_every=0, seed=7),
+        tmp_path / "b",
+        OBJ,
+    )
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         if p.requires_grad:
             torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
@@ -126,7 +148,9 @@ def test_the_loop_runs_method_step_hooks_and_reports(tmp_path):
     """Sparse pruning happens through the loop itself, whatever task drives it."""
     from tunesmith.methods.sparse import SparseConfig
 
-    model = apply_method(tiny_llama(), SparseConfig(target_modules=["q_proj"], sparsity=0.5, rounds=1, prune_every=1))
+    model = apply_method(
+        tiny_llama(), SparseConfig(target_modules=["q_proj"], sparsity=0.5, rounds=1, prune_every=1)
+    )
     result = train(model, _examples(), _cfg(max_steps=2, grad_accum=1), tmp_path, OBJ)
     assert result.method_metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
 

@@ -1,17 +1,24 @@
 """AdamW8bit: state quantization round trip, exactness of its fp32 path, loss tracking, bytes, resume."""
+
 import io
 
 import pytest
 import torch
 
 from tests.tiny import tiny_llama
-from tunesmith.errors import ConfigError
 from tunesmith.config.schema import TrainConfig
+from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method
 from tunesmith.methods.lora import LoraConfig
 from tunesmith.training.optim import build_optimizer
-from tunesmith.training.optim8bit import (AdamW8bit, dequantize_signed, dequantize_sqrt, optimizer_state_bytes,
-                                          quantize_signed, quantize_sqrt)
+from tunesmith.training.optim8bit import (
+    AdamW8bit,
+    dequantize_signed,
+    dequantize_sqrt,
+    optimizer_state_bytes,
+    quantize_signed,
+    quantize_sqrt,
+)
 
 
 def _spread(n=3000, seed=0):

@@ -4,6 +4,7 @@ Placements: houlsby (Houlsby et al. 2019: after the attention output and after t
 pfeiffer (Pfeiffer et al. 2020: after the FFN only) and parallel (He et al. 2021: beside the FFN,
 its output added). Works on Llama-style, GPT-2 and BERT-style models; not mergeable.
 """
+
 from torch import nn
 
 from ...errors import ConfigError
@@ -23,22 +24,37 @@ def apply_adapter(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "def
     train. Raises UnsupportedModuleError for an unknown model
     layout, ConfigError when reduction_factor leaves an empty bottleneck.
     """
-    hidden = model.config.hidden_size  # wrapped modules output (serial) or take (parallel) the model width
+    hidden = (
+        model.config.hidden_size
+    )  # wrapped modules output (serial) or take (parallel) the model width
     bottleneck = _bottleneck(hidden, cfg.reduction_factor)
     for name, mode in placement_targets(model, cfg.placement):
         module = model.get_submodule(name)
         if not isinstance(module, BottleneckAdapter):
             module = BottleneckAdapter(module, mode)
             replace_module(model, name, module)
-        module.add_adapter(adapter_name, hidden, bottleneck, cfg.non_linearity, cfg.scaling, cfg.init_std)
+        module.add_adapter(
+            adapter_name, hidden, bottleneck, cfg.non_linearity, cfg.scaling, cfg.init_std
+        )
 
 
 def _bottleneck(hidden: int, reduction_factor: int) -> int:
     if hidden // reduction_factor < 1:
-        raise ConfigError(f"method.reduction_factor={reduction_factor} leaves no bottleneck for hidden size "
-                          f"{hidden}; use at most {hidden}")
+        raise ConfigError(
+            f"method.reduction_factor={reduction_factor} leaves no bottleneck for hidden size "
+            f"{hidden}; use at most {hidden}"
+        )
     return hidden // reduction_factor
 
 
-register_method(MethodSpec(name="adapter", config_cls=AdapterConfig, apply=apply_adapter, can_merge=False,
-                           peft_type=PEFT_TYPE, to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="adapter",
+        config_cls=AdapterConfig,
+        apply=apply_adapter,
+        can_merge=False,
+        peft_type=PEFT_TYPE,
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

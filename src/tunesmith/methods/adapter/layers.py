@@ -6,6 +6,7 @@ Three ways to combine A with the wrapped module, chosen by where the adapter sit
   residual  (parallel, for BERT's FFN output block, which adds the residual x itself and then
              applies LayerNorm: base(h, x) = LN(dense(h) + x)):  base(h, x + s * A(x))
 """
+
 import re
 from dataclasses import dataclass
 
@@ -31,10 +32,16 @@ class Family:
 
 
 FAMILIES = {
-    "llama": Family(r".*\.self_attn\.o_proj", r".*\.mlp\.down_proj", r".*\.mlp", "parallel"),  # also Mistral, Qwen2
+    "llama": Family(
+        r".*\.self_attn\.o_proj", r".*\.mlp\.down_proj", r".*\.mlp", "parallel"
+    ),  # also Mistral, Qwen2
     "gpt2": Family(r".*\.attn\.c_proj", r".*\.mlp\.c_proj", r".*\.mlp", "parallel"),
-    "bert": Family(r".*\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense", r".*\.layer\.\d+\.output",
-                   "residual"),  # also RoBERTa
+    "bert": Family(
+        r".*\.attention\.output\.dense",
+        r".*\.layer\.\d+\.output\.dense",
+        r".*\.layer\.\d+\.output",
+        "residual",
+    ),  # also RoBERTa
 }
 
 
@@ -46,15 +53,18 @@ def model_family(model: nn.Module) -> Family:
             return family
     raise UnsupportedModuleError(
         f"bottleneck adapters know Llama-style (self_attn.o_proj, mlp.down_proj), GPT-2 (attn.c_proj, mlp.c_proj) "
-        f"and BERT-style (attention.output.dense, output.dense) models; this {type(model).__name__} has none of them")
+        f"and BERT-style (attention.output.dense, output.dense) models; this {type(model).__name__} has none of them"
+    )
 
 
 def placement_targets(model: nn.Module, placement: str) -> list[tuple[str, str]]:
     """(module name, mode) of every module to wrap for `placement` (houlsby, pfeiffer or parallel)."""
     family = model_family(model)
-    patterns = {"houlsby": [(family.attn_out, "serial"), (family.ffn_out, "serial")],
-                "pfeiffer": [(family.ffn_out, "serial")],
-                "parallel": [(family.ffn, family.ffn_mode)]}[placement]
+    patterns = {
+        "houlsby": [(family.attn_out, "serial"), (family.ffn_out, "serial")],
+        "pfeiffer": [(family.ffn_out, "serial")],
+        "parallel": [(family.ffn, family.ffn_mode)],
+    }[placement]
     names = [n for n, _ in model.named_modules()]
     return [(n, mode) for pattern, mode in patterns for n in names if re.fullmatch(pattern, n)]
 
@@ -71,8 +81,15 @@ class BottleneckAdapter(AdapterLayer):
         self.non_linearity: dict[str, str] = {}
         self.scaling: dict[str, float] = {}
 
-    def add_adapter(self, name: str, hidden: int, bottleneck: int, non_linearity: str, scaling: float,
-                    init_std: float) -> None:
+    def add_adapter(
+        self,
+        name: str,
+        hidden: int,
+        bottleneck: int,
+        non_linearity: str,
+        scaling: float,
+        init_std: float,
+    ) -> None:
         """Near-identity init (Houlsby): down ~ truncated normal(0, init_std), up = 0 and zero biases,
         so A(h) = 0 and the wrapped module's output is unchanged until training moves `up`."""
         device = next(self.base_layer.parameters()).device
@@ -90,8 +107,12 @@ class BottleneckAdapter(AdapterLayer):
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         down, up = self.adapter_down[name], self.adapter_up[name]
-        return {"adapter_down.weight": down.weight, "adapter_down.bias": down.bias,
-                "adapter_up.weight": up.weight, "adapter_up.bias": up.bias}
+        return {
+            "adapter_down.weight": down.weight,
+            "adapter_down.bias": down.bias,
+            "adapter_up.weight": up.weight,
+            "adapter_up.bias": up.bias,
+        }
 
     def delete_adapter(self, name: str) -> None:
         for d in (self.adapter_down, self.adapter_up):
@@ -101,8 +122,10 @@ class BottleneckAdapter(AdapterLayer):
         self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def merge(self) -> None:
-        raise ConfigError("bottleneck adapters have a nonlinearity and cannot be merged into the base weights; "
-                          "keep the adapter loaded for inference")
+        raise ConfigError(
+            "bottleneck adapters have a nonlinearity and cannot be merged into the base weights; "
+            "keep the adapter loaded for inference"
+        )
 
     def unmerge(self) -> None:
         pass  # never merged
@@ -112,7 +135,9 @@ class BottleneckAdapter(AdapterLayer):
         out = torch.zeros_like(h)
         for name in self.active_adapters:
             down, up = self.adapter_down[name], self.adapter_up[name]
-            z = ACTIVATIONS[self.non_linearity[name]](down(h.to(down.weight.dtype)))  # (..., bottleneck)
+            z = ACTIVATIONS[self.non_linearity[name]](
+                down(h.to(down.weight.dtype))
+            )  # (..., bottleneck)
             out = out + (up(z) * self.scaling[name]).to(h.dtype)
         return out
 
@@ -124,7 +149,9 @@ class BottleneckAdapter(AdapterLayer):
             return y + self._adapt(y)
         if self.mode == "parallel":
             return self.base_layer(x, *args, **kwargs) + self._adapt(x)
-        residual = args[0] if args else kwargs.pop("input_tensor")  # BertOutput.forward(hidden, input_tensor)
+        residual = (
+            args[0] if args else kwargs.pop("input_tensor")
+        )  # BertOutput.forward(hidden, input_tensor)
         return self.base_layer(x, residual + self._adapt(residual), *args[1:], **kwargs)
 
     def extra_repr(self) -> str:

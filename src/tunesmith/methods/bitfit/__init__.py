@@ -3,6 +3,7 @@
 Every parameter named `bias` trains: attention and FFN linear biases, LayerNorm biases and the
 LM-head bias. Their originals are kept for `disabled_adapters`.
 """
+
 from torch import nn
 
 from ..base import MethodSpec, train_base_parameters
@@ -22,5 +23,14 @@ def apply_bitfit(model: nn.Module, cfg: BitfitConfig, adapter_name: str = "defau
 
 
 # can_merge: the trained biases are the model's own (see `full`).
-register_method(MethodSpec(name="bitfit", config_cls=BitfitConfig, apply=apply_bitfit, can_merge=True,
-                           peft_type=PEFT_TYPE, to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="bitfit",
+        config_cls=BitfitConfig,
+        apply=apply_bitfit,
+        can_merge=True,
+        peft_type=PEFT_TYPE,
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

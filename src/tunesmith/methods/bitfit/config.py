@@ -1,9 +1,10 @@
 """BitFit config (Ben Zaken et al. 2021): only the bias terms train."""
+
 from dataclasses import dataclass
 
-from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
+from ...errors import ConfigError
 
 PEFT_TYPE = "TUNESMITH_BITFIT"
 
@@ -19,5 +20,7 @@ def to_peft_config(cfg: BitfitConfig) -> dict:
 
 def from_peft_config(d: dict) -> BitfitConfig:
     if d.get("peft_type") != PEFT_TYPE:
-        raise ConfigError(f"not a BitFit adapter: peft_type is {d.get('peft_type')!r}, expected {PEFT_TYPE!r}")
+        raise ConfigError(
+            f"not a BitFit adapter: peft_type is {d.get('peft_type')!r}, expected {PEFT_TYPE!r}"
+        )
     return BitfitConfig()

@@ -2,6 +2,7 @@
 
 No module is wrapped; the biases train in place.
 """
+
 from torch import nn
 
 from ...errors import UnsupportedModuleError
@@ -13,11 +14,20 @@ def bias_parameters(model: nn.Module) -> list[nn.Parameter]:
 
     Raises UnsupportedModuleError when there is none (Llama-family models have no biases).
     """
-    adapter_ids = {id(p) for _, layer in adapter_layers(model) for name in layer.adapter_names
-                   for p in layer.adapter_parameters(name).values()}
-    biases = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias" and id(p) not in adapter_ids]
+    adapter_ids = {
+        id(p)
+        for _, layer in adapter_layers(model)
+        for name in layer.adapter_names
+        for p in layer.adapter_parameters(name).values()
+    }
+    biases = [
+        p
+        for n, p in model.named_parameters()
+        if n.rsplit(".", 1)[-1] == "bias" and id(p) not in adapter_ids
+    ]
     if not biases:
         raise UnsupportedModuleError(
             f"bitfit trains bias terms only, but this {type(model).__name__} has no bias parameter (Llama-family "
-            f"models use bias-free linear layers and RMSNorm); use lora, ia3 or selected instead")
+            f"models use bias-free linear layers and RMSNorm); use lora, ia3 or selected instead"
+        )
     return biases

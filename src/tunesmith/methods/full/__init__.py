@@ -3,6 +3,7 @@
 The originals are kept (one copy of the model's weights) so `disabled_adapters` still shows the
 base model; the saved "adapter" holds every weight under PEFT-style names.
 """
+
 from torch import nn
 
 from ..base import MethodSpec, train_base_parameters
@@ -20,5 +21,14 @@ def apply_full(model: nn.Module, cfg: FullConfig, adapter_name: str = "default")
 
 # can_merge: the trained weights are the model's own, so merging is a no-op and merge_and_unload
 # simply returns the fine-tuned model.
-register_method(MethodSpec(name="full", config_cls=FullConfig, apply=apply_full, can_merge=True,
-                           peft_type=PEFT_TYPE, to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="full",
+        config_cls=FullConfig,
+        apply=apply_full,
+        can_merge=True,
+        peft_type=PEFT_TYPE,
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

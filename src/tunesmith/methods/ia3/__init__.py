@@ -2,6 +2,7 @@
 In-Context Learning"): learned vectors rescale the keys, the values and the FFN inner activation.
 Mergeable: each vector folds into rows (k, v) or columns (down projection) of a weight matrix.
 """
+
 import re
 
 from torch import nn
@@ -23,8 +24,10 @@ def apply_ia3(model: nn.Module, cfg: Ia3Config, adapter_name: str = "default") -
     only the new vectors train. Raises UnsupportedModuleError when the targets match nothing,
     ConfigError when a layer is already wrapped with the other feedforward role.
     """
-    roles = {name: is_feedforward(name, cfg.feedforward_modules)
-             for name in find_target_linears(model, cfg.target_modules)}
+    roles = {
+        name: is_feedforward(name, cfg.feedforward_modules)
+        for name in find_target_linears(model, cfg.target_modules)
+    }
     for name, feedforward in roles.items():  # check everything before changing the model
         _check_role(model.get_submodule(name), name, feedforward)
     for name, feedforward in roles.items():
@@ -49,8 +52,10 @@ def is_feedforward(name: str, feedforward_modules) -> bool:
 
 def _check_role(module: nn.Module, name: str, feedforward: bool) -> None:
     if isinstance(module, Ia3Linear) and module.is_feedforward != feedforward:
-        raise ConfigError(f"{name} already holds (IA)^3 adapters with is_feedforward={module.is_feedforward}; "
-                          f"a second adapter must give it the same role (check method.feedforward_modules)")
+        raise ConfigError(
+            f"{name} already holds (IA)^3 adapters with is_feedforward={module.is_feedforward}; "
+            f"a second adapter must give it the same role (check method.feedforward_modules)"
+        )
 
 
 def _wrap(model: nn.Module, name: str, feedforward: bool) -> Ia3Linear:
@@ -61,5 +66,15 @@ def _wrap(model: nn.Module, name: str, feedforward: bool) -> Ia3Linear:
     return module
 
 
-register_method(MethodSpec(name="ia3", config_cls=Ia3Config, apply=apply_ia3, resolve=resolve, can_merge=True,
-                           peft_type="IA3", to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="ia3",
+        config_cls=Ia3Config,
+        apply=apply_ia3,
+        resolve=resolve,
+        can_merge=True,
+        peft_type="IA3",
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

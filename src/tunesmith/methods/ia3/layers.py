@@ -4,6 +4,7 @@ or, for a feedforward layer, its input, y = base(l * x) (the FFN inner activatio
 Parameters follow PEFT's IA3 layer: `ia3_l` of shape (out, 1), or (1, in) for a feedforward
 layer, initialised to ones so the model starts unchanged.
 """
+
 import torch
 from torch import nn
 
@@ -62,7 +63,9 @@ class Ia3Linear(AdapterLayer):
                 self._unmerge_backup[name] = (w.clone(), None if bias is None else bias.clone())
             w.copy_((w.float() * self._weight_scale(l)).to(w.dtype))
             if bias is not None and not self.is_feedforward:
-                bias.copy_((bias.float() * l.flatten()).to(bias.dtype))  # the bias is part of the output
+                bias.copy_(
+                    (bias.float() * l.flatten()).to(bias.dtype)
+                )  # the bias is part of the output
             self.merged_adapters.append(name)
 
     @torch.no_grad()

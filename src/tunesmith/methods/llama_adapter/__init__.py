@@ -3,6 +3,7 @@ Zero-init Attention"): learned adaption prompts in the top L layers, attended th
 starts at zero, so training starts from the base model's output exactly. PEFT's adaption_prompt
 (same parameters and file). Llama-family models only; not mergeable.
 """
+
 from torch import nn
 
 from ...errors import ConfigError, UnsupportedModuleError
@@ -13,10 +14,15 @@ from .config import LlamaAdapterConfig, from_peft_config, to_peft_config
 from .layers import AdaptedAttention
 
 __all__ = ["AdaptedAttention", "LlamaAdapterConfig", "apply_llama_adapter"]
-MODEL_TYPES = ("llama", "mistral")  # attention with q/k/v/o_proj and rotate-half RoPE, as PEFT supports
+MODEL_TYPES = (
+    "llama",
+    "mistral",
+)  # attention with q/k/v/o_proj and rotate-half RoPE, as PEFT supports
 
 
-def apply_llama_adapter(model: nn.Module, cfg: LlamaAdapterConfig, adapter_name: str = "default") -> nn.Module:
+def apply_llama_adapter(
+    model: nn.Module, cfg: LlamaAdapterConfig, adapter_name: str = "default"
+) -> nn.Module:
     """Wrap the top `cfg.adapter_layers` self-attention modules and add adapter `adapter_name`.
 
     Only the prompts and gates train afterwards. Raises UnsupportedModuleError for models outside
@@ -26,11 +32,14 @@ def apply_llama_adapter(model: nn.Module, cfg: LlamaAdapterConfig, adapter_name:
     if model_type not in MODEL_TYPES:
         raise UnsupportedModuleError(
             f"llama_adapter needs a Llama-family model (model_type {', '.join(MODEL_TYPES)}); this one is "
-            f"{model_type!r} ({type(model).__name__}). Use prefix_tuning or lora for it")
+            f"{model_type!r} ({type(model).__name__}). Use prefix_tuning or lora for it"
+        )
     names = [n for n, _ in model.named_modules() if n.endswith(".self_attn")]
     if cfg.adapter_layers > len(names):
-        raise ConfigError(f"method.adapter_layers={cfg.adapter_layers} but the model has {len(names)} layers")
-    for name in names[-cfg.adapter_layers:]:
+        raise ConfigError(
+            f"method.adapter_layers={cfg.adapter_layers} but the model has {len(names)} layers"
+        )
+    for name in names[-cfg.adapter_layers :]:
         module = model.get_submodule(name)
         if not isinstance(module, AdaptedAttention):
             module = AdaptedAttention(module)
@@ -44,6 +53,13 @@ def apply_llama_adapter(model: nn.Module, cfg: LlamaAdapterConfig, adapter_name:
     return model
 
 
-register_method(MethodSpec(name="llama_adapter", config_cls=LlamaAdapterConfig, apply=apply_llama_adapter,
-                           peft_type="ADAPTION_PROMPT", to_peft_config=to_peft_config,
-                           from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="llama_adapter",
+        config_cls=LlamaAdapterConfig,
+        apply=apply_llama_adapter,
+        peft_type="ADAPTION_PROMPT",
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

@@ -7,6 +7,7 @@ repeated over the query groups under grouped-query attention. The softmax runs o
 alone, every position sees the whole prompt, and gate starts at 0, so the output equals the base
 model's at init. Same arithmetic as PEFT's AdaptedAttention (one scalar gate per layer).
 """
+
 import math
 
 import torch
@@ -27,7 +28,9 @@ class AdaptedAttention(AdapterLayer):
 
     def add_adapter(self, name: str, adapter_len: int, hidden_size: int) -> None:
         device = next(self.base_layer.parameters()).device
-        self.adaption_prompt[name] = nn.Parameter(torch.randn(1, adapter_len, hidden_size, device=device))
+        self.adaption_prompt[name] = nn.Parameter(
+            torch.randn(1, adapter_len, hidden_size, device=device)
+        )
         self.adaption_gate[name] = nn.Parameter(torch.zeros(1, device=device))  # zero-init gate
         self.active_adapters = [name]
 
@@ -35,7 +38,10 @@ class AdaptedAttention(AdapterLayer):
         return iter(self.adaption_prompt.keys())
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        return {"adaption_prompt": self.adaption_prompt[name], "adaption_gate": self.adaption_gate[name]}
+        return {
+            "adaption_prompt": self.adaption_prompt[name],
+            "adaption_gate": self.adaption_gate[name],
+        }
 
     def delete_adapter(self, name: str) -> None:
         del self.adaption_prompt[name]
@@ -44,7 +50,9 @@ class AdaptedAttention(AdapterLayer):
 
     def check_mergeable(self) -> None:
         if self.active_adapters:
-            raise ConfigError("llama_adapter adds attention over its prompts and cannot be merged into the weights")
+            raise ConfigError(
+                "llama_adapter adds attention over its prompts and cannot be merged into the weights"
+            )
 
     def merge(self) -> None:
         self.check_mergeable()
@@ -58,10 +66,14 @@ class AdaptedAttention(AdapterLayer):
             return out, weights
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         for name in self.active_adapters:
-            out = out + self._prompt_attention(name, hidden, kwargs["position_embeddings"]).to(out.dtype)
+            out = out + self._prompt_attention(name, hidden, kwargs["position_embeddings"]).to(
+                out.dtype
+            )
         return out, weights
 
-    def _prompt_attention(self, name: str, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
+    def _prompt_attention(
+        self, name: str, hidden: torch.Tensor, position_embeddings
+    ) -> torch.Tensor:
         attn = self.base_layer
         batch, seq, _ = hidden.shape
         d = attn.head_dim
@@ -69,12 +81,16 @@ class AdaptedAttention(AdapterLayer):
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         q = q * cos + _rotate_half(q) * sin
         prompt = self.adaption_prompt[name].to(hidden.dtype)  # (1, L, hidden)
-        k = attn.k_proj(prompt).view(1, prompt.shape[1], -1, d).transpose(1, 2)  # (1, kv heads, L, d)
+        k = (
+            attn.k_proj(prompt).view(1, prompt.shape[1], -1, d).transpose(1, 2)
+        )  # (1, kv heads, L, d)
         v = attn.v_proj(prompt).view(1, prompt.shape[1], -1, d).transpose(1, 2)
         k = k.repeat_interleave(attn.num_key_value_groups, dim=1)  # (1, H, L, d)
         v = v.repeat_interleave(attn.num_key_value_groups, dim=1)
         scores = q @ k.transpose(2, 3) / math.sqrt(d)  # (B, H, T, L)
-        probs = self.adaption_gate[name] * F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = self.adaption_gate[name] * F.softmax(scores, dim=-1, dtype=torch.float32).to(
+            q.dtype
+        )
         mixed = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(batch, seq, -1)  # (B, T, H * d)
         return attn.o_proj(mixed)
 

@@ -2,6 +2,7 @@
 
 Variants: rsLoRA (use_rslora), DoRA (use_dora), PiSSA (init="pissa"); see config.py and layers.py.
 """
+
 from torch import nn
 
 from ...utils.modules import replace_module
@@ -34,8 +35,20 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default")
         if not isinstance(module, LoraLinear):
             module = LoraLinear(module)
             replace_module(model, name, module)
-        module.add_adapter(adapter_name, cfg.r, cfg.scaling, cfg.dropout, use_dora=cfg.use_dora, init=cfg.init)
+        module.add_adapter(
+            adapter_name, cfg.r, cfg.scaling, cfg.dropout, use_dora=cfg.use_dora, init=cfg.init
+        )
 
 
-register_method(MethodSpec(name="lora", config_cls=LoraConfig, apply=apply_lora, can_merge=True, supports_4bit=True,
-                           peft_type="LORA", to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="lora",
+        config_cls=LoraConfig,
+        apply=apply_lora,
+        can_merge=True,
+        supports_4bit=True,
+        peft_type="LORA",
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

@@ -1,12 +1,13 @@
 """LoRA config: W = W0 + (alpha / r) * B @ A on the targeted linear layers, plus the variants
 rsLoRA (scaling alpha / sqrt(r)), DoRA (a learned per-row magnitude) and PiSSA (SVD initialisation).
 """
+
 from dataclasses import dataclass
 from typing import Union
 
-from ...errors import ConfigError
 from ...config.fields import opt
 from ...config.schema import MethodConfig
+from ...errors import ConfigError
 
 INITS = ("default", "gaussian", "pissa")
 
@@ -17,10 +18,14 @@ class LoraConfig(MethodConfig):
     r: int = opt(8, "rank of the update B @ A; 4-64 is typical")
     alpha: float = opt(16.0, "scaling numerator: the update is multiplied by alpha / r")
     dropout: float = opt(0.0, "dropout on the LoRA input path (0 skips it)")
-    target_modules: Union[str, list] = opt(["q_proj", "v_proj"], "layer names (list), a full-name regex, or 'all-linear'")
+    target_modules: Union[str, list] = opt(
+        ["q_proj", "v_proj"], "layer names (list), a full-name regex, or 'all-linear'"
+    )
     use_rslora: bool = opt(False, "rank-stabilised scaling alpha / sqrt(r)")
     use_dora: bool = opt(False, "DoRA: also learn a per-output-row magnitude of the updated weight")
-    init: str = opt("default", "default (B = 0), gaussian (B = 0, A ~ N(0, 1/r)) or pissa (top-r SVD of W0)")
+    init: str = opt(
+        "default", "default (B = 0), gaussian (B = 0, A ~ N(0, 1/r)) or pissa (top-r SVD of W0)"
+    )
 
     def __post_init__(self):
         if self.r < 1:
@@ -28,13 +33,15 @@ class LoraConfig(MethodConfig):
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"method.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
-            raise ConfigError("method.target_modules is empty; give layer names, a regex or 'all-linear'")
+            raise ConfigError(
+                "method.target_modules is empty; give layer names, a regex or 'all-linear'"
+            )
         if self.init not in INITS:
             raise ConfigError(f"method.init must be one of {', '.join(INITS)}, got {self.init!r}")
 
     @property
     def scaling(self) -> float:
-        return self.alpha / (self.r ** 0.5 if self.use_rslora else self.r)
+        return self.alpha / (self.r**0.5 if self.use_rslora else self.r)
 
 
 def to_peft_config(cfg: LoraConfig) -> dict:
@@ -43,24 +50,50 @@ def to_peft_config(cfg: LoraConfig) -> dict:
     A PiSSA adapter is written as PEFT writes it by default: the trained A and B with
     init_lora_weights="pissa", so the loader recomputes the residual base weights from the SVD.
     """
-    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+    targets = (
+        cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
+    )
     init = True if cfg.init == "default" else cfg.init
-    return {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
-            "target_modules": targets, "use_rslora": cfg.use_rslora, "use_dora": cfg.use_dora, "bias": "none",
-            "fan_in_fan_out": False, "init_lora_weights": init, "modules_to_save": None,
-            "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
+    return {
+        "peft_type": "LORA",
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": targets,
+        "use_rslora": cfg.use_rslora,
+        "use_dora": cfg.use_dora,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": init,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
 
 
 def from_peft_config(d: dict) -> LoraConfig:
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save")
-                   if d.get(k)]
+    unsupported = [
+        k
+        for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save")
+        if d.get(k)
+    ]
     if unsupported:
-        raise ConfigError(f"this PEFT LoRA adapter uses {', '.join(unsupported)}, which is not supported yet")
+        raise ConfigError(
+            f"this PEFT LoRA adapter uses {', '.join(unsupported)}, which is not supported yet"
+        )
     if d.get("bias", "none") != "none":
         raise ConfigError(f"PEFT LoRA adapters with bias={d['bias']!r} are not supported yet")
-    return LoraConfig(r=d["r"], alpha=d.get("lora_alpha", 8), dropout=d.get("lora_dropout", 0.0),
-                      target_modules=d["target_modules"], use_rslora=d.get("use_rslora", False),
-                      use_dora=bool(d.get("use_dora", False)), init=_init_from_peft(d.get("init_lora_weights", True)))
+    return LoraConfig(
+        r=d["r"],
+        alpha=d.get("lora_alpha", 8),
+        dropout=d.get("lora_dropout", 0.0),
+        target_modules=d["target_modules"],
+        use_rslora=d.get("use_rslora", False),
+        use_dora=bool(d.get("use_dora", False)),
+        init=_init_from_peft(d.get("init_lora_weights", True)),
+    )
 
 
 def _init_from_peft(value) -> str:
@@ -70,6 +103,8 @@ def _init_from_peft(value) -> str:
         return "default"
     if value in ("pissa", "gaussian"):
         return value
-    raise ConfigError(f"this PEFT LoRA adapter uses init_lora_weights={value!r}, which tunesmith does not "
-                      f"reproduce; supported: true, false, 'gaussian', 'pissa'. Convert it to a plain LoRA "
-                      f"adapter with PEFT's save_pretrained(path_initial_model_for_weight_conversion=...)")
+    raise ConfigError(
+        f"this PEFT LoRA adapter uses init_lora_weights={value!r}, which tunesmith does not "
+        f"reproduce; supported: true, false, 'gaussian', 'pissa'. Convert it to a plain LoRA "
+        f"adapter with PEFT's save_pretrained(path_initial_model_for_weight_conversion=...)"
+    )

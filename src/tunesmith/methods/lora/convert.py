@@ -7,6 +7,7 @@ A' = [A; A0] (2r, in) and B' = [B, -B0] (out, 2r): a rank-2r LoRA whose alpha is
 (times sqrt(2) with rsLoRA) so the scaling s stays the same. It loads on the unmodified base
 model, so it can be combined with or swapped for other adapters.
 """
+
 import dataclasses
 from pathlib import Path
 from typing import Optional
@@ -19,8 +20,9 @@ from ..base import PEFT_PREFIX, adapter_configs, adapter_layers
 from ..io import write_adapter_files
 
 
-def save_pissa_as_lora(model: nn.Module, out_dir, adapter_name: str = "default",
-                       base_model: Optional[str] = None) -> Path:
+def save_pissa_as_lora(
+    model: nn.Module, out_dir, adapter_name: str = "default", base_model: Optional[str] = None
+) -> Path:
     """Write PiSSA adapter `adapter_name` to out_dir as a rank-2r LoRA adapter for the original W0.
 
     DoRA's magnitude vector is written unchanged (W0 + s * B' @ A' equals the trained weight, so
@@ -29,9 +31,11 @@ def save_pissa_as_lora(model: nn.Module, out_dir, adapter_name: str = "default",
     """
     cfg = adapter_configs(model).get(adapter_name)
     if cfg is None or cfg.name != "lora" or cfg.init != "pissa":
-        raise ConfigError(f"adapter {adapter_name!r} is not a PiSSA adapter (method.init='pissa'); "
-                          f"save it with save_adapter")
-    scale = 2 ** 0.5 if cfg.use_rslora else 2  # keeps alpha / r (or alpha / sqrt(r)) unchanged
+        raise ConfigError(
+            f"adapter {adapter_name!r} is not a PiSSA adapter (method.init='pissa'); "
+            f"save it with save_adapter"
+        )
+    scale = 2**0.5 if cfg.use_rslora else 2  # keeps alpha / r (or alpha / sqrt(r)) unchanged
     lora_cfg = dataclasses.replace(cfg, r=2 * cfg.r, alpha=cfg.alpha * scale, init="default")
     return write_adapter_files(out_dir, lora_cfg, _lora_tensors(model, adapter_name), base_model)
 

@@ -12,6 +12,7 @@ Variants, each following Hugging Face PEFT so files and outputs match:
   and merge_and_unload gives a full-precision nn.Linear instead. DoRA and PiSSA need to read or
   rewrite W0 at full precision and are refused there.
 """
+
 import copy
 import itertools
 import math
@@ -31,9 +32,11 @@ def check_quantized_variant(base_layer: nn.Module, use_dora: bool, init: str) ->
         return
     variant = "use_dora=true" if use_dora else "init='pissa'" if init == "pissa" else None
     if variant:
-        raise ConfigError(f"LoRA with method.{variant} is not supported on a quantized base (model.quantize="
-                          f"{base_layer.scheme}): it needs the full-precision base weight. Use plain LoRA "
-                          f"(method.use_dora=false, method.init=default) or model.quantize=none")
+        raise ConfigError(
+            f"LoRA with method.{variant} is not supported on a quantized base (model.quantize="
+            f"{base_layer.scheme}): it needs the full-precision base weight. Use plain LoRA "
+            f"(method.use_dora=false, method.init=default) or model.quantize=none"
+        )
 
 
 class PissaInit(nn.Module):
@@ -52,18 +55,31 @@ class LoraLinear(AdapterLayer):
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.in_features, self.out_features = linear_dims(base_layer)
-        self.fan_in_fan_out = not (isinstance(base_layer, nn.Linear) or is_quantized_linear(base_layer))
+        self.fan_in_fan_out = not (
+            isinstance(base_layer, nn.Linear) or is_quantized_linear(base_layer)
+        )
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: m, (out,)
         self.pissa_init = nn.ModuleDict()  # PiSSA adapters only
         self.scaling: dict[str, float] = {}
-        self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA row norms at merge time, for unmerge
-        self._premerge: list[nn.Module] = []  # quantized base: a copy from before merging (a list: not a submodule)
+        self._merged_norms: dict[
+            str, torch.Tensor
+        ] = {}  # DoRA row norms at merge time, for unmerge
+        self._premerge: list[
+            nn.Module
+        ] = []  # quantized base: a copy from before merging (a list: not a submodule)
 
-    def add_adapter(self, name: str, r: int, scaling: float, dropout: float,
-                    use_dora: bool = False, init: str = "default") -> None:
+    def add_adapter(
+        self,
+        name: str,
+        r: int,
+        scaling: float,
+        dropout: float,
+        use_dora: bool = False,
+        init: str = "default",
+    ) -> None:
         """Add adapter `name`, initialised as PEFT does for init_lora_weights=True/"gaussian"/"pissa".
 
         Raises ConfigError when PiSSA would share this layer with another adapter (PiSSA rewrites
@@ -73,9 +89,15 @@ class LoraLinear(AdapterLayer):
         check_quantized_variant(self.base_layer, use_dora, init)
         if name in self.adapter_names:  # replacing: drop its DoRA/PiSSA state (and restore W0)
             self.delete_adapter(name)
-        device = next(itertools.chain(self.base_layer.parameters(), self.base_layer.buffers())).device
-        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=device, dtype=torch.float32)
-        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=device, dtype=torch.float32)
+        device = next(
+            itertools.chain(self.base_layer.parameters(), self.base_layer.buffers())
+        ).device
+        self.lora_A[name] = nn.Linear(
+            self.in_features, r, bias=False, device=device, dtype=torch.float32
+        )
+        self.lora_B[name] = nn.Linear(
+            r, self.out_features, bias=False, device=device, dtype=torch.float32
+        )
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = scaling
         if init == "pissa":
@@ -94,9 +116,11 @@ class LoraLinear(AdapterLayer):
         others = [n for n in self.adapter_names if n != name]
         pissa = [n for n in others if n in self.pissa_init] + ([name] if init == "pissa" else [])
         if others and pissa:
-            raise ConfigError(f"PiSSA adapter {pissa[0]!r} cannot share a layer with other adapters (this layer "
-                              f"holds {', '.join(others)}): PiSSA replaces the base weight by a residual. Use "
-                              f"init='default' for the additional adapter, or delete the other adapter first")
+            raise ConfigError(
+                f"PiSSA adapter {pissa[0]!r} cannot share a layer with other adapters (this layer "
+                f"holds {', '.join(others)}): PiSSA replaces the base weight by a residual. Use "
+                f"init='default' for the additional adapter, or delete the other adapter first"
+            )
 
     def _init_default(self, name: str, r: int, gaussian: bool) -> None:
         # PEFT: A ~ kaiming-uniform(a=sqrt(5)) (or N(0, 1/r) for "gaussian"), B = 0: the update starts at 0.
@@ -110,10 +134,14 @@ class LoraLinear(AdapterLayer):
     def _init_pissa(self, name: str, r: int) -> None:
         w = self.base_layer.weight
         if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ConfigError(f"PiSSA needs float weights, got {w.dtype}; initialise it before quantising the model")
+            raise ConfigError(
+                f"PiSSA needs float weights, got {w.dtype}; initialise it before quantising the model"
+            )
         if r > min(self.in_features, self.out_features):
-            raise ConfigError(f"PiSSA rank r={r} exceeds the rank of a {self.out_features}x{self.in_features} "
-                              f"layer; use r <= {min(self.in_features, self.out_features)}")
+            raise ConfigError(
+                f"PiSSA rank r={r} exceeds the rank of a {self.out_features}x{self.in_features} "
+                f"layer; use r <= {min(self.in_features, self.out_features)}"
+            )
         w0 = self._weight_out_in().float()  # (out, in)
         u, s, vh = torch.linalg.svd(w0, full_matrices=False)
         # PEFT divides the singular values by the scaling so that s * B @ A is the top-r part of W0.
@@ -128,7 +156,10 @@ class LoraLinear(AdapterLayer):
         return iter(self.lora_A.keys())
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
-        params = {"lora_A.weight": self.lora_A[name].weight, "lora_B.weight": self.lora_B[name].weight}
+        params = {
+            "lora_A.weight": self.lora_A[name].weight,
+            "lora_B.weight": self.lora_B[name].weight,
+        }
         if name in self.lora_magnitude_vector:
             # PEFT's key: `<layer>.lora_magnitude_vector` (no ".weight").
             params["lora_magnitude_vector"] = self.lora_magnitude_vector[name]
@@ -141,7 +172,9 @@ class LoraLinear(AdapterLayer):
         if name in self.pissa_init:
             init = self.pissa_init[name]
             with torch.no_grad():
-                self._set_weight_out_in(self._weight_out_in().float() + self.scaling[name] * init.B0 @ init.A0)
+                self._set_weight_out_in(
+                    self._weight_out_in().float() + self.scaling[name] * init.B0 @ init.A0
+                )
             del self.pissa_init[name]
         for d in (self.lora_A, self.lora_B, self.lora_dropout, self.lora_magnitude_vector):
             if name in d:
@@ -179,7 +212,9 @@ class LoraLinear(AdapterLayer):
     @torch.no_grad()
     def merge(self) -> None:
         if is_quantized_linear(self.base_layer) and not self._premerge:
-            self._premerge.append(copy.deepcopy(self.base_layer))  # re-quantizing is lossy: unmerge restores this
+            self._premerge.append(
+                copy.deepcopy(self.base_layer)
+            )  # re-quantizing is lossy: unmerge restores this
         for name in self.active_adapters:
             if name in self.merged_adapters:
                 continue
@@ -240,7 +275,10 @@ class LoraLinear(AdapterLayer):
         out = torch.zeros((), dtype=torch.float32, device=x.device)
         for name, init in self.pissa_init.items():
             if self.disabled or name not in self.active_adapters:
-                out = out + F.linear(F.linear(x.to(init.A0.dtype), init.A0), init.B0) * self.scaling[name]
+                out = (
+                    out
+                    + F.linear(F.linear(x.to(init.A0.dtype), init.A0), init.B0) * self.scaling[name]
+                )
         return out
 
     def _dora_update(self, name: str, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -252,7 +290,9 @@ class LoraLinear(AdapterLayer):
         dropout = self.lora_dropout[name]
         if isinstance(dropout, nn.Identity) or not self.training:
             bias = self.base_layer.bias
-            base_wx = base - bias.to(base.dtype) if bias is not None else base  # W x without the bias
+            base_wx = (
+                base - bias.to(base.dtype) if bias is not None else base
+            )  # W x without the bias
         else:
             # With dropout, PEFT applies the magnitude to W0 dropout(x), not to W0 x.
             x = dropout(x)

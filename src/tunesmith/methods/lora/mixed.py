@@ -6,6 +6,7 @@ that asks for no adapter, or for an adapter this layer does not hold). A forward
 rows' updates with two batched matmuls, whatever the number of adapters, instead of one pass per
 adapter over a masked sub-batch (PEFT's `adapter_names` path).
 """
+
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -35,8 +36,10 @@ class RowAdapters:
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, in) -> the rows' LoRA updates (B, T, out)."""
         if x.dim() != 3 or x.shape[0] != self.a.shape[0]:
-            raise ConfigError(f"mixed_adapters was given {self.a.shape[0]} row adapters but the layer got input of "
-                              f"shape {tuple(x.shape)}; give one adapter name per batch row")
+            raise ConfigError(
+                f"mixed_adapters was given {self.a.shape[0]} row adapters but the layer got input of "
+                f"shape {tuple(x.shape)}; give one adapter name per batch row"
+            )
         h = torch.bmm(x.to(self.a.dtype), self.a.transpose(1, 2))  # (B, T, r)
         return torch.bmm(h, self.b.transpose(1, 2))  # (B, T, out)
 
@@ -52,8 +55,10 @@ def mixed_adapters(model, rows: list[Optional[str]]) -> Iterator:
     known = {n for layer in layers for n in layer.adapter_names}
     unknown = sorted({n for n in rows if n is not None} - known)
     if unknown:
-        raise ConfigError(f"mixed_adapters: no adapter named {', '.join(unknown)}; the model has "
-                          f"{', '.join(sorted(known)) or 'no LoRA adapter'}")
+        raise ConfigError(
+            f"mixed_adapters: no adapter named {', '.join(unknown)}; the model has "
+            f"{', '.join(sorted(known)) or 'no LoRA adapter'}"
+        )
     try:
         for layer in layers:
             layer.row_adapters = RowAdapters(layer, rows)
@@ -66,6 +71,10 @@ def mixed_adapters(model, rows: list[Optional[str]]) -> Iterator:
 def _check_layer(layer: LoraLinear, rows: list) -> None:
     if layer.merged_adapters:
         raise ConfigError("mixed_adapters needs unmerged adapters: unmerge them first")
-    odd = sorted({n for n in rows if n in layer.lora_magnitude_vector} | set(layer.pissa_init.keys()))
+    odd = sorted(
+        {n for n in rows if n in layer.lora_magnitude_vector} | set(layer.pissa_init.keys())
+    )
     if odd:
-        raise ConfigError(f"mixed_adapters supports plain LoRA adapters; {', '.join(odd)} use DoRA or PiSSA")
+        raise ConfigError(
+            f"mixed_adapters supports plain LoRA adapters; {', '.join(odd)} use DoRA or PiSSA"
+        )

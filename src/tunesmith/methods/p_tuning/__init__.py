@@ -8,20 +8,23 @@ between anchor words: build the inputs with `template_ids`, which writes the con
 holds the encoder's output (PEFT's `prompt_embeddings`); `fold()` does the same in memory.
 Not mergeable.
 """
+
 import torch
 from torch import nn
 
 from ...errors import ConfigError
 from ..base import MethodSpec, mark_trainable, record_adapter
-from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from ..registry import register_method
+from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from .config import SOFT, TEXT, PTuningConfig, from_peft_config, template_pieces, to_peft_config
 from .layers import LstmPromptEncoder, MlpPromptEncoder, PTuningLayer
 
 __all__ = ["PTuningConfig", "PTuningLayer", "apply_p_tuning", "fold", "template_ids"]
 
 
-def apply_p_tuning(model: nn.Module, cfg: PTuningConfig, adapter_name: str = "default") -> nn.Module:
+def apply_p_tuning(
+    model: nn.Module, cfg: PTuningConfig, adapter_name: str = "default"
+) -> nn.Module:
     """Add a prompt encoder of `cfg.total_virtual_tokens` virtual tokens as adapter `adapter_name`.
 
     Only the encoder trains afterwards. Raises ConfigError when the placeholder id is not in the
@@ -29,18 +32,24 @@ def apply_p_tuning(model: nn.Module, cfg: PTuningConfig, adapter_name: str = "de
     """
     weight = model.get_input_embeddings().weight
     if cfg.placeholder_token_id is not None and cfg.placeholder_token_id >= weight.shape[0]:
-        raise ConfigError(f"method.placeholder_token_id={cfg.placeholder_token_id} is not a token id of this model "
-                          f"(vocabulary size {weight.shape[0]})")
+        raise ConfigError(
+            f"method.placeholder_token_id={cfg.placeholder_token_id} is not a token id of this model "
+            f"(vocabulary size {weight.shape[0]})"
+        )
     layer = attach_virtual_tokens(model, PTuningLayer)
     rows, dim = cfg.total_virtual_tokens, weight.shape[1]
     hidden = cfg.encoder_hidden_size or dim
     if cfg.folded:
-        encoder = PromptTable(torch.randn(rows, dim))  # the encoder's output as a table (N(0, 1) start)
+        encoder = PromptTable(
+            torch.randn(rows, dim)
+        )  # the encoder's output as a table (N(0, 1) start)
     elif cfg.encoder == "lstm":
         encoder = LstmPromptEncoder(rows, dim, hidden, cfg.encoder_num_layers, cfg.encoder_dropout)
     else:
         encoder = MlpPromptEncoder(rows, dim, hidden)
-    layer.add_encoder(adapter_name, encoder.to(weight.device), cfg.num_virtual_tokens, cfg.placeholder_token_id)
+    layer.add_encoder(
+        adapter_name, encoder.to(weight.device), cfg.num_virtual_tokens, cfg.placeholder_token_id
+    )
     record_adapter(model, adapter_name, cfg)
     mark_trainable(model, adapter_name)
     return model
@@ -60,9 +69,20 @@ def template_ids(template: str, text: str, tokenizer, placeholder_token_id: int)
         if piece == SOFT:
             ids.append(placeholder_token_id)
         else:
-            ids += tokenizer(text if piece == TEXT else piece, add_special_tokens=False)["input_ids"]
+            ids += tokenizer(text if piece == TEXT else piece, add_special_tokens=False)[
+                "input_ids"
+            ]
     return ids
 
 
-register_method(MethodSpec(name="p_tuning", config_cls=PTuningConfig, apply=apply_p_tuning, is_prompt_based=True,
-                           peft_type="P_TUNING", to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="p_tuning",
+        config_cls=PTuningConfig,
+        apply=apply_p_tuning,
+        is_prompt_based=True,
+        peft_type="P_TUNING",
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

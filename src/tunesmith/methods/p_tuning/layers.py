@@ -1,5 +1,6 @@
 """P-tuning's prompt encoders (as PEFT's PromptEncoder) and PTuningLayer, which puts their output
 in front of the input and into the template's [P] slots."""
+
 import torch
 from torch import nn
 
@@ -13,9 +14,17 @@ class LstmPromptEncoder(nn.Module):
     def __init__(self, rows: int, dim: int, hidden: int, num_layers: int, dropout: float):
         super().__init__()
         self.embedding = nn.Embedding(rows, dim)
-        self.lstm_head = nn.LSTM(dim, hidden, num_layers=num_layers, dropout=dropout, bidirectional=True,
-                                 batch_first=True)
-        self.mlp_head = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, dim))
+        self.lstm_head = nn.LSTM(
+            dim,
+            hidden,
+            num_layers=num_layers,
+            dropout=dropout,
+            bidirectional=True,
+            batch_first=True,
+        )
+        self.mlp_head = nn.Sequential(
+            nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, dim)
+        )
 
     def forward(self) -> torch.Tensor:
         states = self.lstm_head(self.embedding.weight[None])[0]  # (1, rows, 2h)
@@ -28,8 +37,13 @@ class MlpPromptEncoder(nn.Module):
     def __init__(self, rows: int, dim: int, hidden: int):
         super().__init__()
         self.embedding = nn.Embedding(rows, dim)
-        self.mlp_head = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                      nn.Linear(hidden, dim))
+        self.mlp_head = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self) -> torch.Tensor:
         return self.mlp_head(self.embedding.weight)  # (rows, D)
@@ -44,7 +58,9 @@ class PTuningLayer(VirtualTokenLayer):
         self.prepended: dict[str, int] = {}
         self.placeholder: dict[str, int] = {}  # adapters with a template only
 
-    def add_encoder(self, name: str, encoder: nn.Module, prepended: int = 0, placeholder=None) -> None:
+    def add_encoder(
+        self, name: str, encoder: nn.Module, prepended: int = 0, placeholder=None
+    ) -> None:
         super().add_encoder(name, encoder)
         self.prepended[name] = prepended
         if placeholder is not None:
@@ -63,14 +79,18 @@ class PTuningLayer(VirtualTokenLayer):
         if name in self.placeholder:
             ids = kwargs.get("input_ids")
             if ids is None:
-                raise ConfigError("a p-tuning template needs input_ids: its [P] slots are found by token id")
+                raise ConfigError(
+                    "a p-tuning template needs input_ids: its [P] slots are found by token id"
+                )
             embeds = backbone.get_input_embeddings()(ids)  # (B, T, D)
             kwargs["inputs_embeds"] = fill_slots(embeds, ids, self.placeholder[name], table[n:])
             kwargs["input_ids"] = None
         return prepend_embeddings(backbone, kwargs, table[:n]) if n else 0
 
 
-def fill_slots(embeds: torch.Tensor, ids: torch.Tensor, placeholder: int, soft: torch.Tensor) -> torch.Tensor:
+def fill_slots(
+    embeds: torch.Tensor, ids: torch.Tensor, placeholder: int, soft: torch.Tensor
+) -> torch.Tensor:
     """Replace the embeddings at the first m placeholder ids of each row by soft (m, D), in order.
 
     Later placeholder ids (say, generated ones) stay ordinary tokens. Raises DataError when a
@@ -83,7 +103,9 @@ def fill_slots(embeds: torch.Tensor, ids: torch.Tensor, placeholder: int, soft: 
     short = (slot.sum(1) < m).nonzero()
     if len(short):
         row = int(short[0])
-        raise DataError(f"p-tuning template: row {row} of the batch has {int(slot[row].sum())} placeholder tokens "
-                        f"(id {placeholder}), the template needs {m}; build inputs with p_tuning.template_ids")
+        raise DataError(
+            f"p-tuning template: row {row} of the batch has {int(slot[row].sum())} placeholder tokens "
+            f"(id {placeholder}), the template needs {m}; build inputs with p_tuning.template_ids"
+        )
     rows = soft.to(embeds.dtype)[rank.clamp(0, m - 1)]  # (B, T, D)
     return torch.where(slot[..., None], rows, embeds)

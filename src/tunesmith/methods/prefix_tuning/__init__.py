@@ -6,19 +6,22 @@ plain prefixes it computes, which is also what the saved file holds (PEFT's `pro
 (n, layers * 2 * kv_heads * head_dim)). Grouped-query attention: prefixes have kv_heads heads.
 Not mergeable.
 """
+
 import torch
 from torch import nn
 
 from ..base import MethodSpec, mark_trainable, record_adapter
-from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from ..registry import register_method
+from ..virtual_tokens import PromptTable, attach_virtual_tokens, fold_virtual_tokens
 from .config import PrefixTuningConfig, from_peft_config, to_peft_config
 from .layers import PrefixMLP, PrefixTuningLayer
 
 __all__ = ["PrefixTuningConfig", "PrefixTuningLayer", "apply_prefix_tuning", "fold", "kv_shape"]
 
 
-def apply_prefix_tuning(model: nn.Module, cfg: PrefixTuningConfig, adapter_name: str = "default") -> nn.Module:
+def apply_prefix_tuning(
+    model: nn.Module, cfg: PrefixTuningConfig, adapter_name: str = "default"
+) -> nn.Module:
     """Add trainable prefixes of `cfg.num_virtual_tokens` tokens at every layer as adapter `adapter_name`.
 
     Only the prefixes (or the MLP making them) train afterwards. Raises ConfigError when the
@@ -52,6 +55,14 @@ def kv_shape(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, kv_heads, head_dim
 
 
-register_method(MethodSpec(name="prefix_tuning", config_cls=PrefixTuningConfig, apply=apply_prefix_tuning,
-                           is_prompt_based=True, peft_type="PREFIX_TUNING", to_peft_config=to_peft_config,
-                           from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="prefix_tuning",
+        config_cls=PrefixTuningConfig,
+        apply=apply_prefix_tuning,
+        is_prompt_based=True,
+        peft_type="PREFIX_TUNING",
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

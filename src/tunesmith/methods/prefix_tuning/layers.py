@@ -5,6 +5,7 @@ A prefix row holds, for one virtual token, the keys and values of every layer, i
 enter as "past" keys/values, so the model's own masking, RoPE (none on the prefix, as in PEFT)
 and caching apply unchanged; the real tokens take positions n, n+1, ...
 """
+
 import torch
 from torch import nn
 from transformers import DynamicCache
@@ -45,7 +46,9 @@ class PrefixTuningLayer(VirtualTokenLayer):
         cache_name = cache_kwarg(backbone)  # "cache" from transformers 5.24 on
         cache = kwargs.get(cache_name)
         _check_cache_support(backbone, cache)
-        ref = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        ref = (
+            kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        )
         kv = self.prefix_kv(name, ref.shape[0], backbone.get_input_embeddings().weight.dtype)
         if cache is None:
             kwargs[cache_name] = DynamicCache(kv, config=backbone.config)
@@ -58,15 +61,25 @@ class PrefixTuningLayer(VirtualTokenLayer):
         """Per layer (keys, values), each (batch, kv_heads, n, head_dim)."""
         table = self.encoders[name]().to(dtype)  # (n, layers * 2 * kv_dim)
         n = table.shape[0]
-        kv = table.view(n, self.layers, 2, self.kv_heads, self.head_dim).permute(1, 2, 3, 0, 4)  # (L, 2, h, n, d)
-        return [(kv[i, 0].expand(batch, -1, -1, -1), kv[i, 1].expand(batch, -1, -1, -1))
-                for i in range(self.layers)]
+        kv = table.view(n, self.layers, 2, self.kv_heads, self.head_dim).permute(
+            1, 2, 3, 0, 4
+        )  # (L, 2, h, n, d)
+        return [
+            (kv[i, 0].expand(batch, -1, -1, -1), kv[i, 1].expand(batch, -1, -1, -1))
+            for i in range(self.layers)
+        ]
 
 
 def _check_cache_support(backbone: nn.Module, cache) -> None:
     if getattr(cache, "is_compileable", False):
-        raise UnsupportedModuleError(f"prefix tuning needs a dynamic KV cache, got {type(cache).__name__}; "
-                                     f"generate with the default cache")
-    if backbone.training and any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules()):
-        raise UnsupportedModuleError("prefix tuning does not work with gradient checkpointing (transformers drops "
-                                     "the KV cache that carries the prefixes); disable gradient checkpointing")
+        raise UnsupportedModuleError(
+            f"prefix tuning needs a dynamic KV cache, got {type(cache).__name__}; "
+            f"generate with the default cache"
+        )
+    if backbone.training and any(
+        getattr(m, "gradient_checkpointing", False) for m in backbone.modules()
+    ):
+        raise UnsupportedModuleError(
+            "prefix tuning does not work with gradient checkpointing (transformers drops "
+            "the KV cache that carries the prefixes); disable gradient checkpointing"
+        )

@@ -1,4 +1,5 @@
 """PromptTuningLayer: the virtual-token embeddings, put in front of the input embeddings."""
+
 import math
 
 import torch

@@ -3,6 +3,7 @@
 
 Like `full`, the chosen weights train in place and their originals are kept for `disabled_adapters`.
 """
+
 import logging
 
 from torch import nn
@@ -24,11 +25,22 @@ def apply_selected(model: nn.Module, cfg: SelectedConfig, adapter_name: str = "d
     Raises ConfigError when top_k_layers exceeds the block count, UnsupportedModuleError (listing
     the model's modules) when an entry of cfg.modules matches nothing.
     """
-    names = (top_block_names(model, cfg.top_k_layers) if cfg.top_k_layers else []) + match_modules(model, cfg.modules)
+    names = (top_block_names(model, cfg.top_k_layers) if cfg.top_k_layers else []) + match_modules(
+        model, cfg.modules
+    )
     log.info("selected: training %d module(s): %s", len(names), ", ".join(names))
     train_base_parameters(model, adapter_name, selected_parameters(model, names))
 
 
 # can_merge: the trained weights are the model's own (see `full`).
-register_method(MethodSpec(name="selected", config_cls=SelectedConfig, apply=apply_selected, can_merge=True,
-                           peft_type=PEFT_TYPE, to_peft_config=to_peft_config, from_peft_config=from_peft_config))
+register_method(
+    MethodSpec(
+        name="selected",
+        config_cls=SelectedConfig,
+        apply=apply_selected,
+        can_merge=True,
+        peft_type=PEFT_TYPE,
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+    )
+)

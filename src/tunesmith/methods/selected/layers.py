@@ -2,6 +2,7 @@
 
 No module is wrapped; the chosen modules' own parameters train in place.
 """
+
 import re
 
 from torch import nn
@@ -15,10 +16,14 @@ def top_block_names(model: nn.Module, k: int) -> list[str]:
     try:
         name, blocks = named_transformer_blocks(model)
     except UnsupportedModuleError as e:
-        raise UnsupportedModuleError(f"method.top_k_layers: {e}; use method.modules instead") from None
+        raise UnsupportedModuleError(
+            f"method.top_k_layers: {e}; use method.modules instead"
+        ) from None
     if k > len(blocks):
-        raise ConfigError(f"method.top_k_layers={k} but the model has only {len(blocks)} blocks ({name}.0-"
-                          f"{len(blocks) - 1}); use at most {len(blocks)}")
+        raise ConfigError(
+            f"method.top_k_layers={k} but the model has only {len(blocks)} blocks ({name}.0-"
+            f"{len(blocks) - 1}); use at most {len(blocks)}"
+        )
     return [f"{name}.{i}" for i in range(len(blocks) - k, len(blocks))]
 
 
@@ -31,10 +36,14 @@ def match_modules(model: nn.Module, patterns: list[str]) -> list[str]:
     names = [n for n, _ in model.named_modules() if n]
     matched = []
     for pattern in patterns:
-        hits = [n for n in names if n == pattern or n.endswith("." + pattern) or _fullmatch(pattern, n)]
+        hits = [
+            n for n in names if n == pattern or n.endswith("." + pattern) or _fullmatch(pattern, n)
+        ]
         if not hits:
-            raise UnsupportedModuleError(f"method.modules entry {pattern!r} matches no module of this model; "
-                                         f"{_what_exists(model, names)}")
+            raise UnsupportedModuleError(
+                f"method.modules entry {pattern!r} matches no module of this model; "
+                f"{_what_exists(model, names)}"
+            )
         matched += hits
     return matched
 
@@ -43,8 +52,9 @@ def _fullmatch(pattern: str, name: str) -> bool:
     try:
         return re.fullmatch(pattern, name) is not None
     except re.error as e:
-        raise ConfigError(f"method.modules entry {pattern!r} is neither a module name nor a valid regex "
-                          f"({e})") from None
+        raise ConfigError(
+            f"method.modules entry {pattern!r} is neither a module name nor a valid regex ({e})"
+        ) from None
 
 
 def _what_exists(model: nn.Module, names: list[str]) -> str:
@@ -55,9 +65,14 @@ def _what_exists(model: nn.Module, names: list[str]) -> str:
         return f"its modules are: {', '.join(names)}"
     prefix = blocks + "."
     outside = [n for n in names if not n.startswith(prefix)]
-    inside = sorted({n.split(".")[-1] for n in names if n.startswith(prefix)} - {str(i) for i in range(len(layers))})
-    return (f"modules outside the blocks: {', '.join(outside)}; blocks: {blocks}.0-{len(layers) - 1}, "
-            f"which contain: {', '.join(inside)}")
+    inside = sorted(
+        {n.split(".")[-1] for n in names if n.startswith(prefix)}
+        - {str(i) for i in range(len(layers))}
+    )
+    return (
+        f"modules outside the blocks: {', '.join(outside)}; blocks: {blocks}.0-{len(layers) - 1}, "
+        f"which contain: {', '.join(inside)}"
+    )
 
 
 def selected_parameters(model: nn.Module, module_names: list[str]) -> list[nn.Parameter]:

@@ -10,6 +10,7 @@ entries return to the pretrained value and stop training. Trainers drive this th
 Counting: D is a dense tensor, so `count_parameters` reports in * out per layer as trainable;
 `kept_count` gives the entries that can still change and `reached_sparsity` the fraction that cannot.
 """
+
 import logging
 
 from torch import nn
@@ -21,7 +22,14 @@ from .config import PEFT_TYPE, SparseConfig, from_peft_config, to_peft_config
 from .layers import SparseDeltaLinear
 
 log = logging.getLogger(__name__)
-__all__ = ["SparseConfig", "SparseDeltaLinear", "apply_sparse", "kept_count", "prune", "reached_sparsity"]
+__all__ = [
+    "SparseConfig",
+    "SparseDeltaLinear",
+    "apply_sparse",
+    "kept_count",
+    "prune",
+    "reached_sparsity",
+]
 
 
 def apply_sparse(model: nn.Module, cfg: SparseConfig, adapter_name: str = "default") -> None:
@@ -38,7 +46,11 @@ def apply_sparse(model: nn.Module, cfg: SparseConfig, adapter_name: str = "defau
 
 
 def _layers(model: nn.Module, adapter_name: str) -> list[SparseDeltaLinear]:
-    return [m for m in model.modules() if isinstance(m, SparseDeltaLinear) and adapter_name in m.adapter_names]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, SparseDeltaLinear) and adapter_name in m.adapter_names
+    ]
 
 
 def prune(model: nn.Module, sparsity: float, adapter_name: str = "default") -> None:
@@ -69,12 +81,30 @@ def on_step(model: nn.Module, adapter_name: str, step: int) -> None:
 def report(model: nn.Module, adapter_name: str) -> dict:
     reached, cfg = reached_sparsity(model, adapter_name), adapter_configs(model)[adapter_name]
     if reached < cfg.sparsity:
-        log.warning("sparse: reached sparsity %.3f of the target %.3f: training ended before the last of %d "
-                    "pruning rounds (one every %d steps); lower method.prune_every or train longer", reached,
-                    cfg.sparsity, cfg.rounds, cfg.prune_every)
-    return {"sparsity": round(reached, 4), "effective_trainable_params": kept_count(model, adapter_name)}
+        log.warning(
+            "sparse: reached sparsity %.3f of the target %.3f: training ended before the last of %d "
+            "pruning rounds (one every %d steps); lower method.prune_every or train longer",
+            reached,
+            cfg.sparsity,
+            cfg.rounds,
+            cfg.prune_every,
+        )
+    return {
+        "sparsity": round(reached, 4),
+        "effective_trainable_params": kept_count(model, adapter_name),
+    }
 
 
-register_method(MethodSpec(name="sparse", config_cls=SparseConfig, apply=apply_sparse, can_merge=True,
-                           peft_type=PEFT_TYPE, to_peft_config=to_peft_config, from_peft_config=from_peft_config,
-                           on_step=on_step, report=report))
+register_method(
+    MethodSpec(
+        name="sparse",
+        config_cls=SparseConfig,
+        apply=apply_sparse,
+        can_merge=True,
+        peft_type=PEFT_TYPE,
+        to_peft_config=to_peft_config,
+        from_peft_config=from_peft_config,
+        on_step=on_step,
+        report=report,
+    )
+)

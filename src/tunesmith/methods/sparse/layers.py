@@ -5,6 +5,7 @@ M starts all True (sparsity 0) and only shrinks: pruning keeps the entries of la
 sends the others back to their pretrained value for good. Gradients at pruned entries are zero
 because the forward multiplies D by M.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +36,9 @@ class SparseDeltaLinear(AdapterLayer):
         """D = 0 and M = all ones: the layer starts exactly at the base weight, every entry trainable."""
         w = self.base_layer.weight
         shape = (self.out_features, self.in_features)
-        self.sparse_delta[name] = nn.Parameter(torch.zeros(shape, device=w.device, dtype=torch.float32))
+        self.sparse_delta[name] = nn.Parameter(
+            torch.zeros(shape, device=w.device, dtype=torch.float32)
+        )
         self.sparse_mask[name] = _Mask(shape, w.device)
         self.active_adapters = [name]
 
@@ -47,8 +50,10 @@ class SparseDeltaLinear(AdapterLayer):
 
     def peft_state(self, name: str, path: str) -> dict[str, torch.Tensor]:
         # The mask is saved too: it is not trained, but it decides which entries may change later.
-        return {f"{PEFT_PREFIX}{path}.sparse_delta": self.sparse_delta[name],
-                f"{PEFT_PREFIX}{path}.sparse_mask": self.mask(name)}
+        return {
+            f"{PEFT_PREFIX}{path}.sparse_delta": self.sparse_delta[name],
+            f"{PEFT_PREFIX}{path}.sparse_mask": self.mask(name),
+        }
 
     def mask(self, name: str) -> torch.Tensor:
         return self.sparse_mask[name].mask  # (out, in) bool
@@ -105,7 +110,9 @@ class SparseDeltaLinear(AdapterLayer):
         if self.disabled or self.merged_adapters:
             return result
         for name in self.active_adapters:
-            delta = self.sparse_delta[name] * self.mask(name)  # (out, in); zero gradient where pruned
+            delta = self.sparse_delta[name] * self.mask(
+                name
+            )  # (out, in); zero gradient where pruned
             result = result + F.linear(x.to(delta.dtype), delta).to(result.dtype)
         return result
 

@@ -64,7 +64,9 @@ class AbsmaxQuantized:
         """The reconstructed tensor ``q / scale`` in ``dtype``, original shape."""
         return self.dequantize_range(0, self.numel, dtype).reshape(self.shape)
 
-    def dequantize_range(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def dequantize_range(
+        self, start: int, stop: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Flattened elements [start, stop) reconstructed, without touching the others."""
         g = self.group_size
         first, last = start // g, -(-stop // g)  # groups touched: [first, last)
@@ -80,14 +82,24 @@ class AbsmaxQuantized:
 
     def meta(self) -> dict:
         """JSON-friendly description needed to rebuild from ``to_tensors()``."""
-        return {"shape": list(self.shape), "bits": self.bits, "granularity": self.granularity,
-                "group_size": self.group_size}
+        return {
+            "shape": list(self.shape),
+            "bits": self.bits,
+            "granularity": self.granularity,
+            "group_size": self.group_size,
+        }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "AbsmaxQuantized":
         """Inverse of ``to_tensors()`` + ``meta()``."""
-        return cls(tensors["codes"], tensors["scales"], tuple(meta["shape"]), int(meta["bits"]),
-                   meta["granularity"], int(meta["group_size"]))
+        return cls(
+            tensors["codes"],
+            tensors["scales"],
+            tuple(meta["shape"]),
+            int(meta["bits"]),
+            meta["granularity"],
+            int(meta["group_size"]),
+        )
 
 
 def quantize_absmax(
@@ -125,14 +137,14 @@ def dequantize_absmax(q: AbsmaxQuantized, dtype: torch.dtype = torch.float32) ->
 def check_block_size(block_size: int, what: str = "block_size") -> None:
     """Raise ConfigError unless ``block_size`` is an int >= 1."""
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise ConfigError(f"{what} must be an integer >= 1, got {block_size!r}; "
-                          f"use e.g. 64")
+        raise ConfigError(f"{what} must be an integer >= 1, got {block_size!r}; use e.g. 64")
 
 
 def _check_args(bits: int, granularity: str, block_size: int) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ConfigError(f"bits must be an integer in 2..8 (codes are stored as int8), "
-                          f"got {bits!r}")
+        raise ConfigError(
+            f"bits must be an integer in 2..8 (codes are stored as int8), got {bits!r}"
+        )
     if granularity not in GRANULARITIES:
         raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     check_block_size(block_size)

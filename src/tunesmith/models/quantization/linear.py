@@ -45,13 +45,16 @@ def check_scheme(scheme: str, double_quant: bool | None) -> bool:
     if double_quant is None:
         return scheme == "nf4"
     if double_quant and scheme == "int8":
-        raise ConfigError("double_quant=True is only supported for scheme 'nf4'; "
-                          "pass double_quant=False (or None) with scheme 'int8'")
+        raise ConfigError(
+            "double_quant=True is only supported for scheme 'nf4'; "
+            "pass double_quant=False (or None) with scheme 'int8'"
+        )
     return bool(double_quant)
 
 
-def quantize_weight(weight: torch.Tensor, scheme: str, double_quant: bool | None = None,
-                    block_size: int = 64) -> AbsmaxQuantized | NF4Quantized:
+def quantize_weight(
+    weight: torch.Tensor, scheme: str, double_quant: bool | None = None, block_size: int = 64
+) -> AbsmaxQuantized | NF4Quantized:
     """Quantize a weight tensor with a named scheme (see ``SCHEMES``)."""
     double_quant = check_scheme(scheme, double_quant)
     check_block_size(block_size)
@@ -71,7 +74,7 @@ class _ChunkedMatmul(torch.autograd.Function):
                 return x @ next(layer._weight_chunks(x.dtype))[1].T
             out = x.new_empty(*x.shape[:-1], layer.out_features)  # (..., out)
             for r0, w in layer._weight_chunks(x.dtype):  # w: (rows, in)
-                out[..., r0: r0 + w.shape[0]] = x @ w.T
+                out[..., r0 : r0 + w.shape[0]] = x @ w.T
         return out
 
     @staticmethod
@@ -80,7 +83,7 @@ class _ChunkedMatmul(torch.autograd.Function):
         grad_x = None
         with torch.autocast(grad_out.device.type, enabled=False):
             for r0, w in layer._weight_chunks(grad_out.dtype):
-                part = grad_out[..., r0: r0 + w.shape[0]] @ w  # (..., in)
+                part = grad_out[..., r0 : r0 + w.shape[0]] @ w  # (..., in)
                 grad_x = part if grad_x is None else grad_x + part
         return grad_x, None
 
@@ -88,15 +91,23 @@ class _ChunkedMatmul(torch.autograd.Function):
 class QuantizedLinear(nn.Module):
     """A frozen linear layer storing its weight quantized; see the module docstring."""
 
-    is_quantized = True  # how utils.modules.is_quantized_linear recognises it without importing models
+    is_quantized = (
+        True  # how utils.modules.is_quantized_linear recognises it without importing models
+    )
 
-    def __init__(self, qweight: AbsmaxQuantized | NF4Quantized, scheme: str,
-                 bias: torch.Tensor | None = None, chunk_rows: int | None = None):
+    def __init__(
+        self,
+        qweight: AbsmaxQuantized | NF4Quantized,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        chunk_rows: int | None = None,
+    ):
         super().__init__()
         check_scheme(scheme, None)
         if len(qweight.shape) != 2:
-            raise UnsupportedModuleError(f"QuantizedLinear needs a 2-D weight, got shape "
-                                         f"{tuple(qweight.shape)}")
+            raise UnsupportedModuleError(
+                f"QuantizedLinear needs a 2-D weight, got shape {tuple(qweight.shape)}"
+            )
         self.scheme = scheme
         self.out_features, self.in_features = qweight.shape
         self._meta = qweight.meta()
@@ -108,8 +119,14 @@ class QuantizedLinear(nn.Module):
         self.chunk_rows = chunk_rows or max(1, _CHUNK_BYTES // (4 * max(self.in_features, 1)))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: str = "nf4", double_quant: bool | None = None,
-                    block_size: int = 64, chunk_rows: int | None = None) -> "QuantizedLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        scheme: str = "nf4",
+        double_quant: bool | None = None,
+        block_size: int = 64,
+        chunk_rows: int | None = None,
+    ) -> "QuantizedLinear":
         """Quantize an ``nn.Linear`` (its weight is read in fp32; the module is not modified).
 
         Args:
@@ -124,8 +141,9 @@ class QuantizedLinear(nn.Module):
             ConfigError: bad scheme, block size, chunk_rows or double_quant combination.
         """
         if not isinstance(linear, nn.Linear):
-            raise UnsupportedModuleError(f"QuantizedLinear.from_linear needs an nn.Linear, got "
-                                         f"{type(linear).__name__}")
+            raise UnsupportedModuleError(
+                f"QuantizedLinear.from_linear needs an nn.Linear, got {type(linear).__name__}"
+            )
         qweight = quantize_weight(linear.weight, scheme, double_quant, block_size)
         return cls(qweight, scheme, linear.bias, chunk_rows)
 
@@ -139,8 +157,12 @@ class QuantizedLinear(nn.Module):
 
     def spec(self) -> dict:
         """JSON-friendly metadata that, with the buffers, rebuilds this layer."""
-        return {"scheme": self.scheme, "weight": self._meta, "chunk_rows": self.chunk_rows,
-                "has_bias": self.bias is not None}
+        return {
+            "scheme": self.scheme,
+            "weight": self._meta,
+            "chunk_rows": self.chunk_rows,
+            "has_bias": self.bias is not None,
+        }
 
     def qweight(self) -> AbsmaxQuantized | NF4Quantized:
         """The quantized weight as a dataclass view of the current buffers."""
@@ -160,8 +182,10 @@ class QuantizedLinear(nn.Module):
         so errors of several layers combine), also kept as ``last_requantization_error``.
         """
         if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise UnsupportedModuleError(f"set_weight needs shape {(self.out_features, self.in_features)}, "
-                                         f"got {tuple(weight.shape)}")
+            raise UnsupportedModuleError(
+                f"set_weight needs shape {(self.out_features, self.in_features)}, "
+                f"got {tuple(weight.shape)}"
+            )
         meta = self._meta
         double_quant = meta.get("double_quant", False) if self.scheme == "nf4" else None
         block = meta["block_size"] if self.scheme == "nf4" else meta["group_size"]
@@ -170,15 +194,21 @@ class QuantizedLinear(nn.Module):
         for name, tensor in qweight.to_tensors().items():
             setattr(self, name, tensor)  # replaces the registered buffer
         diff = qweight.dequantize(torch.float32) - weight.float()
-        self.last_requantization_error = {"max_abs": diff.abs().max().item(),
-                                          "err_sq": diff.pow(2).sum().item(),
-                                          "ref_sq": weight.float().pow(2).sum().item()}
+        self.last_requantization_error = {
+            "max_abs": diff.abs().max().item(),
+            "err_sq": diff.pow(2).sum().item(),
+            "ref_sq": weight.float().pow(2).sum().item(),
+        }
         return self.last_requantization_error
 
     def to_linear(self, weight: torch.Tensor | None = None) -> nn.Linear:
         """A full-precision fp32 nn.Linear holding ``weight`` (default: the dequantized weight)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.bias.device if self.bias is not None else None)
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.bias.device if self.bias is not None else None,
+        )
         with torch.no_grad():
             linear.weight.copy_(self.dequantized_weight() if weight is None else weight)
             if self.bias is not None:
@@ -205,6 +235,8 @@ class QuantizedLinear(nn.Module):
         return out if self.bias is None else out + self.bias.to(dtype)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"scheme={self.scheme}, bias={self.bias is not None}, "
-                f"chunk_rows={self.chunk_rows}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"scheme={self.scheme}, bias={self.bias is not None}, "
+            f"chunk_rows={self.chunk_rows}"
+        )

@@ -51,9 +51,14 @@ class QuantizationReport:
     """Names of linear layers left unquantized because they matched ``skip``."""
 
 
-def quantize_model(model: nn.Module, scheme: str = "nf4", double_quant: bool | None = None,
-                   skip: tuple[str, ...] = ("lm_head",), block_size: int = 64,
-                   chunk_rows: int | None = None) -> QuantizationReport:
+def quantize_model(
+    model: nn.Module,
+    scheme: str = "nf4",
+    double_quant: bool | None = None,
+    skip: tuple[str, ...] = ("lm_head",),
+    block_size: int = 64,
+    chunk_rows: int | None = None,
+) -> QuantizationReport:
     """Replace every ``nn.Linear`` of ``model`` (except ``skip`` matches) in place.
 
     Args:
@@ -79,8 +84,14 @@ def quantize_model(model: nn.Module, scheme: str = "nf4", double_quant: bool | N
         report.bytes_after += qlinear.weight_bytes()
         report.num_layers += 1
         model.set_submodule(name, qlinear)
-    log.info("quantized %d linear layers to %s: %d -> %d bytes (skipped: %s)",
-             report.num_layers, scheme, report.bytes_before, report.bytes_after, report.skipped)
+    log.info(
+        "quantized %d linear layers to %s: %d -> %d bytes (skipped: %s)",
+        report.num_layers,
+        scheme,
+        report.bytes_before,
+        report.bytes_after,
+        report.skipped,
+    )
     return report
 
 
@@ -100,11 +111,17 @@ def requantization_error(model: nn.Module) -> dict:
     ||W_requantized - W_intended||_F / ||W_intended||_F over the n layers}; n = 0 (and zeros)
     when no quantized layer was re-quantized.
     """
-    stats = [m.last_requantization_error for m in model.modules()
-             if isinstance(m, QuantizedLinear) and hasattr(m, "last_requantization_error")]
+    stats = [
+        m.last_requantization_error
+        for m in model.modules()
+        if isinstance(m, QuantizedLinear) and hasattr(m, "last_requantization_error")
+    ]
     err_sq, ref_sq = sum(s["err_sq"] for s in stats), sum(s["ref_sq"] for s in stats)
-    return {"layers": len(stats), "max_abs": max((s["max_abs"] for s in stats), default=0.0),
-            "relative": (err_sq / ref_sq) ** 0.5 if ref_sq > 0 else 0.0}
+    return {
+        "layers": len(stats),
+        "max_abs": max((s["max_abs"] for s in stats), default=0.0),
+        "relative": (err_sq / ref_sq) ** 0.5 if ref_sq > 0 else 0.0,
+    }
 
 
 def quantization_specs(model: nn.Module) -> dict[str, dict]:
@@ -133,7 +150,7 @@ def load_quantized(model: nn.Module, path: str | Path, strict: bool = True) -> n
     for name, spec in specs.items():
         _check_target(model, name, path)
         prefix = name + "."
-        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         model.set_submodule(name, QuantizedLinear.from_tensors(own, spec))
     _assign(model, tensors, path, strict)
     log.info("loaded quantized model from %s (%d quantized layers)", path, len(specs))
@@ -145,8 +162,9 @@ def _read_file(path) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
     with safe_open(str(path), framework="pt") as f:
         meta = (f.metadata() or {}).get(META_KEY)
         if meta is None:
-            raise CheckpointError(f"{path} has no '{META_KEY}' metadata; write it with "
-                                  f"save_quantized()")
+            raise CheckpointError(
+                f"{path} has no '{META_KEY}' metadata; write it with save_quantized()"
+            )
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return json.loads(meta), tensors
 
@@ -155,13 +173,17 @@ def _assign(model: nn.Module, tensors: dict[str, torch.Tensor], path, strict: bo
     """Assign the file's tensors to the model (cast to the model's float dtypes), then re-tie."""
     groups = _shared_names(model)
     current = model.state_dict(keep_vars=True)
-    state = {k: v.to(current[k].dtype) if k in current and current[k].is_floating_point() else v
-             for k, v in tensors.items()}
+    state = {
+        k: v.to(current[k].dtype) if k in current and current[k].is_floating_point() else v
+        for k, v in tensors.items()
+    }
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not any(o in state for o in groups.get(k, ()))]
     if strict and (missing or result.unexpected_keys):
-        raise CheckpointError(f"{path} does not fit the model: missing {missing[:3]}, unexpected "
-                              f"{result.unexpected_keys[:3]}")
+        raise CheckpointError(
+            f"{path} does not fit the model: missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]}"
+        )
     for name, others in groups.items():
         if name in state:
             for other in others:
@@ -174,18 +196,23 @@ def _shared_names(model: nn.Module) -> dict[str, list[str]]:
     by_id: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(p), []).append(name)
-    return {n: [o for o in names if o != n] for names in by_id.values() if len(names) > 1 for n in names}
+    return {
+        n: [o for o in names if o != n] for names in by_id.values() if len(names) > 1 for n in names
+    }
 
 
 def _check_target(model: nn.Module, name: str, path) -> None:
     try:
         module = model.get_submodule(name)
     except AttributeError as err:
-        raise CheckpointError(f"{path} lists quantized layer {name!r}, which the model "
-                              f"does not have") from err
+        raise CheckpointError(
+            f"{path} lists quantized layer {name!r}, which the model does not have"
+        ) from err
     if not isinstance(module, (nn.Linear, QuantizedLinear)):
-        raise CheckpointError(f"{path} lists quantized layer {name!r}, but the model has a "
-                              f"{type(module).__name__} there, not an nn.Linear")
+        raise CheckpointError(
+            f"{path} lists quantized layer {name!r}, but the model has a "
+            f"{type(module).__name__} there, not an nn.Linear"
+        )
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

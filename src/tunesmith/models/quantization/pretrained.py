@@ -15,6 +15,7 @@ Notable:
 - The model is saved with whatever dtype its unquantized weights have; loading casts them to
   the requested dtype.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def read_marker(path) -> dict:
     try:
         return json.loads((Path(path) / MARKER).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{Path(path) / MARKER}: cannot read ({err}); rewrite the directory "
-                              f"with `tunesmith quantize`") from None
+        raise CheckpointError(
+            f"{Path(path) / MARKER}: cannot read ({err}); rewrite the directory "
+            f"with `tunesmith quantize`"
+        ) from None
 
 
 def save_pretrained_quantized(model, tokenizer, out_dir) -> Path:
@@ -54,8 +57,10 @@ def save_pretrained_quantized(model, tokenizer, out_dir) -> Path:
     """
     specs = quantization_specs(model)
     if not specs:
-        raise CheckpointError("the model has no quantized layer to save; quantize it first "
-                              "(model.quantize=nf4 or int8)")
+        raise CheckpointError(
+            "the model has no quantized layer to save; quantize it first "
+            "(model.quantize=nf4 or int8)"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
@@ -63,8 +68,12 @@ def save_pretrained_quantized(model, tokenizer, out_dir) -> Path:
         tokenizer.save_pretrained(out)
     save_quantized(model, out / WEIGHTS)
     schemes = sorted({s["scheme"] for s in specs.values()})
-    marker = {"format": 1, "scheme": schemes[0] if len(schemes) == 1 else schemes,
-              "layers": len(specs), "file": WEIGHTS}
+    marker = {
+        "format": 1,
+        "scheme": schemes[0] if len(schemes) == 1 else schemes,
+        "layers": len(specs),
+        "file": WEIGHTS,
+    }
     (out / MARKER).write_text(json.dumps(marker, indent=2))
     log.info("saved %d quantized layers (%s) to %s", len(specs), marker["scheme"], out)
     return out

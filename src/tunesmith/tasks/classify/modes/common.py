@@ -1,6 +1,7 @@
 """Pieces the classification modes share: what trains, saving/loading the trained tensors, padding
 token batches, the input text of an example, and running the training loop with a classification
 objective."""
+
 import logging
 import time
 from pathlib import Path
@@ -10,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ....errors import CheckpointError, ConfigError
 from ....config.schema import RunConfig
+from ....errors import CheckpointError, ConfigError
 from ....methods import apply_method
 from ....models.prefix_cache import FINAL_NORMS, find_blocks
 from ....training import Objective, train
@@ -40,8 +41,12 @@ def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
     modules = [backbone] if choice == "all" else []
     if TOP_BLOCKS.get(choice):
         _, blocks = find_blocks(backbone)
-        modules += list(blocks)[-TOP_BLOCKS[choice]:]
-        modules += [getattr(backbone, n) for n in FINAL_NORMS if isinstance(getattr(backbone, n, None), nn.Module)]
+        modules += list(blocks)[-TOP_BLOCKS[choice] :]
+        modules += [
+            getattr(backbone, n)
+            for n in FINAL_NORMS
+            if isinstance(getattr(backbone, n, None), nn.Module)
+        ]
     if use_lm_head and choice == "all" and lm.get_output_embeddings() is not None:
         modules.append(lm.get_output_embeddings())
     for module in modules:
@@ -51,7 +56,9 @@ def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
 
 def save_trained(model: nn.Module, out_dir: Path) -> Path:
     """The trainable tensors of model (by parameter name) to out_dir/classifier.safetensors."""
-    tensors = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {
+        n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
     path = Path(out_dir) / STATE_FILE
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -65,14 +72,18 @@ def load_trained(model: nn.Module, out_dir: Path) -> None:
     """
     path = Path(out_dir) / STATE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: train first (tunesmith train CONFIG.yaml) or point output.dir at a "
-                              f"classification run")
+        raise CheckpointError(
+            f"{path} is missing: train first (tunesmith train CONFIG.yaml) or point output.dir at a "
+            f"classification run"
+        )
     saved, params = load_file(str(path)), dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in saved.items():
             if name not in params or params[name].shape != tensor.shape:
-                raise CheckpointError(f"{path}: {name} {tuple(tensor.shape)} does not fit this model; was it trained "
-                                      f"with another model.name, task.trainable or method?")
+                raise CheckpointError(
+                    f"{path}: {name} {tuple(tensor.shape)} does not fit this model; was it trained "
+                    f"with another model.name, task.trainable or method?"
+                )
             params[name].copy_(tensor)
 
 
@@ -82,8 +93,8 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
@@ -91,14 +102,14 @@ def pad_hidden(states: Sequence[torch.Tensor]) -> torch.Tensor:
     """Cached hidden states [(T_i, H)] -> (B, T, H), zero-padded."""
     out = states[0].new_zeros(len(states), max(s.shape[0] for s in states), states[0].shape[-1])
     for i, s in enumerate(states):
-        out[i, :s.shape[0]] = s
+        out[i, : s.shape[0]] = s
     return out
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Index batches of similar length (less padding); callers put results back in order."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def cache_hidden(prefix, items: list, cfg: RunConfig, pad_id: int, batch_size: int = 32) -> None:
@@ -108,7 +119,7 @@ def cache_hidden(prefix, items: list, cfg: RunConfig, pad_id: int, batch_size: i
         with autocast(cfg):
             hidden = prefix.capture(ids, mask).float()  # (B, T, H)
         for row, i in enumerate(idx):
-            items[i].hidden = hidden[row, :len(items[i].input_ids)].clone()
+            items[i].hidden = hidden[row, : len(items[i].input_ids)].clone()
 
 
 def texts_of(examples: list) -> list[str]:
@@ -120,17 +131,33 @@ def autocast(cfg: RunConfig):
     return precision_autocast(cfg.train.precision)
 
 
-def fit(model: nn.Module, examples: list, cfg: RunConfig, out: Path, loss_fn: Callable, collate_fn: Callable,
-        evaluate: Optional[Callable] = None, progress: bool = False, lengths: Optional[list] = None) -> dict:
+def fit(
+    model: nn.Module,
+    examples: list,
+    cfg: RunConfig,
+    out: Path,
+    loss_fn: Callable,
+    collate_fn: Callable,
+    evaluate: Optional[Callable] = None,
+    progress: bool = False,
+    lengths: Optional[list] = None,
+) -> dict:
     """Run the training loop with a classification objective; returns steps and seconds.
     lengths (tokens per example) groups batches by length when data.group_by_length is set."""
     if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError(f"task.trainable={cfg.task.trainable} leaves nothing to train in task.mode={cfg.task.mode}; "
-                          f"choose head, last_block, last_two_blocks, all or method")
+        raise ConfigError(
+            f"task.trainable={cfg.task.trainable} leaves nothing to train in task.mode={cfg.task.mode}; "
+            f"choose head, last_block, last_two_blocks, all or method"
+        )
     start = time.perf_counter()
     objective = Objective(collate_fn, loss_fn, lengths if cfg.data.group_by_length else None)
     result = train(model, examples, cfg.train, out, objective, evaluate=evaluate, progress=progress)
-    return {"steps": result.steps, "epochs": cfg.train.epochs, "final_loss": result.final_loss,
-            "last_step_loss": result.last_step_loss, **result.method_metrics,
-            "loop_seconds": round(result.seconds, 1),
-            "wall_seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "steps": result.steps,
+        "epochs": cfg.train.epochs,
+        "final_loss": result.final_loss,
+        "last_step_loss": result.last_step_loss,
+        **result.method_metrics,
+        "loop_seconds": round(result.seconds, 1),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }

@@ -7,6 +7,7 @@ coefficients, intercepts, classes) in feature_classifier.safetensors and the est
 hyper-parameters in feature_classifier.json. Loading checks keys and shapes, then sets the
 attributes on fresh scikit-learn objects, so predict_proba gives the same numbers.
 """
+
 import json
 import logging
 import time
@@ -40,14 +41,22 @@ class FeaturesConfig:
 
     def __post_init__(self):
         if self.classifier not in CLASSIFIERS:
-            raise ConfigError(f"features.classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}")
+            raise ConfigError(
+                f"features.classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}"
+            )
         if self.c <= 0:
             raise ConfigError(f"features.c must be > 0, got {self.c}")
 
 
 def make_embedder(cfg: RunConfig) -> Embedder:
-    return Embedder(cfg.model.name, cfg.task.pooling, cfg.features.layer, cfg.data.max_length,
-                    cfg.eval.batch_size, bf16=cfg.train.precision == "bf16")
+    return Embedder(
+        cfg.model.name,
+        cfg.task.pooling,
+        cfg.features.layer,
+        cfg.data.max_length,
+        cfg.eval.batch_size,
+        bf16=cfg.train.precision == "bf16",
+    )
 
 
 class FeaturePredictor:
@@ -58,9 +67,11 @@ class FeaturePredictor:
         x = self.embedder.embed(texts_of(examples))  # (N, F)
         expected = self.classifier[0].n_features_in_
         if x.shape[1] != expected:
-            raise CheckpointError(f"the feature classifier reads {expected} features but model.name="
-                                  f"{self.embedder.name} layer {self.embedder.layer} gives {x.shape[1]}; "
-                                  f"use the model and features.layer it was trained with")
+            raise CheckpointError(
+                f"the feature classifier reads {expected} features but model.name="
+                f"{self.embedder.name} layer {self.embedder.layer} gives {x.shape[1]}; "
+                f"use the model and features.layer it was trained with"
+            )
         probs = self.classifier.predict_proba(x)
         out = np.zeros((len(examples), len(self.labels)), dtype=np.float32)
         out[:, self.classifier.classes_] = probs  # classes_ are label indices
@@ -74,7 +85,9 @@ def _sklearn():
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import LabelBinarizer, StandardScaler
     except ImportError:
-        raise ConfigError("task.mode=features needs scikit-learn: pip install scikit-learn") from None
+        raise ConfigError(
+            "task.mode=features needs scikit-learn: pip install scikit-learn"
+        ) from None
     return LogisticRegression, MLPClassifier, make_pipeline, StandardScaler, LabelBinarizer
 
 
@@ -84,9 +97,16 @@ def build_classifier(cfg: RunConfig):
     weight = "balanced" if cfg.task.class_weights else None
     if cfg.features.classifier == "mlp":
         if weight:
-            raise ConfigError("task.class_weights is not supported by the MLP classifier; use "
-                              "features.classifier=logreg or data.balance=oversample")
-        head = mlp(hidden_layer_sizes=(256,), early_stopping=True, max_iter=300, random_state=cfg.train.seed)
+            raise ConfigError(
+                "task.class_weights is not supported by the MLP classifier; use "
+                "features.classifier=logreg or data.balance=oversample"
+            )
+        head = mlp(
+            hidden_layer_sizes=(256,),
+            early_stopping=True,
+            max_iter=300,
+            random_state=cfg.train.seed,
+        )
     else:
         head = logreg(C=cfg.features.c, max_iter=5000, class_weight=weight)
     return make_pipeline(scaler(), head)
@@ -102,18 +122,27 @@ def fit_features(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bo
     classifier = build_classifier(cfg).fit(x, y)
     fit_seconds = time.perf_counter() - fit_start
     save_classifier(classifier, out)
-    info = {"train_seconds": round(time.perf_counter() - start, 1), "embed_seconds": round(embedder.seconds, 1),
-            "fit_seconds": round(fit_seconds, 2), "embeddings_from_cache": embedder.cache_hits > 0,
-            "trainable_params": int(sum(np.size(c) for c in _coefficients(classifier))), "feature_dim": x.shape[1]}
-    log.info("features: %d x %d, %s fitted in %.2f s", *x.shape, cfg.features.classifier, fit_seconds)
+    info = {
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "embed_seconds": round(embedder.seconds, 1),
+        "fit_seconds": round(fit_seconds, 2),
+        "embeddings_from_cache": embedder.cache_hits > 0,
+        "trainable_params": int(sum(np.size(c) for c in _coefficients(classifier))),
+        "feature_dim": x.shape[1],
+    }
+    log.info(
+        "features: %d x %d, %s fitted in %.2f s", *x.shape, cfg.features.classifier, fit_seconds
+    )
     return FeaturePredictor(embedder, classifier, splits.labels), info
 
 
 def load_features(cfg: RunConfig, out: Path, labels: list) -> FeaturePredictor:
     classifier = load_classifier(out)
     if int(classifier.classes_.max()) >= len(labels):
-        raise CheckpointError(f"{Path(out) / ARRAYS_FILE}: class index {int(classifier.classes_.max())} is beyond "
-                              f"the {len(labels)} labels of classifier.json")
+        raise CheckpointError(
+            f"{Path(out) / ARRAYS_FILE}: class index {int(classifier.classes_.max())} is beyond "
+            f"the {len(labels)} labels of classifier.json"
+        )
     return FeaturePredictor(make_embedder(cfg), classifier, labels)
 
 
@@ -129,8 +158,12 @@ def save_classifier(pipeline, out: Path) -> None:
         arrays.update({f"intercepts.{i}": b for i, b in enumerate(head.intercepts_)})
     else:
         arrays.update({"coef": head.coef_, "intercept": head.intercept_})
-    meta = {"kind": kind, "n_features": int(scaler.n_features_in_), "params": _plain(head.get_params()),
-            "scaler_params": _plain(scaler.get_params())}
+    meta = {
+        "kind": kind,
+        "n_features": int(scaler.n_features_in_),
+        "params": _plain(head.get_params()),
+        "scaler_params": _plain(scaler.get_params()),
+    }
     if kind == "mlp":
         meta.update(n_layers=int(head.n_layers_), out_activation=head.out_activation_)
     with atomic_path(Path(out) / ARRAYS_FILE) as tmp:
@@ -151,27 +184,45 @@ def load_classifier(out: Path):
         meta = json.loads(params_path.read_text())
         arrays = load_file(str(arrays_path))
     except (ValueError, SafetensorError, OSError) as e:
-        raise CheckpointError(f"{out}: the feature classifier files are damaged ({e}); train again") from None
+        raise CheckpointError(
+            f"{out}: the feature classifier files are damaged ({e}); train again"
+        ) from None
     _check(meta, arrays, arrays_path)
     return _rebuild(meta, arrays)
 
 
 def _check(meta: dict, arrays: dict, path: Path) -> None:
-    if not isinstance(meta, dict) or meta.get("kind") not in CLASSIFIERS or not isinstance(meta.get("n_features"), int):
-        raise CheckpointError(f"{path.with_suffix('.json')}: not a feature classifier description (kind, n_features)")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("kind") not in CLASSIFIERS
+        or not isinstance(meta.get("n_features"), int)
+    ):
+        raise CheckpointError(
+            f"{path.with_suffix('.json')}: not a feature classifier description (kind, n_features)"
+        )
     n_features, n_layers = meta["n_features"], meta.get("n_layers", 2)
     if not isinstance(n_layers, int) or n_layers < 2:
-        raise CheckpointError(f"{path.with_suffix('.json')}: n_layers must be an integer >= 2, got {n_layers!r}")
+        raise CheckpointError(
+            f"{path.with_suffix('.json')}: n_layers must be an integer >= 2, got {n_layers!r}"
+        )
     if meta["kind"] == "mlp":
-        names = [f"coefs.{i}" for i in range(n_layers - 1)] + [f"intercepts.{i}" for i in range(n_layers - 1)]
+        names = [f"coefs.{i}" for i in range(n_layers - 1)] + [
+            f"intercepts.{i}" for i in range(n_layers - 1)
+        ]
     else:
         names = ["coef", "intercept"]
     missing = [k for k in ["scaler.mean", "scaler.scale", "classes", *names] if k not in arrays]
     if missing:
-        raise CheckpointError(f"{path}: missing {', '.join(missing)}; train the feature classifier again")
+        raise CheckpointError(
+            f"{path}: missing {', '.join(missing)}; train the feature classifier again"
+        )
     n_classes = len(arrays["classes"])
     n_out = 1 if n_classes == 2 else n_classes
-    expected = {"scaler.mean": (n_features,), "scaler.scale": (n_features,), "classes": (n_classes,)}
+    expected = {
+        "scaler.mean": (n_features,),
+        "scaler.scale": (n_features,),
+        "classes": (n_classes,),
+    }
     if meta["kind"] == "mlp":
         width = n_features
         for i in range(n_layers - 1):
@@ -182,8 +233,10 @@ def _check(meta: dict, arrays: dict, path: Path) -> None:
         expected.update(coef=(n_out, n_features), intercept=(n_out,))
     for name, shape in expected.items():
         if tuple(arrays[name].shape) != shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(arrays[name].shape)}, expected {shape} for "
-                                  f"{n_features} features and {n_classes} classes")
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(arrays[name].shape)}, expected {shape} for "
+                f"{n_features} features and {n_classes} classes"
+            )
 
 
 def _rebuild(meta: dict, arrays: dict):
@@ -223,6 +276,14 @@ def _coefficients(pipeline) -> list:
     return list(head.coefs_) + list(head.intercepts_)
 
 
-register_mode(ModeSpec(name="features", help="frozen embeddings -> scikit-learn logistic regression or MLP",
-                       fit=fit_features, load=load_features, section=("features", FeaturesConfig), trains=False,
-                       aliases={"feature_layer": "layer", "feature_classifier": "classifier", "feature_c": "c"}))
+register_mode(
+    ModeSpec(
+        name="features",
+        help="frozen embeddings -> scikit-learn logistic regression or MLP",
+        fit=fit_features,
+        load=load_features,
+        section=("features", FeaturesConfig),
+        trains=False,
+        aliases={"feature_layer": "layer", "feature_classifier": "classifier", "feature_c": "c"},
+    )
+)

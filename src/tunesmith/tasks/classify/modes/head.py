@@ -4,6 +4,7 @@ trained with the part of the model task.trainable names (head only, top blocks, 
 When the lower blocks are frozen their output is computed once per training example and reused every
 epoch (models.prefix_cache), which makes head-only and top-block training several times faster.
 """
+
 import logging
 import time
 from dataclasses import dataclass
@@ -13,17 +14,26 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ....errors import ConfigError
 from ....config.schema import RunConfig
 from ....data.classification import LabelledSplits, class_weights
+from ....errors import ConfigError
 from ....methods.base import adapter_configs, record_adapter
 from ....models.encoders import load_language_model
 from ....models.heads import SequenceClassifier
 from ....models.prefix_cache import make_prefix
 from ....objectives.classification import weighted_cross_entropy
 from ....recipes.common import log_parameters
-from .common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch, pad_hidden,
-                     save_trained, set_trainable)
+from .common import (
+    autocast,
+    cache_hidden,
+    fit,
+    length_batches,
+    load_trained,
+    pad_batch,
+    pad_hidden,
+    save_trained,
+    set_trainable,
+)
 from .registry import ModeSpec, register_mode
 
 log = logging.getLogger(__name__)
@@ -51,7 +61,9 @@ class HeadPredictor:
                 out.append(self.cached[id(e)])
                 continue
             pair = {"text_pair": e.pair} if e.pair is not None else {}
-            ids = self.tokenizer(e.text, truncation=True, max_length=self.cfg.data.max_length, **pair)["input_ids"]
+            ids = self.tokenizer(
+                e.text, truncation=True, max_length=self.cfg.data.max_length, **pair
+            )["input_ids"]
             out.append(Encoded(ids, index.get(e.label, -1)))
         return out
 
@@ -62,7 +74,9 @@ class HeadPredictor:
         probs = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
         for idx in length_batches([len(e.input_ids) for e in encoded], self.cfg.eval.batch_size):
             with autocast(self.cfg):
-                logits = self.model(**collate([encoded[i] for i in idx], self.tokenizer.pad_token_id, labels=False))
+                logits = self.model(
+                    **collate([encoded[i] for i in idx], self.tokenizer.pad_token_id, labels=False)
+                )
             probs[idx] = torch.softmax(logits.float(), -1).numpy()
         return probs
 
@@ -80,12 +94,16 @@ def collate(items: list[Encoded], pad_id: int, labels: bool = True) -> dict:
 def build(cfg: RunConfig, labels: list):
     """(SequenceClassifier with task.trainable applied, tokenizer)."""
     if cfg.task.trainable == "none":
-        raise ConfigError("task.trainable=none would leave the classification head random; use head (head only), "
-                          "last_block, last_two_blocks, all or method")
+        raise ConfigError(
+            "task.trainable=none would leave the classification head random; use head (head only), "
+            "last_block, last_two_blocks, all or method"
+        )
     lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype)
     set_trainable(lm, cfg, use_lm_head=False)
     model = SequenceClassifier(lm, len(labels), cfg.task.pooling)
-    for name, method_cfg in adapter_configs(lm).items():  # the loop runs method hooks on the model it trains
+    for name, method_cfg in adapter_configs(
+        lm
+    ).items():  # the loop runs method hooks on the model it trains
         record_adapter(model, name, method_cfg)
     log_parameters(model, f"head classifier ({cfg.task.trainable}, {model.pooling} token)")
     return model, tokenizer
@@ -97,23 +115,47 @@ def fit_head(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bool =
     predictor = HeadPredictor(model, tokenizer, cfg, splits.labels)
     train_set = predictor.encode(splits.train)
     start = time.perf_counter()
-    cache_seconds = _cache_frozen(model, train_set, cfg, tokenizer.pad_token_id) if cfg.task.cache_frozen else 0.0
+    cache_seconds = (
+        _cache_frozen(model, train_set, cfg, tokenizer.pad_token_id)
+        if cfg.task.cache_frozen
+        else 0.0
+    )
     predictor.cached = {id(e): enc for e, enc in zip(splits.train, train_set)}
-    weight = torch.tensor(class_weights(splits.train, splits.labels)) if cfg.task.class_weights else None
+    weight = (
+        torch.tensor(class_weights(splits.train, splits.labels)) if cfg.task.class_weights else None
+    )
     pad = tokenizer.pad_token_id
 
     def loss_fn(m, batch):
-        return weighted_cross_entropy(m(batch.get("input_ids"), batch["attention_mask"], batch.get("hidden")),
-                                      batch["labels"], weight)
+        return weighted_cross_entropy(
+            m(batch.get("input_ids"), batch["attention_mask"], batch.get("hidden")),
+            batch["labels"],
+            weight,
+        )
 
     # Periodic validation only when asked: run() scores the validation split after training anyway.
-    evaluate = _evaluator(predictor, splits.eval, weight) if splits.eval and cfg.train.eval_every else None
-    info = fit(model, train_set, cfg, out, loss_fn, lambda items: collate(items, pad), evaluate, progress,
-               lengths=[len(e.input_ids) for e in train_set])
+    evaluate = (
+        _evaluator(predictor, splits.eval, weight) if splits.eval and cfg.train.eval_every else None
+    )
+    info = fit(
+        model,
+        train_set,
+        cfg,
+        out,
+        loss_fn,
+        lambda items: collate(items, pad),
+        evaluate,
+        progress,
+        lengths=[len(e.input_ids) for e in train_set],
+    )
     save_trained(model, out)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    info.update(train_seconds=round(time.perf_counter() - start, 1), cache_seconds=round(cache_seconds, 1),
-                trainable_params=trainable, total_params=sum(p.numel() for p in model.parameters()))
+    info.update(
+        train_seconds=round(time.perf_counter() - start, 1),
+        cache_seconds=round(cache_seconds, 1),
+        trainable_params=trainable,
+        total_params=sum(p.numel() for p in model.parameters()),
+    )
     return predictor, info
 
 
@@ -123,7 +165,9 @@ def load_head(cfg: RunConfig, out: Path, labels: list) -> HeadPredictor:
     return HeadPredictor(model, tokenizer, cfg, labels)
 
 
-def _cache_frozen(model: SequenceClassifier, train_set: list[Encoded], cfg: RunConfig, pad_id: int) -> float:
+def _cache_frozen(
+    model: SequenceClassifier, train_set: list[Encoded], cfg: RunConfig, pad_id: int
+) -> float:
     """Attach the checked frozen-prefix cache to model and fill each training example's hidden."""
     start = time.perf_counter()
     probe = pad_batch([e.input_ids for e in train_set[:4]], pad_id)
@@ -132,7 +176,11 @@ def _cache_frozen(model: SequenceClassifier, train_set: list[Encoded], cfg: RunC
         return 0.0
     cache_hidden(model.prefix, train_set, cfg, pad_id)
     seconds = time.perf_counter() - start
-    log.info("cached the frozen blocks' output for %d training examples in %.1f s", len(train_set), seconds)
+    log.info(
+        "cached the frozen blocks' output for %d training examples in %.1f s",
+        len(train_set),
+        seconds,
+    )
     return seconds
 
 
@@ -140,10 +188,22 @@ def _evaluator(predictor: HeadPredictor, examples: list, weight):
     def evaluate() -> dict:
         probs = predictor.predict_proba(examples)
         y = torch.tensor([predictor.labels.index(e.label) for e in examples])
-        loss, _ = weighted_cross_entropy(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y, weight)
-        return {"eval_loss": loss.item(), "eval_accuracy": float((probs.argmax(1) == y.numpy()).mean())}
+        loss, _ = weighted_cross_entropy(
+            torch.log(torch.from_numpy(probs).clamp_min(1e-12)), y, weight
+        )
+        return {
+            "eval_loss": loss.item(),
+            "eval_accuracy": float((probs.argmax(1) == y.numpy()).mean()),
+        }
+
     return evaluate
 
 
-register_mode(ModeSpec(name="head", help="a linear head on the model's last/first token", fit=fit_head,
-                       load=load_head))
+register_mode(
+    ModeSpec(
+        name="head",
+        help="a linear head on the model's last/first token",
+        fit=fit_head,
+        load=load_head,
+    )
+)

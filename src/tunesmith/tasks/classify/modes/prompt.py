@@ -7,6 +7,7 @@ Demonstrations (prompt.demonstrations): one training example per class, filled w
 put before the input; chosen at random or as the most similar of its class (embeddings of the frozen
 base model, mean-pooled). A training example never gets itself as a demonstration.
 """
+
 import logging
 import time
 from dataclasses import dataclass
@@ -16,12 +17,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ....errors import ConfigError
 from ....config.fields import opt
 from ....config.schema import RunConfig
 from ....data.classification import LabelledSplits, class_weights, load_labelled_splits
-from ....data.prompt_template import PromptTemplate, mask_fill
 from ....data.demonstrations import cosine, one_per_class, text_rng
+from ....data.prompt_template import PromptTemplate, mask_fill
+from ....errors import ConfigError
 from ....models.embeddings import Embedder
 from ....models.encoders import load_language_model
 from ....models.heads import is_decoder
@@ -29,8 +30,18 @@ from ....models.prefix_cache import make_prefix
 from ....objectives.classification import label_word_scores, weighted_cross_entropy
 from ....objectives.sft import supports_hidden_path
 from ....recipes.common import log_parameters
-from .common import (autocast, cache_hidden, fit, length_batches, load_trained, pad_batch, pad_hidden,
-                     save_trained, set_trainable, texts_of)
+from .common import (
+    autocast,
+    cache_hidden,
+    fit,
+    length_batches,
+    load_trained,
+    pad_batch,
+    pad_hidden,
+    save_trained,
+    set_trainable,
+    texts_of,
+)
 from .registry import ModeSpec, register_mode
 
 log = logging.getLogger(__name__)
@@ -41,13 +52,18 @@ DEMONSTRATIONS = ("none", "random", "similar")
 class PromptConfig:
     """The `prompt:` section (task.mode=prompt); template and label words are in `task` (icl uses them too)."""
 
-    demonstrations: str = opt("none", "none, random or similar: one training example per class put before the "
-                                      "input, with its label word (LM-BFF)")
+    demonstrations: str = opt(
+        "none",
+        "none, random or similar: one training example per class put before the "
+        "input, with its label word (LM-BFF)",
+    )
 
     def __post_init__(self):
         if self.demonstrations not in DEMONSTRATIONS:
-            raise ConfigError(f"prompt.demonstrations must be one of {', '.join(DEMONSTRATIONS)}, "
-                              f"got {self.demonstrations!r}")
+            raise ConfigError(
+                f"prompt.demonstrations must be one of {', '.join(DEMONSTRATIONS)}, "
+                f"got {self.demonstrations!r}"
+            )
 
 
 @dataclass
@@ -69,21 +85,34 @@ class PromptScorer:
     def __init__(self, lm, tokenizer, cfg: RunConfig, labels: list):
         self.lm, self.tokenizer, self.cfg, self.labels = lm, tokenizer, cfg, labels
         self.causal = is_decoder(lm)
-        self.template = PromptTemplate(tokenizer, cfg.task.template, labels, cfg.task.label_words,
-                                       cfg.task.multi_token, cfg.data.max_length)
+        self.template = PromptTemplate(
+            tokenizer,
+            cfg.task.template,
+            labels,
+            cfg.task.label_words,
+            cfg.task.multi_token,
+            cfg.data.max_length,
+        )
         words = self.template.words
         if all(len(w) == 1 for w in words):
             self.fills = [[]] if self.causal else [mask_fill(tokenizer, 1)]
         else:
-            self.fills = list(words) if self.causal else [mask_fill(tokenizer, len(w)) for w in words]
+            self.fills = (
+                list(words) if self.causal else [mask_fill(tokenizer, len(w)) for w in words]
+            )
         self.prefix = None
 
     def encode(self, example, demos=(), label: int = -1) -> PromptEncoded:
-        rendered = [self.template.render(example, fill, demos, stop_at_slot=self.causal) for fill in self.fills]
+        rendered = [
+            self.template.render(example, fill, demos, stop_at_slot=self.causal)
+            for fill in self.fills
+        ]
         return PromptEncoded([Variant(r.ids, r.slot) for r in rendered], label)
 
     def scores(self, batch: dict) -> torch.Tensor:
-        return label_word_scores(self.lm, batch["variants"], self.template.words, self.causal, self.prefix)
+        return label_word_scores(
+            self.lm, batch["variants"], self.template.words, self.causal, self.prefix
+        )
 
     @torch.no_grad()
     def predict_proba(self, encoded: list[PromptEncoded]) -> np.ndarray:
@@ -92,7 +121,9 @@ class PromptScorer:
         lengths = [max(len(v.input_ids) for v in e.variants) for e in encoded]
         for idx in length_batches(lengths, self.cfg.eval.batch_size):
             with autocast(self.cfg):
-                scores = self.scores(collate([encoded[i] for i in idx], self.tokenizer.pad_token_id))
+                scores = self.scores(
+                    collate([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+                )
             probs[idx] = torch.softmax(scores.float(), -1).numpy()
         return probs
 
@@ -102,22 +133,44 @@ def collate(items: list[PromptEncoded], pad_id: int) -> dict:
     for v in range(len(items[0].variants)):
         parts = [e.variants[v] for e in items]
         ids, mask = pad_batch([p.input_ids for p in parts], pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask, "slot": torch.tensor([p.slot for p in parts])}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "slot": torch.tensor([p.slot for p in parts]),
+        }
         if all(p.hidden is not None for p in parts):
             batch["hidden"] = pad_hidden([p.hidden for p in parts])
         variants.append(batch)
-    return {"variants": variants, "labels": torch.tensor([e.label for e in items]),
-            "attention_mask": torch.cat([b["attention_mask"] for b in variants], 1)}
+    return {
+        "variants": variants,
+        "labels": torch.tensor([e.label for e in items]),
+        "attention_mask": torch.cat([b["attention_mask"] for b in variants], 1),
+    }
 
 
 class Demonstrations:
     """LM-BFF demonstrations from the training pool: none, random or similar (one per class)."""
 
     def __init__(self, cfg: RunConfig, pool: list, labels: list):
-        self.strategy, self.seed, self.pool, self.n_classes = cfg.prompt.demonstrations, cfg.train.seed, pool, len(labels)
+        self.strategy, self.seed, self.pool, self.n_classes = (
+            cfg.prompt.demonstrations,
+            cfg.train.seed,
+            pool,
+            len(labels),
+        )
         self.pool_labels = [labels.index(e.label) for e in pool]
-        self.embedder = Embedder(cfg.model.name, "mean", -1, cfg.data.max_length, cfg.eval.batch_size,
-                                 bf16=cfg.train.precision == "bf16") if self.strategy == "similar" else None
+        self.embedder = (
+            Embedder(
+                cfg.model.name,
+                "mean",
+                -1,
+                cfg.data.max_length,
+                cfg.eval.batch_size,
+                bf16=cfg.train.precision == "bf16",
+            )
+            if self.strategy == "similar"
+            else None
+        )
 
     def choose(self, examples: list, from_pool: bool = False) -> list[list[tuple]]:
         """Per example, [(demo LabelledExample, class id)]; from_pool: examples are the pool itself."""
@@ -126,11 +179,18 @@ class Demonstrations:
         sims = None
         if self.embedder is not None:
             pool_vecs = self.embedder.embed(texts_of(self.pool))
-            sims = cosine(pool_vecs if from_pool else self.embedder.embed(texts_of(examples)), pool_vecs)
+            sims = cosine(
+                pool_vecs if from_pool else self.embedder.embed(texts_of(examples)), pool_vecs
+            )
         out = []
         for i, e in enumerate(examples):
-            picks = one_per_class(self.pool_labels, self.n_classes, None if sims is None else sims[i],
-                                  text_rng(self.seed, e.text), exclude=i if from_pool else None)
+            picks = one_per_class(
+                self.pool_labels,
+                self.n_classes,
+                None if sims is None else sims[i],
+                text_rng(self.seed, e.text),
+                exclude=i if from_pool else None,
+            )
             out.append([(self.pool[j], c) for j, c in picks])
         return out
 
@@ -142,14 +202,17 @@ class PromptPredictor:
     def predict_proba(self, examples: list) -> np.ndarray:
         index = {label: i for i, label in enumerate(self.labels)}
         demos = self.demos.choose(examples)
-        return self.scorer.predict_proba([self.scorer.encode(e, d, index.get(e.label, -1))
-                                          for e, d in zip(examples, demos)])
+        return self.scorer.predict_proba(
+            [self.scorer.encode(e, d, index.get(e.label, -1)) for e, d in zip(examples, demos)]
+        )
 
 
 def build(cfg: RunConfig, splits: LabelledSplits) -> PromptPredictor:
     if cfg.task.trainable == "head":
-        raise ConfigError("task.mode=prompt has no classification head to train: use task.trainable=none "
-                          "(zero-shot), last_block, last_two_blocks, all or method")
+        raise ConfigError(
+            "task.mode=prompt has no classification head to train: use task.trainable=none "
+            "(zero-shot), last_block, last_two_blocks, all or method"
+        )
     lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype)
     set_trainable(lm, cfg, use_lm_head=True)
     log_parameters(lm, f"prompt-based ({cfg.task.trainable})")
@@ -171,13 +234,26 @@ def fit_prompt(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bool
     pad = scorer.tokenizer.pad_token_id
     if cfg.task.cache_frozen and scorer.causal and supports_hidden_path(lm):
         _cache(scorer, train_set, cfg, pad)
-    weight = torch.tensor(class_weights(splits.train, splits.labels)) if cfg.task.class_weights else None
-    info.update(fit(lm, train_set, cfg, out, lambda m, b: weighted_cross_entropy(scorer.scores(b), b["labels"], weight),
-                    lambda items: collate(items, pad), progress=progress,
-                    lengths=[max(len(v.input_ids) for v in e.variants) for e in train_set]))
+    weight = (
+        torch.tensor(class_weights(splits.train, splits.labels)) if cfg.task.class_weights else None
+    )
+    info.update(
+        fit(
+            lm,
+            train_set,
+            cfg,
+            out,
+            lambda m, b: weighted_cross_entropy(scorer.scores(b), b["labels"], weight),
+            lambda items: collate(items, pad),
+            progress=progress,
+            lengths=[max(len(v.input_ids) for v in e.variants) for e in train_set],
+        )
+    )
     save_trained(lm, out)
-    info.update(train_seconds=round(time.perf_counter() - start, 1),
-                trainable_params=sum(p.numel() for p in lm.parameters() if p.requires_grad))
+    info.update(
+        train_seconds=round(time.perf_counter() - start, 1),
+        trainable_params=sum(p.numel() for p in lm.parameters() if p.requires_grad),
+    )
     scorer.prefix = None  # later predictions run the whole model on new inputs
     return predictor, info
 
@@ -197,6 +273,13 @@ def _cache(scorer: PromptScorer, train_set: list, cfg: RunConfig, pad: int) -> N
         cache_hidden(scorer.prefix, [v for e in train_set for v in e.variants], cfg, pad)
 
 
-register_mode(ModeSpec(name="prompt", help="label words scored at a template's answer slot, zero-shot or fine-tuned",
-                       fit=fit_prompt, load=load_prompt, section=("prompt", PromptConfig),
-                       aliases={"demonstrations": "demonstrations"}))
+register_mode(
+    ModeSpec(
+        name="prompt",
+        help="label words scored at a template's answer slot, zero-shot or fine-tuned",
+        fit=fit_prompt,
+        load=load_prompt,
+        section=("prompt", PromptConfig),
+        aliases={"demonstrations": "demonstrations"},
+    )
+)

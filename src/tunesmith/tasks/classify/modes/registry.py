@@ -4,6 +4,7 @@ A mode says how a classifier is fitted and loaded again, which config section it
 whether it trains model weights (so whether `task.trainable` and a `method:` section apply). The
 classify recipe, the config check and `tunesmith tasks` ask this registry; none branches on a name.
 """
+
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ def get_mode(name: str) -> ModeSpec:
 
 
 def mode_names() -> list[str]:
-    return list(_REGISTRY)  # registration order: head, features, prompt, icl
+    return sorted(_REGISTRY)
 
 
 def sections() -> dict[str, type]:
@@ -78,15 +79,25 @@ def _move_aliases(cfg, spec: ModeSpec) -> None:
                 continue
             section_name, section_cls = other.section
             if other is not spec:
-                log.warning("task.%s is a task.mode=%s setting (%s.%s); ignored with task.mode=%s",
-                            key, other.name, section_name, target, spec.name)
+                log.warning(
+                    "task.%s is a task.mode=%s setting (%s.%s); ignored with task.mode=%s",
+                    key,
+                    other.name,
+                    section_name,
+                    target,
+                    spec.name,
+                )
             else:
                 section = getattr(cfg, section_name)
-                default = next(f for f in dataclasses.fields(section_cls) if f.name == target).default
+                default = next(
+                    f for f in dataclasses.fields(section_cls) if f.name == target
+                ).default
                 current = getattr(section, target)
                 if current != default and current != value:
-                    raise ConfigError(f"task.{key}={value!r} and {section_name}.{target}={current!r} disagree; "
-                                      f"task.{key} is the older name of {section_name}.{target}: keep one")
+                    raise ConfigError(
+                        f"task.{key}={value!r} and {section_name}.{target}={current!r} disagree; "
+                        f"task.{key} is the older name of {section_name}.{target}: keep one"
+                    )
                 cfg.plugins[section_name] = dataclasses.replace(section, **{target: value})
             setattr(cfg.task, key, None)
 
@@ -98,13 +109,21 @@ def _check_method(cfg, spec: ModeSpec) -> None:
         return
     name = cfg.method.name
     if not spec.trains:
-        raise ConfigError(f"method.name={name} is set but task.mode={spec.name} trains no model weights; "
-                          f"remove the method section")
-    what = {"none": "nothing", "head": "the head only", "last_block": "the last block",
-            "last_two_blocks": "the last two blocks", "all": "the whole model"}.get(cfg.task.trainable,
-                                                                                   cfg.task.trainable)
-    raise ConfigError(f"method.name={name} is set but task.trainable={cfg.task.trainable} trains {what}; set "
-                      f"task.trainable=method to train with {name}, or remove the method section")
+        raise ConfigError(
+            f"method.name={name} is set but task.mode={spec.name} trains no model weights; "
+            f"remove the method section"
+        )
+    what = {
+        "none": "nothing",
+        "head": "the head only",
+        "last_block": "the last block",
+        "last_two_blocks": "the last two blocks",
+        "all": "the whole model",
+    }.get(cfg.task.trainable, cfg.task.trainable)
+    raise ConfigError(
+        f"method.name={name} is set but task.trainable={cfg.task.trainable} trains {what}; set "
+        f"task.trainable=method to train with {name}, or remove the method section"
+    )
 
 
 def _is_default_method(method) -> bool:
