@@ -10,6 +10,7 @@ from ..evaluation import contains_match, exact_match, generate, rouge_l
 from ..methods import apply_method
 from ..models import load_base_model
 from ..utils.files import atomic_write_text
+from ..utils.memory import peak_rss_mb
 from ..utils.modules import count_parameters
 from ..utils.paths import ensure_output_dir
 
@@ -38,14 +39,22 @@ def log_parameters(model, what: str) -> tuple[int, int]:
     return trainable, total
 
 
-def train_loss_metrics(result) -> dict:
-    """The run's training loss as metrics.json reports it: train_loss is the mean of the last
+def training_summary(result, model) -> dict:
+    """What metrics.json reports of a finished training run. train_loss is the mean of the last
     logging window (train.log_every steps, also named train_loss_last_window); one step's loss alone
-    is noisy and is kept as train_loss_last_step."""
+    is noisy and is kept as train_loss_last_step. Then the methods' reports (e.g. sparsity)."""
+    trainable, total = count_parameters(model)
     return {
         "train_loss": result.final_loss,
         "train_loss_last_window": result.final_loss,
         "train_loss_last_step": result.last_step_loss,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 1),
+        "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **result.method_metrics,
     }
 
 

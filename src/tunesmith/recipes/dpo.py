@@ -29,12 +29,10 @@ from ..training import Objective, train
 from ..training.plots import plot_loss_curve
 from ..utils.files import atomic_path
 from ..utils.hardware import autocast
-from ..utils.memory import peak_rss_mb
-from ..utils.modules import count_parameters
 from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
-from .common import build_model, train_loss_metrics, write_outputs
-from .preference_common import collate_with_reference, load_preference_splits
+from .common import build_model, training_summary, write_outputs
+from .preference_common import collate_with_reference, held_out_means, load_preference_splits
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -76,16 +74,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     )
     save_adapter(model, out, base_model=cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-    trainable, total = count_parameters(model)
-    metrics = {
-        **train_loss_metrics(result),
-        "steps": result.steps,
-        "train_seconds": round(result.seconds, 1),
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        **result.method_metrics,
-    }
+    metrics = training_summary(result, model)
     held_out = splits.test or splits.eval
     if held_out:
         metrics.update(
@@ -163,20 +152,10 @@ def preference_loss(policy, counts, reference, dpo_cfg):
     )
 
 
-@torch.no_grad()
 def held_out_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
-    """Mean loss and TRL-named metrics over `pairs`, weighted by pairs per batch."""
-    model.eval()
-    totals, n_total = {}, 0
-    batch_size = max(1, cfg.eval.batch_size // 2)
-    for start in range(0, len(pairs), batch_size):
-        batch = collate_with_reference(pairs[start : start + batch_size], pad_id)
-        with autocast(cfg.train.precision):
-            loss, n, metrics = pair_loss(model, batch, cfg)
-        for key, value in {"loss": float(loss), **metrics}.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * n
-        n_total += n
-    return {key: value / max(n_total, 1) for key, value in totals.items()}
+    """Mean loss and TRL-named metrics over `pairs`."""
+    collate = partial(collate_with_reference, pad_id=pad_id)
+    return held_out_means(model, pairs, cfg, collate, pair_loss)
 
 
 def attach_reference(model, pairs: list, cfg: RunConfig, pad_id: int, cache: Path) -> None:

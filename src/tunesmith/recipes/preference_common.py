@@ -10,6 +10,7 @@ from ..data import Splits
 from ..data.preference import collate_pairs, encode_pairs, read_preference
 from ..data.split import split_records
 from ..errors import DataError
+from ..utils.hardware import autocast
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +56,20 @@ def collate_with_reference(examples: list[dict], pad_id: int) -> dict:
         rejected = [e["reference_logps"][1] for e in examples]
         batch["reference_logps"] = torch.tensor(chosen + rejected, dtype=torch.float32)
     return batch
+
+
+@torch.no_grad()
+def held_out_means(model, pairs: list, cfg, collate_fn, loss_fn) -> dict:
+    """Mean loss and metrics of loss_fn(model, batch, cfg) -> (loss, pairs, metrics) over `pairs`,
+    in eval mode, weighted by the pairs of each batch."""
+    model.eval()
+    totals, n_total = {}, 0
+    batch_size = max(1, cfg.eval.batch_size // 2)  # two rows per pair
+    for start in range(0, len(pairs), batch_size):
+        batch = collate_fn(pairs[start : start + batch_size])
+        with autocast(cfg.train.precision):
+            loss, n, metrics = loss_fn(model, batch, cfg)
+        for key, value in {"loss": float(loss), **metrics}.items():
+            totals[key] = totals.get(key, 0.0) + float(value) * n
+        n_total += n
+    return {key: value / max(n_total, 1) for key, value in totals.items()}

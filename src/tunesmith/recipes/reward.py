@@ -29,13 +29,10 @@ from ..objectives.preference import reward_loss
 from ..training import Objective, train
 from ..training.plots import plot_loss_curve
 from ..utils.files import atomic_path
-from ..utils.hardware import autocast
-from ..utils.memory import peak_rss_mb
-from ..utils.modules import count_parameters
 from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
-from .common import log_parameters, train_loss_metrics, write_outputs
-from .preference_common import load_preference_splits
+from .common import log_parameters, training_summary, write_outputs
+from .preference_common import held_out_means, load_preference_splits
 
 log = logging.getLogger(__name__)
 HEAD_FILE = "reward_head.safetensors"
@@ -69,16 +66,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     )
     save_reward_model(model, out, cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-    trainable, total = count_parameters(model)
-    metrics = {
-        **train_loss_metrics(result),
-        "steps": result.steps,
-        "train_seconds": round(result.seconds, 1),
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        **result.method_metrics,
-    }
+    metrics = training_summary(result, model)
     held_out = splits.test or splits.eval
     if held_out:
         metrics.update(
@@ -123,19 +111,9 @@ def pair_loss(model, batch: dict, cfg: RunConfig):
     return loss, n, {"accuracy": float((diff > 0).float().mean()), "margin": float(diff.mean())}
 
 
-@torch.no_grad()
 def pairwise_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
-    model.eval()
-    totals, n_total = {}, 0
-    batch_size = max(1, cfg.eval.batch_size // 2)
-    for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_id)
-        with autocast(cfg.train.precision):
-            loss, n, metrics = pair_loss(model, batch, cfg)
-        for key, value in {"loss": float(loss), **metrics}.items():
-            totals[key] = totals.get(key, 0.0) + value * n
-        n_total += n
-    return {key: value / max(n_total, 1) for key, value in totals.items()}
+    """Mean loss, pairwise accuracy and margin over `pairs`."""
+    return held_out_means(model, pairs, cfg, partial(collate_pairs, pad_id=pad_id), pair_loss)
 
 
 def save_reward_model(model: SequenceClassifier, out_dir: Path, base_model: str) -> None:

@@ -12,11 +12,9 @@ from ..methods import get_method
 from ..methods.io import save_adapter
 from ..training import sft_objective, train
 from ..training.plots import plot_loss_curve
-from ..utils.memory import peak_rss_mb
-from ..utils.modules import count_parameters
 from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
-from .common import build_model, generation_scores, train_loss_metrics, write_outputs
+from .common import build_model, generation_scores, training_summary, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +51,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     )
     save_adapter(model, out, base_model=cfg.model.name)
     plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-    trainable, total = count_parameters(model)
-    metrics = {
-        **train_loss_metrics(result),
-        "steps": result.steps,
-        "train_seconds": round(result.seconds, 1),
-        "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        **result.method_metrics,
-    }
+    metrics = training_summary(result, model)
     held_out = splits.test or splits.eval
     if held_out:
         loss = mean_loss(model, held_out, pad, cfg.eval.batch_size)
