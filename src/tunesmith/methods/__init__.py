@@ -18,6 +18,7 @@ from .base import (
     MethodSpec,
     adapter_configs,
     disabled_adapters,
+    inject_adapter,
     merge_adapters,
     merge_and_unload,
     set_active_adapter,
@@ -51,11 +52,10 @@ __all__ = [
 def apply_method(model, cfg, adapter_name: str = "default"):
     """Add adapter `adapter_name` of the method named by cfg.name to model (in place); return model.
 
-    The spec's apply is `base.inject_adapter` around the method's own part: resolve cfg, wrap or
-    create the modules, then make the new adapter active on every layer that holds it, record its
+    base.inject_adapter runs the method's own part (resolve cfg, wrap or create the modules), then make the new adapter active on every layer that holds it, record its
     config and train its parameters only (base.py's docstring has the contract).
     Raises ConfigError when the model is quantized and the method does not support that.
     """
     spec = get_method(cfg.name)
     check_quantized_base(model, spec)
-    return spec.apply(model, cfg, adapter_name)
+    return inject_adapter(model, spec, cfg, adapter_name)

@@ -17,8 +17,8 @@ method; a method registers only the parts that are its own:
   3. Shared: the new adapter becomes the active one on every layer that holds it, its config is
      recorded on the model (`adapter_configs`), and its parameters, and only those, train.
 
-The spec stores the registered function as `spec.apply.own` and `spec.apply` runs all three steps,
-so every caller (`methods.apply_method`, `io.load_adapter`) gets the same result. A method may still
+Every caller that adds an adapter (`methods.apply_method`, `io.load_adapter`) goes through
+`inject_adapter(model, spec, cfg, adapter_name)`, so all get the same result. A method may still
 call `record_adapter`/`mark_trainable` itself (some do): both are idempotent.
 """
 
@@ -37,7 +37,6 @@ from ..utils.modules import is_linear_like
 
 __all__ = [
     "AdapterLayer",
-    "Injection",
     "MethodConfig",
     "MethodSpec",
     "inject_adapter",
@@ -59,7 +58,7 @@ class MethodSpec:
 
     name: str
     config_cls: type
-    apply: Callable  # apply(model, cfg, adapter_name): registered the method's own part, kept as an Injection
+    apply: Callable  # apply(model, cfg, adapter_name): the method's own part (see inject_adapter)
     can_merge: bool = False
     supports_4bit: bool = False
     is_prompt_based: bool = False
@@ -76,39 +75,15 @@ class MethodSpec:
         None  # resolve(model, cfg) -> cfg: model-dependent defaults (step 1)
     )
 
-    def __post_init__(self):
-        # dataclasses.replace hands the Injection back in: rebuild it from the method's own part.
-        own = self.apply.own if isinstance(self.apply, Injection) else self.apply
-        object.__setattr__(self, "apply", Injection(own, self.resolve))
-
-
-class Injection:
-    """`MethodSpec.apply`: `inject_adapter` around the method's own apply (`own`)."""
-
-    def __init__(self, own: Callable, resolve: Optional[Callable] = None):
-        self.own, self.resolve = own, resolve
-
-    def __call__(
-        self, model: nn.Module, cfg: MethodConfig, adapter_name: str = "default"
-    ) -> nn.Module:
-        return inject_adapter(model, cfg, adapter_name, self.own, self.resolve)
-
-    def __repr__(self) -> str:
-        return f"Injection({getattr(self.own, '__qualname__', self.own)})"
-
 
 def inject_adapter(
-    model: nn.Module,
-    cfg: MethodConfig,
-    adapter_name: str,
-    own: Callable,
-    resolve: Optional[Callable] = None,
+    model: nn.Module, spec: MethodSpec, cfg: MethodConfig, adapter_name: str = "default"
 ) -> nn.Module:
     """Add adapter `adapter_name` to model in place: resolve cfg, run the method's own part, then
     activate, record and mark trainable the new adapter (the module docstring has the steps)."""
-    if resolve is not None:
-        cfg = resolve(model, cfg)
-    own(model, cfg, adapter_name)
+    if spec.resolve is not None:
+        cfg = spec.resolve(model, cfg)
+    spec.apply(model, cfg, adapter_name)
     # Layers wrapped by an earlier adapter but not targeted now keep their own active adapters.
     for _, layer in adapter_layers(model):
         if adapter_name in layer.adapter_names:

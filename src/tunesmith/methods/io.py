@@ -19,7 +19,13 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, TunesmithError
 from ..utils.files import atomic_path, atomic_write_text
 from ..utils.paths import read_text
-from .base import PEFT_PREFIX, adapter_configs, adapter_layers, base_parameters  # noqa: F401  (PEFT_PREFIX re-exported)
+from .base import (  # noqa: F401  (PEFT_PREFIX re-exported)
+    PEFT_PREFIX,
+    adapter_configs,
+    adapter_layers,
+    base_parameters,
+    inject_adapter,
+)
 from .registry import check_quantized_base, get_method, spec_for_peft_type
 
 log = logging.getLogger(__name__)
@@ -109,7 +115,7 @@ def load_adapter(model: nn.Module, adapter_dir, adapter_name: str = "default") -
     saved = _read_weights(weights)
     check_quantized_base(model, spec)
     try:
-        spec.apply(model, cfg, adapter_name)
+        inject_adapter(model, spec, cfg, adapter_name)
     except TunesmithError as e:  # e.g. target_modules that this model does not have
         raise CheckpointError(
             f"{Path(adapter_dir) / CONFIG_NAME} does not fit this model: {e}"
