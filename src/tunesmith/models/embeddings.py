@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..utils.hardware import autocast
+from ..utils.modules import transformer_blocks
 from .encoders import load_language_model
 from .heads import POOLINGS, pool, resolve_pooling
 from .loading import cache_root
-from .prefix_cache import FrozenPrefix, find_blocks
+from .prefix_cache import FrozenPrefix
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ class Embedder:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             ids, mask = _pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with autocast("bf16" if self.bf16 else "fp32"):
                 states = self._states(model.base_model, ids, mask).float()
             for how in POOLINGS:
                 out[how][idx] = pool(states, mask, how).numpy()
@@ -111,7 +113,7 @@ class Embedder:
     def _states(self, backbone, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.layer == -1:
             return backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        n = len(find_blocks(backbone)[1])
+        n = len(transformer_blocks(backbone))
         k = self.layer if self.layer >= 0 else n + 1 + self.layer
         if not 0 <= k <= n:
             raise ConfigError(

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
+from ..utils.paths import read_text
 from .loading import load_base_model
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,10 @@ def _is_encoder_dir(name: str) -> bool:
         return False
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    data = json.loads(config.read_text())
+    try:
+        data = json.loads(read_text(config, ModelLoadError))
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{config}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     archs = data.get("architectures") or []
     if any(marker in a for a in archs for marker in CAUSAL_MARKERS):
         return False

@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..utils.modules import get_submodule_parent
+from ..errors import UnsupportedModuleError
+from ..utils.modules import get_submodule_parent, named_transformer_blocks
 
 log = logging.getLogger(__name__)
 FINAL_NORMS = (
@@ -29,22 +30,13 @@ class _Stop(Exception):
     """Raised by the capture hook so the forward pass ends at the first trained block."""
 
 
-def find_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, list) of the transformer blocks: the ModuleList with config.num_hidden_layers entries."""
-    n = getattr(getattr(backbone, "config", None), "num_hidden_layers", None)
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and len(module) == n:
-            return name, module
-    raise ValueError(f"no list of {n} transformer blocks in {type(backbone).__name__}")
-
-
 def frozen_prefix_length(model: nn.Module, backbone: nn.Module) -> int:
     """How many leading blocks can be cached: those before the first block holding a trainable
     parameter, provided every other trainable parameter of `model` sits after the blocks (final norm,
     heads outside the backbone). 0 when anything before the blocks trains (embeddings, prompts)."""
     try:
-        blocks_name, blocks = find_blocks(backbone)
-    except ValueError:
+        blocks_name, blocks = named_transformer_blocks(backbone)
+    except UnsupportedModuleError:
         return 0
     in_backbone = {id(p): n for n, p in backbone.named_parameters()}
     allowed = (f"{blocks_name}.", *(f"{n}." for n in FINAL_NORMS))
@@ -63,7 +55,7 @@ class FrozenPrefix:
 
     def __init__(self, backbone: nn.Module, k: int, whole: bool = False):
         self.backbone, self.k, self.whole = backbone, k, whole
-        self.blocks_name, self.blocks = find_blocks(backbone)
+        self.blocks_name, self.blocks = named_transformer_blocks(backbone)
 
     @torch.no_grad()
     def capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

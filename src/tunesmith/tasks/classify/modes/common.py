@@ -14,11 +14,11 @@ from torch import nn
 from ....config.schema import RunConfig
 from ....errors import CheckpointError, ConfigError
 from ....methods import apply_method
-from ....models.prefix_cache import FINAL_NORMS, find_blocks
+from ....models.prefix_cache import FINAL_NORMS
 from ....training import Objective, train
 from ....utils.files import atomic_path
 from ....utils.hardware import autocast as precision_autocast
-from ....utils.modules import freeze
+from ....utils.modules import freeze, transformer_blocks
 
 log = logging.getLogger(__name__)
 STATE_FILE = "classifier.safetensors"
@@ -40,7 +40,7 @@ def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
     backbone = lm.base_model
     modules = [backbone] if choice == "all" else []
     if TOP_BLOCKS.get(choice):
-        _, blocks = find_blocks(backbone)
+        blocks = transformer_blocks(backbone)
         modules += list(blocks)[-TOP_BLOCKS[choice] :]
         modules += [
             getattr(backbone, n)
