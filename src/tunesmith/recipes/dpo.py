@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.preference import collate_pairs
+from ..errors import CheckpointError, DataError
 from ..methods import disabled_adapters
 from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
 from ..models import load_base_model
@@ -93,14 +94,16 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
     )
     adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
     if adapter is None:
-        from ..errors import CheckpointError
-
         raise CheckpointError(
             f"{out} holds no adapter: train first (tunesmith train CONFIG.yaml) or give --adapter"
         )
     load_adapter(model, adapter)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pairs = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
+    if not pairs:
+        raise DataError(
+            f"the {split} split is empty: set data.{split} or data.split fractions that leave one"
+        )
     metrics = {
         "split": split,
         "adapter": adapter,

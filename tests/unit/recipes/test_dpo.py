@@ -77,6 +77,9 @@ def test_training_raises_the_preference_accuracy_and_writes_trl_metrics(task, tm
     assert any("rewards/accuracies" in r for r in log)
     assert (tmp_path / "out/adapter_model.safetensors").is_file()
     assert (tmp_path / "out" / dpo.REFERENCE_FILE).is_file()
+    again = dpo.evaluate(_cfg(task, tmp_path))  # a new model, the reference scored per batch
+    assert again["rewards/accuracies"] == metrics["rewards/accuracies"]
+    assert again["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
 
 
 def test_precomputed_reference_equals_the_per_step_reference(task, tmp_path):
