@@ -7,9 +7,10 @@ import torch
 
 from ..config.schema import DataConfig
 from ..data import Splits
-from ..data.preference import collate_pairs, encode_pairs, read_preference
+from ..data.preference import collate_pairs, encode_kto, encode_pairs, read_kto, read_preference
 from ..data.split import split_records
 from ..errors import DataError
+from ..training.objective import WeightedMeans
 from ..utils.hardware import autocast
 
 log = logging.getLogger(__name__)
@@ -18,32 +19,44 @@ log = logging.getLogger(__name__)
 def load_preference_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
     """Encoded pairs (dicts, see data.preference.encode_pair) of data.train and data.eval / data.test,
     or of the seeded data.split of data.train. Raises DataError when data.train is missing."""
+    return _load_splits(
+        cfg, seed, read_preference, lambda part: encode_pairs(part, tokenizer, cfg.max_length)
+    )
+
+
+def load_kto_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
+    """Encoded unpaired examples (prompt, completion, desirable) of each split, as for pairs."""
+
+    def encode(part):
+        return [encode_kto(e, tokenizer, cfg.max_length) for e in part], None
+
+    return _load_splits(cfg, seed, read_kto, encode)
+
+
+def _load_splits(cfg: DataConfig, seed: int, read, encode) -> Splits:
     if not cfg.train:
-        raise DataError("data.train is not set: give a preference file (prompt, chosen, rejected)")
-    train = read_preference(cfg.train, cfg.file_type, cfg.system_prompt)
+        raise DataError("data.train is not set: give a preference file (see docs/alignment.md)")
+    train = read(cfg.train, cfg.file_type, cfg.system_prompt)
     if cfg.limit:
         train = train[: cfg.limit]
     if cfg.eval is None and cfg.test is None:
         train, val, test = split_records(train, cfg.split, seed)
         log.info(
-            "split %s into %d/%d/%d pairs (seed %d)",
-            cfg.train,
-            len(train),
-            len(val),
-            len(test),
-            seed,
+            "split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed
         )
     else:
-        val = read_preference(cfg.eval, cfg.file_type, cfg.system_prompt) if cfg.eval else []
-        test = read_preference(cfg.test, cfg.file_type, cfg.system_prompt) if cfg.test else []
+        val = read(cfg.eval, cfg.file_type, cfg.system_prompt) if cfg.eval else []
+        test = read(cfg.test, cfg.file_type, cfg.system_prompt) if cfg.test else []
     parts = []
-    for name, pairs in (("train", train), ("eval", val), ("test", test)):
-        encoded, stats = encode_pairs(pairs, tokenizer, cfg.max_length) if pairs else ([], None)
-        log.info("data %s: %s", name, stats.describe() if stats else "none")
+    for name, records in (("train", train), ("eval", val), ("test", test)):
+        encoded, stats = encode(records) if records else ([], None)
+        log.info(
+            "data %s: %d records%s", name, len(encoded), f", {stats.describe()}" if stats else ""
+        )
         parts.append(encoded)
     if not parts[0]:
         raise DataError(
-            f"no training pairs left from {cfg.train}: lower the eval/test fractions of data.split"
+            f"no training records left from {cfg.train}: lower the eval/test fractions of data.split"
         )
     return Splits(*parts)
 
@@ -63,13 +76,11 @@ def held_out_means(model, pairs: list, cfg, collate_fn, loss_fn) -> dict:
     """Mean loss and metrics of loss_fn(model, batch, cfg) -> (loss, pairs, metrics) over `pairs`,
     in eval mode, weighted by the pairs of each batch."""
     model.eval()
-    totals, n_total = {}, 0
+    totals = WeightedMeans()
     batch_size = max(1, cfg.eval.batch_size // 2)  # two rows per pair
     for start in range(0, len(pairs), batch_size):
         batch = collate_fn(pairs[start : start + batch_size])
         with autocast(cfg.train.precision):
             loss, n, metrics = loss_fn(model, batch, cfg)
-        for key, value in {"loss": float(loss), **metrics}.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * n
-        n_total += n
-    return {key: value / max(n_total, 1) for key, value in totals.items()}
+        totals.add({"loss": float(loss), **metrics}, n)
+    return totals.means()

@@ -22,7 +22,7 @@ from ..methods.registry import method_reports, run_step_hooks
 from ..utils.hardware import autocast
 from ..utils.seeding import rng_state
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .objective import Objective
+from .objective import Objective, WeightedMeans
 from .optim import build_optimizer, build_scheduler
 from .sinks import default_sinks
 
@@ -124,23 +124,17 @@ class _Window:
     """Sums over the steps since the last log line."""
 
     def __init__(self):
-        self.losses, self.metrics, self.terms, self.tokens, self.seconds = [], {}, 0, 0, 0.0
+        self.losses, self.metrics, self.tokens, self.seconds = [], WeightedMeans(), 0, 0.0
 
-    def add(self, loss: float, metrics: dict, terms: int, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, metrics: WeightedMeans, tokens: int, seconds: float) -> None:
         self.losses.append(loss)
-        for key, value in metrics.items():
-            self.metrics[key] = self.metrics.get(key, 0.0) + value * terms
-        self.terms, self.tokens, self.seconds = (
-            self.terms + terms,
-            self.tokens + tokens,
-            self.seconds + seconds,
-        )
+        self.metrics.merge(metrics)
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
 
     def record(self) -> dict:
-        extra = {k: v / max(self.terms, 1) for k, v in self.metrics.items()}
         return {
             "loss": sum(self.losses) / len(self.losses),
-            **extra,
+            **self.metrics.means(),
             "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
         }
 
@@ -170,7 +164,7 @@ class _Loop:
             rng_before = rng_state()
             try:
                 start = time.perf_counter()
-                loss, terms, tokens, metrics = self.step([g[2] for g in group], position.step)
+                loss, _, tokens, metrics = self.step([g[2] for g in group], position.step)
             except KeyboardInterrupt:
                 # The step in flight is discarded (its RNG draws too), so a resume replays it exactly.
                 self.save(out_dir, position, rng_before)
@@ -182,7 +176,7 @@ class _Loop:
                 group[-1][1] + 1,
             )
             run_step_hooks(self.model, position.step)
-            window.add(loss, metrics, terms, tokens, elapsed)
+            window.add(loss, metrics, tokens, elapsed)
             self.seconds, self.tokens, self.last_loss = (
                 self.seconds + elapsed,
                 self.tokens + tokens,
@@ -209,12 +203,12 @@ class _Loop:
             if at_eval or step == steps or (cfg.save_every and step % cfg.save_every == 0):
                 self.save(out_dir, position)
 
-    def step(self, groups: list[list[int]], step: int) -> tuple[float, int, int, dict]:
+    def step(self, groups: list[list[int]], step: int) -> tuple[float, int, int, WeightedMeans]:
         """One optimizer step over grad_accum micro-batches: (mean loss over all their loss terms,
         terms, real tokens, task metrics). Each micro-batch's summed loss is back-propagated, then
         gradients are divided by the total term count."""
         self.model.train()
-        total, tokens, n_terms, metrics = 0.0, 0, 0, {}
+        total, tokens, n_terms, metrics = 0.0, 0, 0, WeightedMeans()
         for idx in groups:
             batch = self.objective.collate([self.examples[i] for i in idx])
             with autocast(self.cfg.precision):
@@ -226,8 +220,7 @@ class _Loop:
                 )
             (loss * n).backward()
             total, n_terms = total + loss.item() * n, n_terms + n
-            for key, value in (extra[0] if extra else {}).items():
-                metrics[key] = metrics.get(key, 0.0) + float(value) * n
+            metrics.add(extra[0] if extra else {}, n)
             tokens += self.objective.tokens(batch)
         for p in self.params.values():
             if p.grad is not None:
@@ -242,8 +235,7 @@ class _Loop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        terms = max(n_terms, 1)
-        return total / terms, n_terms, tokens, {k: v / terms for k, v in metrics.items()}
+        return total / max(n_terms, 1), n_terms, tokens, metrics
 
     def run_eval(self, position: LoopPosition, evaluate, on_best) -> None:
         self.model.eval()

@@ -34,6 +34,29 @@ class Objective:
         return int(mask.sum()) if mask is not None else 0
 
 
+class WeightedMeans:
+    """Means of task metrics over batches, each batch weighted by its loss terms. A metric a batch
+    lacks (KTO's rewards/rejected in a batch of desirable examples only) is averaged over the
+    batches that have it."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict, weight: float) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value) * weight
+            self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def merge(self, other: "WeightedMeans") -> None:
+        for key in other.sums:
+            self.sums[key] = self.sums.get(key, 0.0) + other.sums[key]
+            self.weights[key] = self.weights.get(key, 0.0) + other.weights[key]
+
+    def means(self) -> dict[str, float]:
+        return {key: total / max(self.weights[key], 1e-12) for key, total in self.sums.items()}
+
+
 def sft_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Next-token loss on labelled tokens: (mean loss, number of tokens)."""
     return causal_lm_loss(
