@@ -17,23 +17,24 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.preference import collate_pairs
-from ..errors import CheckpointError, DataError
 from ..methods import disabled_adapters
-from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
-from ..models import load_base_model
+from ..methods.io import save_adapter
 from ..objectives.logps import sequence_logps
 from ..objectives.preference import dpo_loss, orpo_loss, preference_metrics, simpo_loss
-from ..training import Objective, train
-from ..training.plots import plot_loss_curve
+from ..training import Objective
 from ..utils.files import atomic_path
 from ..utils.hardware import autocast
-from ..utils.paths import ensure_output_dir
-from ..utils.seeding import seed_everything
-from .common import build_model, training_summary, write_outputs
-from .preference_common import collate_with_reference, held_out_means, load_preference_splits
+from .common import build_model
+from .preference_common import (
+    collate_with_reference,
+    evaluate_adapter_run,
+    held_out_means,
+    load_preference_splits,
+    start_run,
+    train_and_report,
+)
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -46,71 +47,34 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     plus the reference log-prob cache; metrics.json holds the held-out split's rewards/accuracies,
     rewards/margins, rewards/chosen, rewards/rejected and logps.
     """
-    seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    ensure_output_dir(out, "output.dir")
-    save_config(cfg, out / "config.yaml")
+    out = start_run(cfg)
     model, tokenizer = build_model(cfg)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     if cfg.dpo.uses_reference and cfg.dpo.precompute_reference:
-        attach_reference(
-            model, [*splits.train, *splits.eval, *splits.test], cfg, pad, out / REFERENCE_FILE
-        )
+        pairs = [*splits.train, *splits.eval, *splits.test]
+        attach_reference(model, pairs, cfg, pad, out / REFERENCE_FILE)
     objective = Objective(partial(collate_with_reference, pad_id=pad), partial(pair_loss, cfg=cfg))
-    evaluate = (
-        (lambda: {"eval_loss": held_out_metrics(model, splits.eval, cfg, pad)["loss"]})
-        if splits.eval
-        else None
-    )
-    result = train(
+    return train_and_report(
+        cfg,
         model,
-        splits.train,
-        cfg.train,
-        out,
+        splits,
         objective,
-        evaluate=evaluate,
+        held_out=lambda part: held_out_metrics(model, part, cfg, pad),
+        save=lambda d: save_adapter(model, d, base_model=cfg.model.name),
         progress=progress,
-        on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name),
     )
-    save_adapter(model, out, base_model=cfg.model.name)
-    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-    metrics = training_summary(result, model)
-    held_out = splits.test or splits.eval
-    if held_out:
-        metrics.update(
-            split="test" if splits.test else "eval", **held_out_metrics(model, held_out, cfg, pad)
-        )
-    write_outputs(out, cfg, metrics, [])
-    return metrics
 
 
 def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
     """Preference metrics of the adapter in output.dir (or `adapter`) on `split` of cfg.data."""
-    seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    return evaluate_adapter_run(
+        cfg,
+        split,
+        adapter,
+        load_preference_splits,
+        lambda model, pairs, pad: held_out_metrics(model, pairs, cfg, pad),
     )
-    adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
-    if adapter is None:
-        raise CheckpointError(
-            f"{out} holds no adapter: train first (tunesmith train CONFIG.yaml) or give --adapter"
-        )
-    load_adapter(model, adapter)
-    splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
-    pairs = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
-    if not pairs:
-        raise DataError(
-            f"the {split} split is empty: set data.{split} or data.split fractions that leave one"
-        )
-    metrics = {
-        "split": split,
-        "adapter": adapter,
-        **held_out_metrics(model, pairs, cfg, tokenizer.pad_token_id),
-    }
-    write_outputs(out, cfg, metrics, [])
-    return metrics
 
 
 def pair_loss(model, batch: dict, cfg: RunConfig):

@@ -5,25 +5,24 @@ since the KL estimate pairs each prompt with another example's completion of the
 
 import logging
 from functools import partial
-from pathlib import Path
 
 import torch
 
-from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.preference import collate_kto
-from ..errors import CheckpointError, DataError
 from ..methods import disabled_adapters
-from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
-from ..models import load_base_model
+from ..methods.io import save_adapter
 from ..objectives.logps import sequence_logps
 from ..objectives.preference import kto_loss, kto_metrics
-from ..training import Objective, train
-from ..training.plots import plot_loss_curve
-from ..utils.paths import ensure_output_dir
-from ..utils.seeding import seed_everything
-from .common import build_model, training_summary, write_outputs
-from .preference_common import held_out_means, load_kto_splits
+from ..training import Objective
+from .common import build_model
+from .preference_common import (
+    evaluate_adapter_run,
+    held_out_means,
+    load_kto_splits,
+    start_run,
+    train_and_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,65 +30,31 @@ log = logging.getLogger(__name__)
 def run(cfg: RunConfig, progress: bool = False) -> dict:
     """Train cfg.method with the KTO loss; metrics.json has the held-out split's kl,
     rewards/chosen and rewards/rejected (desirable / undesirable), logps and their margin."""
-    seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    ensure_output_dir(out, "output.dir")
-    save_config(cfg, out / "config.yaml")
+    start_run(cfg)
     model, tokenizer = build_model(cfg)
     splits = load_kto_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     objective = Objective(partial(collate_kto, pad_id=pad), partial(kto_batch_loss, cfg=cfg))
-    evaluate = (
-        (lambda: {"eval_loss": held_out(model, splits.eval, cfg, pad)["loss"]})
-        if splits.eval
-        else None
-    )
-    result = train(
+    return train_and_report(
+        cfg,
         model,
-        splits.train,
-        cfg.train,
-        out,
+        splits,
         objective,
-        evaluate=evaluate,
+        held_out=lambda part: held_out(model, part, cfg, pad),
+        save=lambda d: save_adapter(model, d, base_model=cfg.model.name),
         progress=progress,
-        on_best=lambda: save_adapter(model, out / "best", base_model=cfg.model.name),
     )
-    save_adapter(model, out, base_model=cfg.model.name)
-    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-    metrics = training_summary(result, model)
-    held = splits.test or splits.eval
-    if held:
-        metrics.update(split="test" if splits.test else "eval", **held_out(model, held, cfg, pad))
-    write_outputs(out, cfg, metrics, [])
-    return metrics
 
 
 def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
     """KTO metrics of the adapter in output.dir (or `adapter`) on `split` of cfg.data."""
-    seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    return evaluate_adapter_run(
+        cfg,
+        split,
+        adapter,
+        load_kto_splits,
+        lambda model, examples, pad: held_out(model, examples, cfg, pad),
     )
-    adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
-    if adapter is None:
-        raise CheckpointError(
-            f"{out} holds no adapter: train first (tunesmith train CONFIG.yaml) or give --adapter"
-        )
-    load_adapter(model, adapter)
-    splits = load_kto_splits(cfg.data, tokenizer, cfg.train.seed)
-    examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
-    if not examples:
-        raise DataError(
-            f"the {split} split is empty: set data.{split} or data.split fractions that leave one"
-        )
-    metrics = {
-        "split": split,
-        "adapter": adapter,
-        **held_out(model, examples, cfg, tokenizer.pad_token_id),
-    }
-    write_outputs(out, cfg, metrics, [])
-    return metrics
 
 
 def kto_batch_loss(model, batch: dict, cfg: RunConfig):

@@ -1,17 +1,26 @@
-"""What the preference tasks (reward, dpo) share: the pairs of each split, encoded, and batches
-that carry precomputed reference log-probs."""
+"""What the preference tasks (reward, dpo, kto) share: the encoded examples of each split, batches
+that carry precomputed reference log-probs, the held-out loop, and a run's train-save-report tail."""
 
 import logging
+from pathlib import Path
 
 import torch
 
-from ..config.schema import DataConfig
+from ..config.loader import save_config
+from ..config.schema import DataConfig, RunConfig
 from ..data import Splits
 from ..data.preference import collate_pairs, encode_kto, encode_pairs, read_kto, read_preference
 from ..data.split import split_records
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
+from ..methods.io import CONFIG_NAME, load_adapter
+from ..models import load_base_model
+from ..training import train
 from ..training.objective import WeightedMeans
+from ..training.plots import plot_loss_curve
 from ..utils.hardware import autocast
+from ..utils.paths import ensure_output_dir
+from ..utils.seeding import seed_everything
+from .common import training_summary, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +93,69 @@ def held_out_means(model, pairs: list, cfg, collate_fn, loss_fn) -> dict:
             loss, n, metrics = loss_fn(model, batch, cfg)
         totals.add({"loss": float(loss), **metrics}, n)
     return totals.means()
+
+
+def start_run(cfg: RunConfig) -> Path:
+    """Seed, check output.dir and save the resolved config there; returns output.dir."""
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output.dir)
+    ensure_output_dir(out, "output.dir")
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def train_and_report(
+    cfg: RunConfig, model, splits: Splits, objective, held_out, save, progress: bool
+) -> dict:
+    """Run the loop, save the result, and write metrics.json: the training summary plus
+    held_out(examples) -> metrics of the test split (else the validation split). save(directory)
+    writes the trained model (also best/ at the lowest validation loss)."""
+    out = Path(cfg.output.dir)
+    evaluate = (lambda: {"eval_loss": held_out(splits.eval)["loss"]}) if splits.eval else None
+    result = train(
+        model,
+        splits.train,
+        cfg.train,
+        out,
+        objective,
+        evaluate=evaluate,
+        progress=progress,
+        on_best=lambda: save(out / "best"),
+    )
+    save(out)
+    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+    metrics = training_summary(result, model)
+    part = splits.test or splits.eval
+    if part:
+        metrics.update(split="test" if splits.test else "eval", **held_out(part))
+    write_outputs(out, cfg, metrics, [])
+    return metrics
+
+
+def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_out) -> dict:
+    """Metrics of the adapter in output.dir (or `adapter`) on `split`: load_splits(data, tokenizer,
+    seed) -> Splits, held_out(model, examples, pad_id) -> metrics; written to metrics.json."""
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output.dir)
+    model, tokenizer = load_base_model(
+        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+    )
+    adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
+    if adapter is None:
+        raise CheckpointError(
+            f"{out} holds no adapter: train first (tunesmith train CONFIG.yaml) or give --adapter"
+        )
+    load_adapter(model, adapter)
+    splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
+    examples = {"test": splits.test, "eval": splits.eval, "train": splits.train}[split]
+    if not examples:
+        raise DataError(
+            f"the {split} split is empty: set data.{split} or data.split fractions that leave one"
+        )
+    metrics = {
+        "split": split,
+        "adapter": adapter,
+        **held_out(model, examples, tokenizer.pad_token_id),
+    }
+    write_outputs(out, cfg, metrics, [])
+    return metrics

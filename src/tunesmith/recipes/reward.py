@@ -15,7 +15,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.preference import collate_pairs
 from ..data.templates import render
@@ -26,13 +25,10 @@ from ..methods.io import load_adapter, save_adapter
 from ..models import load_base_model
 from ..models.heads import SequenceClassifier
 from ..objectives.preference import reward_loss
-from ..training import Objective, train
-from ..training.plots import plot_loss_curve
+from ..training import Objective
 from ..utils.files import atomic_path
-from ..utils.paths import ensure_output_dir
-from ..utils.seeding import seed_everything
-from .common import log_parameters, training_summary, write_outputs
-from .preference_common import held_out_means, load_preference_splits
+from .common import log_parameters, write_outputs
+from .preference_common import held_out_means, load_preference_splits, start_run, train_and_report
 
 log = logging.getLogger(__name__)
 HEAD_FILE = "reward_head.safetensors"
@@ -41,39 +37,20 @@ HEAD_FILE = "reward_head.safetensors"
 def run(cfg: RunConfig, progress: bool = False) -> dict:
     """Train the reward model; metrics.json has `accuracy` (held-out pairwise accuracy) and
     `margin` (mean r_chosen - r_rejected) of the held-out split."""
-    seed_everything(cfg.train.seed)
-    out = Path(cfg.output.dir)
-    ensure_output_dir(out, "output.dir")
-    save_config(cfg, out / "config.yaml")
+    start_run(cfg)
     model, tokenizer = build_reward_model(cfg)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     objective = Objective(partial(collate_pairs, pad_id=pad), partial(pair_loss, cfg=cfg))
-    evaluate = (
-        (lambda: {"eval_loss": pairwise_metrics(model, splits.eval, cfg, pad)["loss"]})
-        if splits.eval
-        else None
-    )
-    result = train(
+    return train_and_report(
+        cfg,
         model,
-        splits.train,
-        cfg.train,
-        out,
+        splits,
         objective,
-        evaluate=evaluate,
+        held_out=lambda part: pairwise_metrics(model, part, cfg, pad),
+        save=lambda d: save_reward_model(model, d, cfg.model.name),
         progress=progress,
-        on_best=lambda: save_reward_model(model, out / "best", cfg.model.name),
     )
-    save_reward_model(model, out, cfg.model.name)
-    plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-    metrics = training_summary(result, model)
-    held_out = splits.test or splits.eval
-    if held_out:
-        metrics.update(
-            split="test" if splits.test else "eval", **pairwise_metrics(model, held_out, cfg, pad)
-        )
-    write_outputs(out, cfg, metrics, [])
-    return metrics
 
 
 def evaluate(cfg: RunConfig, split: str = "test") -> dict:
