@@ -20,6 +20,7 @@ __all__ = [
     "collate",
     "encode_records",
     "load_splits",
+    "read_parts",
     "read_records",
     "render",
     "split_records",
@@ -33,6 +34,21 @@ class Splits:
     test: list
 
 
+def read_parts(cfg: DataConfig, seed: int, read) -> tuple[list, list, list]:
+    """(train, validation, test) items: read(data.train) limited to data.limit and cut by the
+    seeded data.split, unless data.eval or data.test name their own files."""
+    train = read(cfg.train)
+    if cfg.limit:
+        train = train[: cfg.limit]
+    if cfg.eval is None and cfg.test is None:
+        train, val, test = split_records(train, cfg.split, seed)
+        log.info(
+            "split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed
+        )
+        return train, val, test
+    return train, read(cfg.eval) if cfg.eval else [], read(cfg.test) if cfg.test else []
+
+
 def load_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
     """Read data.train (and data.eval / data.test, or split them off) and encode every part.
 
@@ -42,17 +58,9 @@ def load_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
         raise DataError(
             "data.train is not set: give a training file (JSONL, JSON, CSV, TSV, Parquet)"
         )
-    train = read_records(cfg.train, cfg.file_type, cfg.columns)
-    if cfg.limit:
-        train = train[: cfg.limit]
-    if cfg.eval is None and cfg.test is None:
-        train, val, test = split_records(train, cfg.split, seed)
-        log.info(
-            "split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed
-        )
-    else:
-        val = read_records(cfg.eval, cfg.file_type, cfg.columns) if cfg.eval else []
-        test = read_records(cfg.test, cfg.file_type, cfg.columns) if cfg.test else []
+    train, val, test = read_parts(
+        cfg, seed, lambda path: read_records(path, cfg.file_type, cfg.columns)
+    )
     parts = []
     for name, records in (("train", train), ("eval", val), ("test", test)):
         examples, stats = (

@@ -8,9 +8,8 @@ import torch
 
 from ..config.loader import save_config
 from ..config.schema import DataConfig, RunConfig
-from ..data import Splits
+from ..data import Splits, read_parts
 from ..data.preference import collate_pairs, encode_kto, encode_pairs, read_kto, read_preference
-from ..data.split import split_records
 from ..errors import CheckpointError, DataError
 from ..methods.io import CONFIG_NAME, load_adapter
 from ..models import load_base_model
@@ -45,17 +44,9 @@ def load_kto_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
 def _load_splits(cfg: DataConfig, seed: int, read, encode) -> Splits:
     if not cfg.train:
         raise DataError("data.train is not set: give a preference file (see docs/alignment.md)")
-    train = read(cfg.train, cfg.file_type, cfg.system_prompt)
-    if cfg.limit:
-        train = train[: cfg.limit]
-    if cfg.eval is None and cfg.test is None:
-        train, val, test = split_records(train, cfg.split, seed)
-        log.info(
-            "split %s into %d/%d/%d (seed %d)", cfg.train, len(train), len(val), len(test), seed
-        )
-    else:
-        val = read(cfg.eval, cfg.file_type, cfg.system_prompt) if cfg.eval else []
-        test = read(cfg.test, cfg.file_type, cfg.system_prompt) if cfg.test else []
+    train, val, test = read_parts(
+        cfg, seed, lambda path: read(path, cfg.file_type, cfg.system_prompt)
+    )
     parts = []
     for name, records in (("train", train), ("eval", val), ("test", test)):
         encoded, stats = encode(records) if records else ([], None)
