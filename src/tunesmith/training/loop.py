@@ -94,7 +94,7 @@ def train(
         raise ConfigError("nothing to train: the method left no parameter with requires_grad")
     steps = total_steps(len(examples), cfg)
     optimizer = build_optimizer(list(params.values()), cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps)
+    scheduler = build_scheduler(optimizer, cfg, steps * objective.updates_per_step)
     position = LoopPosition()
     ckpt = find_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
@@ -139,6 +139,21 @@ class _Window:
         }
 
 
+class _StepTotals:
+    """Loss, terms, tokens and task metrics of one loop step, over all its updates."""
+
+    def __init__(self):
+        self.loss, self.terms, self.tokens, self.metrics = 0.0, 0, 0, WeightedMeans()
+
+    def add(self, loss: float, n: int, metrics: dict, tokens: int) -> None:
+        self.loss, self.terms, self.tokens = (
+            self.loss + loss * n,
+            self.terms + n,
+            self.tokens + tokens,
+        )
+        self.metrics.add(metrics, n)
+
+
 class _Loop:
     def __init__(
         self, model, examples, cfg, params, optimizer, scheduler, sinks, objective: Objective
@@ -151,6 +166,7 @@ class _Loop:
             sinks,
         )
         self.seconds, self.tokens = 0.0, 0
+        self.updated_in_step = False
         self.last_loss = self.window_loss = float("nan")
 
     def run(self, position: LoopPosition, steps: int, out_dir: Path, evaluate, on_best) -> None:
@@ -166,8 +182,17 @@ class _Loop:
                 start = time.perf_counter()
                 loss, _, tokens, metrics = self.step([g[2] for g in group], position.step)
             except KeyboardInterrupt:
-                # The step in flight is discarded (its RNG draws too), so a resume replays it exactly.
-                self.save(out_dir, position, rng_before)
+                # The step in flight is discarded (its RNG draws too), so a resume replays it exactly;
+                # unless it already changed the weights (an on-policy step's first updates): then
+                # the last checkpoint stays the resume point.
+                if self.updated_in_step:
+                    log.warning(
+                        "interrupted during the updates of step %d: a resume starts from the last "
+                        "checkpoint",
+                        position.step + 1,
+                    )
+                else:
+                    self.save(out_dir, position, rng_before)
                 raise
             elapsed = time.perf_counter() - start
             position.step, position.epoch, position.batch = (
@@ -204,13 +229,30 @@ class _Loop:
                 self.save(out_dir, position)
 
     def step(self, groups: list[list[int]], step: int) -> tuple[float, int, int, WeightedMeans]:
-        """One optimizer step over grad_accum micro-batches: (mean loss over all their loss terms,
-        terms, real tokens, task metrics). Each micro-batch's summed loss is back-propagated, then
-        gradients are divided by the total term count."""
+        """One loop step over grad_accum micro-batches: (mean loss over all their loss terms,
+        terms, real tokens, task metrics). Usually one optimizer update; an on-policy objective
+        (Objective.updates) makes its rollouts here and takes several."""
+        batches = [self.objective.collate([self.examples[i] for i in idx]) for idx in groups]
+        totals = _StepTotals()
+        self.updated_in_step = False
+        for micro_batches in self.planned_updates(batches):
+            self.update(micro_batches, step, totals)
+            self.updated_in_step = True
+        return totals.loss / max(totals.terms, 1), totals.terms, totals.tokens, totals.metrics
+
+    def planned_updates(self, batches: list[dict]) -> list[list[dict]]:
+        if self.objective.updates is None:
+            return [batches]
+        self.model.eval()
+        with torch.no_grad(), autocast(self.cfg.precision):
+            return list(self.objective.updates(self.model, batches))
+
+    def update(self, batches: list[dict], step: int, totals: "_StepTotals") -> None:
+        """One optimizer update: each micro-batch's summed loss is back-propagated, then gradients
+        are divided by the update's term count, clipped and applied."""
         self.model.train()
-        total, tokens, n_terms, metrics = 0.0, 0, 0, WeightedMeans()
-        for idx in groups:
-            batch = self.objective.collate([self.examples[i] for i in idx])
+        n_terms = 0
+        for batch in batches:
             with autocast(self.cfg.precision):
                 loss, n, *extra = self.objective.loss(self.model, batch)
             if not torch.isfinite(loss):
@@ -219,9 +261,8 @@ class _Loop:
                     f"last checkpoint was kept. Lower train.lr or check the data"
                 )
             (loss * n).backward()
-            total, n_terms = total + loss.item() * n, n_terms + n
-            metrics.add(extra[0] if extra else {}, n)
-            tokens += self.objective.tokens(batch)
+            n_terms += n
+            totals.add(loss.item(), n, extra[0] if extra else {}, self.objective.tokens(batch))
         for p in self.params.values():
             if p.grad is not None:
                 p.grad.div_(max(n_terms, 1))
@@ -235,7 +276,6 @@ class _Loop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total / max(n_terms, 1), n_terms, tokens, metrics
 
     def run_eval(self, position: LoopPosition, evaluate, on_best) -> None:
         self.model.eval()

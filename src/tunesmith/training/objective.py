@@ -6,7 +6,7 @@ the loop owns everything else (order, accumulation, clipping, schedules, checkpo
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -21,11 +21,19 @@ class Objective:
     (the loop averages those over the logging window, weighted by the term counts).
 
     lengths: tokens per example, for data.group_by_length (None: seeded random order).
+
+    updates (on-policy tasks: PPO, GRPO): updates(model, micro_batches) -> the micro-batches of
+    each optimizer update the step takes, e.g. rollouts sampled from the model for the step's
+    prompts, cut into minibatches, for several epochs. Called with the model in eval mode and
+    gradients off; the loop switches to train mode for each update. None: one update of the
+    collated micro-batches. updates_per_step must match, for the learning-rate schedule.
     """
 
     collate: Callable[[list], dict]
     loss: Callable
     lengths: Optional[list[int]] = field(default=None, repr=False)
+    updates: Optional[Callable[[object, list], Iterable[list]]] = field(default=None, repr=False)
+    updates_per_step: int = 1
 
     @staticmethod
     def tokens(batch: dict) -> int:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -161,3 +162,46 @@ def test_final_loss_is_the_mean_of_the_last_logging_window(tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [3, 6]
     assert result.final_loss == pytest.approx(records[-1]["loss"])
     assert result.last_step_loss != result.final_loss
+
+
+def _on_policy_objective(calls):
+    """An objective that, like PPO, draws a 'rollout' (random row weights) from the step's batch
+    and takes 2 epochs x 2 minibatch updates on it."""
+
+    def updates(model, batches):
+        calls.append(model.training)
+        batch = batches[0]
+        weights = torch.rand(batch["input_ids"].shape[0])  # the RNG a sampler would use
+        halves = [slice(0, 2), slice(2, 4)]
+        minibatches = [{k: v[h] for k, v in batch.items()} | {"w": weights[h]} for h in halves]
+        return [[mb] for _ in range(2) for mb in minibatches]
+
+    def loss(model, batch):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return (out.logits.float().mean(-1).mean(-1) * batch["w"]).mean(), 1
+
+    return dataclasses.replace(OBJ, loss=loss, updates=updates, updates_per_step=4)
+
+
+def test_an_on_policy_step_takes_its_planned_updates_and_resumes_exactly(tmp_path):
+    cfg = _cfg(grad_accum=1, max_steps=6, save_every=1)
+    ex = _examples()
+    calls = []
+    torch.manual_seed(0)
+    straight = _model()
+    result = train(straight, ex, cfg, tmp_path / "a", _on_policy_objective(calls))
+    assert result.steps == 6 and calls == [False] * 6  # rollouts run in eval mode
+    state = json.loads((tmp_path / "a/checkpoints/last/state.json").read_text())
+    assert state["scheduler"]["last_epoch"] == 24  # 4 optimizer updates per step
+
+    torch.manual_seed(0)
+    first = _model()
+    _after_calls(first, 4 * 3 + 2, _interrupt)  # inside step 4, after its first update
+    with pytest.raises(KeyboardInterrupt):
+        train(first, ex, cfg, tmp_path / "b", _on_policy_objective([]))
+    assert read_position(tmp_path / "b/checkpoints/last")["step"] == 3  # not the half-done step 4
+    torch.manual_seed(123)
+    resumed = _model()
+    train(resumed, ex, cfg, tmp_path / "b", _on_policy_objective([]))
+    for name, value in _lora_state(straight).items():
+        torch.testing.assert_close(_lora_state(resumed)[name], value, atol=0, rtol=0)
