@@ -1,0 +1,93 @@
+"""What the on-policy tasks (ppo, grpo) share: prompt splits, the reward of held-out answers, and a
+run's train-save-report tail.
+
+The policy is the model with cfg.method applied; the reference is the same model with its adapter
+disabled. Held-out prompts are answered greedily (no RNG drawn, so evaluation never shifts the
+training samples) and scored by the run's reward.
+"""
+
+import logging
+from functools import partial
+
+import torch
+
+from ..config.schema import DataConfig, RunConfig
+from ..data import Splits, read_parts
+from ..data.prompts import collate_prompts, encode_prompt, read_prompts
+from ..errors import DataError
+from ..evaluation import generate
+from ..methods import disabled_adapters
+from ..methods.io import save_adapter
+from ..training.objective import Objective
+from .preference_common import train_and_report
+
+log = logging.getLogger(__name__)
+
+
+def load_prompt_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
+    """Encoded prompts (data.prompts.encode_prompt) of data.train and data.eval / data.test, or of
+    the seeded data.split of data.train."""
+    if not cfg.train:
+        raise DataError("data.train is not set: give a file of prompts (see docs/alignment.md)")
+    parts = read_parts(cfg, seed, lambda path: read_prompts(path, cfg.file_type, cfg.system_prompt))
+    encoded = [[encode_prompt(p, tokenizer, cfg.max_length) for p in part] for part in parts]
+    for name, part in zip(("train", "eval", "test"), encoded):
+        log.info("data %s: %d prompts", name, len(part))
+    if not encoded[0]:
+        raise DataError(
+            f"no training prompts left from {cfg.train}: lower the eval/test fractions of data.split"
+        )
+    return Splits(*encoded)
+
+
+def prompt_objective(pad_id: int, loss, updates, updates_per_step: int) -> Objective:
+    """Batches of prompts; each step's rollouts and updates come from `updates`."""
+    return Objective(
+        partial(collate_prompts, pad_id=pad_id),
+        loss,
+        updates=updates,
+        updates_per_step=updates_per_step,
+    )
+
+
+@torch.no_grad()
+def held_out_rewards(
+    model, tokenizer, examples: list, scorer, max_new_tokens: int, batch_size: int
+) -> dict:
+    """Mean reward of the policy's greedy answers to `examples` (encoded prompts), and of the
+    reference's (adapter disabled) for comparison; also the policy's win rate over it."""
+    records = [e["record"] for e in examples]
+    prompts = [r.messages for r in records]
+    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    with disabled_adapters(model):
+        baseline = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    rewards, reference = scorer(records, answers), scorer(records, baseline)
+    wins = sum((r > b) + 0.5 * (r == b) for r, b in zip(rewards, reference))
+    return {
+        "reward": sum(rewards) / len(rewards),
+        "reward_reference": sum(reference) / len(reference),
+        "win_rate_vs_reference": wins / len(rewards),
+    }
+
+
+def train_on_policy(cfg: RunConfig, model, tokenizer, splits: Splits, objective, scorer, progress):
+    """Run the loop (validation: the held-out reward, as eval_loss = -reward, so best/ keeps the
+    most rewarded adapter), save the adapter, and write metrics.json with the test (else
+    validation) split's held-out rewards."""
+    batch_size = cfg.eval.batch_size
+
+    def held_out(part):
+        metrics = held_out_rewards(
+            model, tokenizer, part, scorer, cfg.eval.max_new_tokens, batch_size
+        )
+        return {"loss": -metrics["reward"], **metrics}
+
+    return train_and_report(
+        cfg,
+        model,
+        splits,
+        objective,
+        held_out=held_out,
+        save=lambda d: save_adapter(model, d, base_model=cfg.model.name),
+        progress=progress,
+    )
