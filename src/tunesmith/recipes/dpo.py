@@ -73,7 +73,7 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
         split,
         adapter,
         load_preference_splits,
-        lambda model, pairs, pad: held_out_metrics(model, pairs, cfg, pad),
+        lambda model, pairs, tok: held_out_metrics(model, pairs, cfg, tok.pad_token_id),
     )
 
 

@@ -53,7 +53,7 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
         split,
         adapter,
         load_kto_splits,
-        lambda model, examples, pad: held_out(model, examples, cfg, pad),
+        lambda model, examples, tok: held_out(model, examples, cfg, tok.pad_token_id),
     )
 
 

@@ -125,7 +125,7 @@ def train_and_report(
 
 def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_out) -> dict:
     """Metrics of the adapter in output.dir (or `adapter`) on `split`: load_splits(data, tokenizer,
-    seed) -> Splits, held_out(model, examples, pad_id) -> metrics; written to metrics.json."""
+    seed) -> Splits, held_out(model, examples, tokenizer) -> metrics; written to metrics.json."""
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     model, tokenizer = load_base_model(
@@ -146,7 +146,7 @@ def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_
     metrics = {
         "split": split,
         "adapter": adapter,
-        **held_out(model, examples, tokenizer.pad_token_id),
+        **held_out(model, examples, tokenizer),
     }
     write_outputs(out, cfg, metrics, [])
     return metrics

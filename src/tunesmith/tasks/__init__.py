@@ -10,6 +10,7 @@ from ..methods import config_classes
 from . import (
     classify,  # noqa: F401  (registers "classify")
     dpo,  # noqa: F401  (registers "dpo")
+    grpo,  # noqa: F401  (registers "grpo")
     kto,  # noqa: F401  (registers "kto")
     reward,  # noqa: F401  (registers "reward")
     sft,  # noqa: F401  (registers "sft")
