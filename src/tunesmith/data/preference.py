@@ -5,7 +5,8 @@ Paired record forms (any file data.readers reads):
 - chat:  {"chosen": [messages], "rejected": [messages]} sharing every message but the last
          (the assistant's answer); a "prompt" given as a message list goes in front of both.
 Unpaired (KTO): {"prompt" | "instruction" (+ "input"), "completion": str | [assistant message],
-"label": true/false}.
+"label": true/false}; a paired record read for KTO gives its chosen answer as desirable and its
+rejected one as undesirable.
 
 Encoding uses the SFT chat-template code (encode._segments), so a response is tokenised exactly as
 SFT tokenises the answer, ending in EOS. Only the last answer carries labels; earlier turns and the
@@ -143,22 +144,34 @@ def _margin(record: dict) -> float | None:
 
 
 def read_kto(path, file_type: str = "auto", system_prompt=None) -> list[KtoExample]:
-    """KtoExamples of a data file. Raises DataError (`file:line: ...`) for a missing or non-boolean
-    label or a missing completion, and when the file holds no example."""
+    """KtoExamples of a data file. A paired record (chosen, rejected, no completion) gives two:
+    its chosen answer as desirable and its rejected one as undesirable (TRL's unpairing), so
+    preference files train KTO as they are. Raises DataError (`file:line: ...`) for a missing or
+    non-boolean label or a missing completion, and when the file holds no example."""
     out = []
     for r in read_records(path, file_type):
-        src = r[SOURCE]
-        if r.get("completion") is None:
-            raise DataError(
-                f"{src}: missing field 'completion' (an unpaired KTO record has prompt, completion, label)"
-            )
-        messages = _conversation(r, "completion", system_prompt)
-        if len(messages) < 2:
-            raise DataError(
-                f"{src}: no prompt; give 'prompt' (or 'instruction'), or user messages before the answer"
-            )
-        out.append(KtoExample(messages[:-1], messages[-1]["content"], _label(r), src))
+        if r.get("completion") is None and "chosen" in r and "rejected" in r:
+            pair = record_to_pair(r, system_prompt)
+            out.append(KtoExample(pair.prompt_messages, pair.chosen, True, pair.source))
+            out.append(KtoExample(pair.prompt_messages, pair.rejected, False, pair.source))
+        else:
+            out.append(_kto_example(r, system_prompt))
     return out
+
+
+def _kto_example(r: dict, system_prompt) -> KtoExample:
+    src = r[SOURCE]
+    if r.get("completion") is None:
+        raise DataError(
+            f"{src}: missing field 'completion' (an unpaired KTO record has prompt, completion, "
+            f"label; a paired one chosen and rejected)"
+        )
+    messages = _conversation(r, "completion", system_prompt)
+    if len(messages) < 2:
+        raise DataError(
+            f"{src}: no prompt; give 'prompt' (or 'instruction'), or user messages before the answer"
+        )
+    return KtoExample(messages[:-1], messages[-1]["content"], _label(r), src)
 
 
 def _label(record: dict) -> bool:

@@ -259,3 +259,21 @@ def test_rasbt_preference_file_reads_and_encodes():
     assert stats.total == 64 and all(len(e["chosen_input_ids"]) <= 256 for e in enc)
     batch = collate_pairs(enc[:8], tok.pad_token_id)
     assert batch["input_ids"].shape[0] == 16 and (batch["labels"] != IGNORE).sum(1).min() > 0
+
+
+def test_kto_reads_a_paired_record_as_one_desirable_and_one_undesirable_example(tmp_path):
+    path = _jsonl(
+        tmp_path,
+        [
+            {"instruction": "Fix", "input": "teh", "chosen": "the", "rejected": "no, you fix it"},
+            {"prompt": "Hi", "completion": "Hello.", "label": True},
+        ],
+        "mixed.jsonl",
+    )
+    examples = read_kto(path)
+    assert [(e.completion, e.desirable) for e in examples] == [
+        ("the", True),
+        ("no, you fix it", False),
+        ("Hello.", True),
+    ]
+    assert examples[0].prompt_messages == examples[1].prompt_messages
