@@ -1,0 +1,53 @@
+"""Row operations on a batch's KV cache, for continuous batching.
+
+A running batch keeps one DynamicCache whose rows are left-padded to a common length (the
+attention mask hides the padding). A request that joins is prefilled alone and then concatenated
+as a new row; a finished request's row is dropped, and columns that became padding in every row
+are trimmed. Each layer holds keys and values of shape (B, H, T, D).
+"""
+
+import torch
+from transformers import DynamicCache
+
+from ..errors import ConfigError
+
+
+def check_dynamic(cache: DynamicCache) -> None:
+    """Raise ConfigError for caches whose layers are not plain growing layers (sliding windows)."""
+    odd = {type(layer).__name__ for layer in cache.layers if getattr(layer, "is_sliding", False)}
+    if odd:
+        raise ConfigError(
+            f"the server batches models with a plain KV cache; this one uses {', '.join(odd)}"
+        )
+
+
+def concat_rows(a: DynamicCache, mask_a: torch.Tensor, b: DynamicCache, mask_b: torch.Tensor):
+    """(cache, mask): the rows of a then b, the shorter side left-padded. Masks are (B, T)."""
+    t = max(mask_a.shape[1], mask_b.shape[1])
+    for la, lb in zip(a.layers, b.layers):
+        la.keys = torch.cat([_pad_left(la.keys, t), _pad_left(lb.keys, t)], dim=0)
+        la.values = torch.cat([_pad_left(la.values, t), _pad_left(lb.values, t)], dim=0)
+    mask = torch.cat([_pad_mask(mask_a, t), _pad_mask(mask_b, t)], dim=0)
+    return a, mask
+
+
+def keep_rows(cache: DynamicCache, mask: torch.Tensor, rows: list[int]):
+    """(cache, mask) with only `rows`, and the leading all-padding columns trimmed."""
+    idx = torch.tensor(rows, dtype=torch.long)
+    mask = mask[idx]
+    start = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns no row uses
+    for layer in cache.layers:
+        layer.keys = layer.keys[idx, :, start:]
+        layer.values = layer.values[idx, :, start:]
+    return cache, mask[:, start:]
+
+
+def _pad_left(x: torch.Tensor, t: int) -> torch.Tensor:
+    pad = t - x.shape[2]
+    if pad == 0:
+        return x
+    return torch.cat([x.new_zeros((*x.shape[:2], pad, x.shape[3])), x], dim=2)  # (B, H, t, D)
+
+
+def _pad_mask(mask: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.cat([mask.new_zeros((mask.shape[0], t - mask.shape[1])), mask], dim=1)
