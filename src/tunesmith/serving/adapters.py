@@ -43,8 +43,17 @@ class Served:
 
 
 class ModelRegistry:
-    def __init__(self, model, tokenizer, base_name: str, adapter_root: Optional[str] = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        base_name: str,
+        adapter_root: Optional[str] = None,
+        base_source: Optional[str] = None,
+    ):
+        """base_source: where a reward run's own copy of the base loads from (default base_name)."""
         self.base_name, self.tokenizer = base_name, tokenizer
+        self.base_source = base_source or base_name
         self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
         self._pristine = model.eval()
         self._mixed = _sharing_copy(model)  # the base plus every LoRA adapter
@@ -149,7 +158,7 @@ class ModelRegistry:
     def _load_reward(self, path: Path):
         from ..recipes.reward import load_reward_model
 
-        return load_reward_model(str(path), self.base_name)
+        return load_reward_model(str(path), self.base_source)
 
 
 def _load_classifier(path: Path):

@@ -32,13 +32,22 @@ def build_app(
 
 
 def app_for_model(
-    model, tokenizer, name, adapters=None, adapter_dir=None, limits=None, api_key=None, max_batch=16
+    model,
+    tokenizer,
+    name,
+    adapters=None,
+    adapter_dir=None,
+    limits=None,
+    api_key=None,
+    max_batch=16,
+    base_source=None,
 ):
-    """The app for a model object already loaded (tests build one from a tiny config)."""
+    """The app for a model object already loaded (tests build one from a tiny config);
+    base_source is where a reward run's copy of the base loads from (default: name)."""
     from .app import create_app
     from .errors import ApiError
 
-    registry = ModelRegistry(model, tokenizer, name, adapter_dir)
+    registry = ModelRegistry(model, tokenizer, name, adapter_dir, base_source)
     for adapter_name, path in (adapters or {}).items():
         try:
             registry.add(adapter_name, path)

@@ -60,7 +60,20 @@ def files(tmp_path_factory):
         "ia3": make_adapter(adapters / "ia3", Ia3Config(), 3),
     }
     out["classifier"] = train_classifier(root, out["base"])
+    out["reward"] = make_reward_run(root / "reward-run")
     return out
+
+
+def make_reward_run(out) -> str:
+    """A reward run's files (LoRA adapter + scalar head) with random weights."""
+    from tunesmith.models.heads import SequenceClassifier
+    from tunesmith.recipes.reward import save_reward_model
+
+    lm = tiny_llama()
+    apply_method(lm, LoraConfig(r=2, target_modules=["q_proj"]))
+    model = SequenceClassifier(lm, 1, "last")
+    save_reward_model(model, out, "tiny")
+    return str(out)
 
 
 def train_classifier(root, model_dir) -> str:
@@ -124,8 +137,15 @@ def build(files, **kwargs):
     from tunesmith.serving.server import app_for_model
 
     model, tokenizer = tiny_llama(), tiny_tokenizer()
-    adapters = {"lora": files["lora"], "ia3": files["ia3"], "spam": files["classifier"]}
-    return app_for_model(model, tokenizer, "tiny", adapters, files["root"], **kwargs)
+    adapters = {
+        "lora": files["lora"],
+        "ia3": files["ia3"],
+        "spam": files["classifier"],
+        "judge": files["reward"],
+    }
+    return app_for_model(
+        model, tokenizer, "tiny", adapters, files["root"], base_source=files["base"], **kwargs
+    )
 
 
 @pytest.fixture(scope="session")
