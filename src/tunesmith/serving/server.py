@@ -1,6 +1,7 @@
 """Build the app from a model name and adapter directories, and run it under uvicorn."""
 
 import logging
+import signal
 import threading
 import time
 from typing import Callable, Optional
@@ -72,7 +73,13 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, on_ready: Optional[Cal
     )
     if on_ready is not None:
         threading.Thread(target=_announce, args=(server, on_ready), daemon=True).start()
-    server.run()
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler
+    # it found: make that a quiet return, not a KeyboardInterrupt or a death by SIGTERM.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
 
 
 def _announce(server, on_ready: Callable) -> None:

@@ -113,6 +113,7 @@ class LiveServer:
     def __init__(self, app):
         import uvicorn
 
+        self.app = app
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
         )
