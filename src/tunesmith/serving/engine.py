@@ -46,6 +46,7 @@ class Sampling:
     top_p: float = 1.0
     seed: Optional[int] = None
     stop: list = field(default_factory=list)
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -208,7 +209,7 @@ class Engine:
         if time.monotonic() - req.started > req.timeout:
             return self._finish(req, ("error", timed_out(req.timeout)))
         req.tokens += 1
-        if token in self.eos:
+        if token in self.eos and not req.sampling.ignore_eos:
             return self._finish(req, self._done(req, "stop"))
         delta, stopped = req.text.add(token)
         if delta:

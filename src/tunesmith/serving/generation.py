@@ -146,7 +146,9 @@ def _sampling(limits, body) -> Sampling:
             f"max_tokens={max_tokens} is above this server's limit of {limits.max_tokens}",
             "max_tokens_too_large",
         )
-    return Sampling(max_tokens, body.temperature, body.top_p, body.seed, body.stop_list())
+    return Sampling(
+        max_tokens, body.temperature, body.top_p, body.seed, body.stop_list(), body.ignore_eos
+    )
 
 
 def _check_prompt(server, ids: list) -> None:

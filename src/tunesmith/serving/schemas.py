@@ -20,6 +20,7 @@ class _Generation(BaseModel):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=1)  # one choice per request
+    ignore_eos: bool = False  # vLLM's extra: generate max_tokens even past EOS (benchmarks)
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
