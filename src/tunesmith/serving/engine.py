@@ -1,8 +1,8 @@
 """The engine: one thread that owns the models and decodes every running request together.
 
 Continuous batching: each model (the base with its LoRA adapters, or one model per adapter of a
-method that cannot share a forward) has one running batch. A new request is prefilled alone and
-joins its model's batch at the next step; a finished or cancelled one leaves it at once. Rows of
+method that cannot share a forward) has one running batch. New requests for one model are prefilled
+together and join its model's batch at the next step; a finished or cancelled one leaves it at once. Rows of
 the base and of different LoRA adapters share one forward pass (`mixed_adapters`: each row
 through its own adapter). Anything else that touches a model (embeddings, classify, adapter
 loading) runs as a job on the same thread between two steps, so it never races a forward.
@@ -150,35 +150,47 @@ class Engine:
                 fut.set_exception(e)
 
     def _admit(self) -> None:
+        """Move waiting requests into their model's batch; those for one model prefill together."""
         running = sum(len(b.rows) for b in self._batches.values())
+        joining: dict[int, list] = {}
         while running < self.max_batch and not self._waiting.empty():
             req = self._waiting.get()
             if req.cancelled:
                 self._finish(req)
                 continue
+            joining.setdefault(id(req.target.model), []).append(req)
+            running += 1
+        for reqs in joining.values():
             try:
-                self._join(req, *self._prefill(req))
-                running += 1
+                self._join(reqs, *self._prefill(reqs))
             except ApiError as e:
-                self._finish(req, ("error", e))
+                for req in reqs:
+                    self._finish(req, ("error", e))
 
-    def _prefill(self, req: GenRequest):
-        ids = torch.tensor([req.prompt_ids], dtype=torch.long)  # (1, T)
-        mask = torch.ones_like(ids)
-        cache = DynamicCache(config=req.target.model.config)
-        logits = self._forward(req.target, [req.target.row], ids, mask, cache)
+    def _prefill(self, reqs: list):
+        """(cache, mask, last logits) of the prompts of reqs, left-padded into one forward."""
+        t = max(len(r.prompt_ids) for r in reqs)
+        ids = torch.tensor([[0] * (t - len(r.prompt_ids)) + r.prompt_ids for r in reqs])  # (B, T)
+        mask = (
+            torch.arange(t)[None] >= torch.tensor([[t - len(r.prompt_ids)] for r in reqs])
+        ).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # a left-padded row starts at position 0
+        target = reqs[0].target
+        cache = DynamicCache(config=target.model.config)
+        rows = [r.target.row for r in reqs]
+        logits = self._forward(target, rows, ids, mask, cache, positions)
         check_dynamic(cache)
         return cache, mask, logits
 
-    def _join(self, req: GenRequest, cache, mask, logits) -> None:
-        key = id(req.target.model)
+    def _join(self, reqs: list, cache, mask, logits) -> None:
+        key = id(reqs[0].target.model)
         batch = self._batches.get(key)
         if batch is None:
-            self._batches[key] = _Batch(req.target, [req], cache, mask, logits)
+            self._batches[key] = _Batch(reqs[0].target, list(reqs), cache, mask, logits)
             return
         batch.cache, batch.mask = concat_rows(batch.cache, batch.mask, cache, mask)
         batch.logits = torch.cat([batch.logits, logits])
-        batch.rows.append(req)
+        batch.rows.extend(reqs)
 
     def _step(self, key: int) -> None:
         """Sample one token per row, drop the rows that finished, run the rest one position on."""
@@ -234,9 +246,7 @@ class Engine:
             req.emit(event)
         return False
 
-    def _forward(self, target: Target, rows, ids, mask, cache, positions=None) -> torch.Tensor:
-        if positions is None:
-            positions = torch.arange(ids.shape[1])[None]  # (1, T)
+    def _forward(self, target: Target, rows, ids, mask, cache, positions) -> torch.Tensor:
         kwargs = {cache_kwarg(target.model): cache, "use_cache": True}
         with mixed_adapters(target.model, rows) if target.mixed else nullcontext():
             out = target.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)

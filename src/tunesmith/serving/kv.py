@@ -1,8 +1,8 @@
 """Row operations on a batch's KV cache, for continuous batching.
 
 A running batch keeps one DynamicCache whose rows are left-padded to a common length (the
-attention mask hides the padding). A request that joins is prefilled alone and then concatenated
-as a new row; a finished request's row is dropped, and columns that became padding in every row
+attention mask hides the padding). Requests that join are prefilled (together, left-padded) and then
+concatenated as new rows; a finished request's row is dropped, and columns that became padding in every row
 are trimmed. Each layer holds keys and values of shape (B, H, T, D).
 """
 
