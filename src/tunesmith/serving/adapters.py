@@ -143,12 +143,6 @@ class ModelRegistry:
     def _build_adapter(self, name: str, path: Path) -> Served:
         _refuse_pickles(path)
         spec = spec_for_peft_type(read_adapter_config(path)["peft_type"])
-        if spec.is_prompt_based:
-            raise bad_request(
-                f"{spec.name} adapters (virtual tokens) are not served yet; serve a LoRA, IA3, "
-                f"adapter or other weight-based method",
-                "unsupported_method",
-            )
         scratch = copy.deepcopy(self._pristine)
         load_adapter(scratch, str(path), name)
         if _mixes(scratch, name):  # commit loads it into the shared model

@@ -1,9 +1,13 @@
 """Row operations on a batch's KV cache, for continuous batching.
 
 A running batch keeps one DynamicCache whose rows are left-padded to a common length (the
-attention mask hides the padding). Requests that join are prefilled (together, left-padded) and then
-concatenated as new rows; a finished request's row is dropped, and columns that became padding in every row
-are trimmed. Each layer holds keys and values of shape (B, H, T, D).
+attention mask hides the padding). Requests that join are prefilled together (left-padded) and
+then concatenated as new rows; a finished request's row is dropped, and columns that became
+padding in every row are trimmed. Each layer holds keys and values of shape (B, H, T, D).
+
+A prompt-based adapter (prefix / prompt tuning) keeps `front` columns of virtual tokens at the
+start of every row that the caller's mask does not cover (its hook prepends them to the mask):
+padding goes after them, so each row reads [virtual][padding][real tokens].
 """
 
 import torch
@@ -25,8 +29,10 @@ def concat_rows(a: DynamicCache, mask_a: torch.Tensor, b: DynamicCache, mask_b: 
     """(cache, mask): the rows of a then b, the shorter side left-padded. Masks are (B, T)."""
     t = max(mask_a.shape[1], mask_b.shape[1])
     for la, lb in zip(a.layers, b.layers):
-        la.keys = torch.cat([_pad_left(la.keys, t), _pad_left(lb.keys, t)], dim=0)
-        la.values = torch.cat([_pad_left(la.values, t), _pad_left(lb.values, t)], dim=0)
+        front = la.keys.shape[2] - mask_a.shape[1]
+        assert front == lb.keys.shape[2] - mask_b.shape[1], "rows of one model, one front"
+        la.keys = torch.cat([_pad(la.keys, t, front), _pad(lb.keys, t, front)], dim=0)
+        la.values = torch.cat([_pad(la.values, t, front), _pad(lb.values, t, front)], dim=0)
     mask = torch.cat([_pad_mask(mask_a, t), _pad_mask(mask_b, t)], dim=0)
     return a, mask
 
@@ -37,16 +43,22 @@ def keep_rows(cache: DynamicCache, mask: torch.Tensor, rows: list[int]):
     mask = mask[idx]
     start = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns no row uses
     for layer in cache.layers:
-        layer.keys = layer.keys[idx, :, start:]
-        layer.values = layer.values[idx, :, start:]
+        front = layer.keys.shape[2] - mask.shape[1]
+        layer.keys = _drop_columns(layer.keys[idx], front, start)
+        layer.values = _drop_columns(layer.values[idx], front, start)
     return cache, mask[:, start:]
 
 
-def _pad_left(x: torch.Tensor, t: int) -> torch.Tensor:
-    pad = t - x.shape[2]
+def _pad(x: torch.Tensor, t: int, front: int) -> torch.Tensor:
+    pad = t + front - x.shape[2]
     if pad == 0:
         return x
-    return torch.cat([x.new_zeros((*x.shape[:2], pad, x.shape[3])), x], dim=2)  # (B, H, t, D)
+    zeros = x.new_zeros((*x.shape[:2], pad, x.shape[3]))
+    return torch.cat([x[:, :, :front], zeros, x[:, :, front:]], dim=2)  # (B, H, front + t, D)
+
+
+def _drop_columns(x: torch.Tensor, front: int, n: int) -> torch.Tensor:
+    return torch.cat([x[:, :, :front], x[:, :, front + n :]], dim=2) if n else x
 
 
 def _pad_mask(mask: torch.Tensor, t: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 different LoRA adapters share one forward; a request joins a running batch and leaves it early."""
 
 import threading
+import time
 
 import pytest
 
@@ -54,12 +55,15 @@ class Collector:
         return "".join(self.parts)
 
 
-def submit(registry, engine, spec) -> Collector:
+def submit(registry, engine, spec, ignore_eos: bool = False) -> Collector:
     name, prompt, n = spec
     out = Collector()
     ids = TOK(prompt, add_special_tokens=False)["input_ids"]
     out.req = GenRequest(
-        ids, Sampling(n, temperature=0), registry.get(name, "generate").target, out
+        ids,
+        Sampling(n, temperature=0, ignore_eos=ignore_eos),
+        registry.get(name, "generate").target,
+        out,
     )
     engine.submit(out.req)
     return out
@@ -108,3 +112,42 @@ def test_a_cancelled_request_frees_its_slot(setup):
     req.req.cancelled = True  # what the route does when the client goes away
     other = wait([submit(registry, engine, ("lora", "next", 4))])
     assert other and engine.pending == before - 1 and not req.finished.is_set()
+
+
+@pytest.mark.parametrize(
+    "method, settings",
+    [("prompt_tuning", {}), ("prefix_tuning", {}), ("llama_adapter", {"adapter_layers": 2})],
+)
+def test_virtual_token_adapters_batch_like_hf_generate(tmp_path, method, settings):
+    """Their cache starts with virtual-token columns the mask does not cover: joining and leaving
+    rows must keep those in front."""
+    from tests.integration.serving.conftest import make_adapter
+    from tunesmith.methods import config_classes
+    from tunesmith.methods.io import load_adapter
+
+    cfg = config_classes()[method](**settings)
+    path = make_adapter(tmp_path / method, cfg, 7)
+    registry = ModelRegistry(tiny_llama(), TOK, "tiny")
+    registry.add("v", path)
+    reference = tiny_llama()
+    load_adapter(reference, path)
+    specs = [("v", "a much longer prompt", 12), ("v", "hello", 6), ("v", "xy", 9)]
+    expected = []
+    for _, prompt, n in specs:
+        ids = TOK(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        out = reference.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
+        new = out[0, ids.shape[1] :].tolist()
+        expected.append(
+            TOK.decode(new[: new.index(2) if 2 in new else None], skip_special_tokens=True)
+        )
+    engine = Engine(TOK)
+    engine.start()
+    try:
+        first = submit(registry, engine, specs[0], ignore_eos=True)
+        while not engine._batches:  # running: the others join it
+            time.sleep(0.001)
+        rest = [submit(registry, engine, s) for s in specs[1:]]
+        got = [text for text, _ in wait([first, *rest])]
+    finally:
+        engine.stop()
+    assert got == expected
