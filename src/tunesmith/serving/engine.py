@@ -60,6 +60,7 @@ class GenRequest:
     emit: Callable
     timeout: float = 120.0
     cancelled: bool = False
+    finished: bool = False
     started: float = field(default_factory=time.monotonic)
     tokens: int = 0
     text: Optional[TextTracker] = None
@@ -89,6 +90,7 @@ class Engine:
         self._stop = False
         self._thread: Optional[threading.Thread] = None
         self.pending = 0  # requests submitted and not finished (for the queue bound)
+        self._count = threading.Lock()  # pending changes on the server's and the engine's thread
 
     # --- public, any thread ------------------------------------------------------------------
     def start(self) -> None:
@@ -109,7 +111,8 @@ class Engine:
         req.text = TextTracker(self.tokenizer, req.sampling.stop)
         if req.sampling.seed is not None:
             req.generator = torch.Generator().manual_seed(req.sampling.seed)
-        self.pending += 1
+        with self._count:
+            self.pending += 1
         self._waiting.put(req)
         self._wake.set()
 
@@ -138,7 +141,7 @@ class Engine:
                     self._wake.clear()
                     continue
                 for key in list(self._batches):
-                    self._step(key)
+                    self._step_or_fail(key)
         self._abort_all()
 
     def _run_jobs(self) -> None:
@@ -163,9 +166,10 @@ class Engine:
         for reqs in joining.values():
             try:
                 self._join(reqs, *self._prefill(reqs))
-            except ApiError as e:
+            except Exception as e:  # a bad model must not stop the engine
+                error = e if isinstance(e, ApiError) else _engine_error(e)
                 for req in reqs:
-                    self._finish(req, ("error", e))
+                    self._finish(req, ("error", error))
 
     def _prefill(self, reqs: list):
         """(cache, mask, last logits) of the prompts of reqs, left-padded into one forward."""
@@ -191,6 +195,18 @@ class Engine:
         batch.cache, batch.mask = concat_rows(batch.cache, batch.mask, cache, mask)
         batch.logits = torch.cat([batch.logits, logits])
         batch.rows.extend(reqs)
+
+    def _step_or_fail(self, key: int) -> None:
+        # A bug in one batch (a model that cannot run these rows) must not stop the engine.
+        try:
+            self._step(key)
+        except Exception as e:
+            log.exception(
+                "decode step failed; ending its %d requests", len(self._batches[key].rows)
+            )
+            failed = _engine_error(e)
+            for req in self._batches.pop(key).rows:
+                self._finish(req, ("error", failed))
 
     def _step(self, key: int) -> None:
         """Sample one token per row, drop the rows that finished, run the rest one position on."""
@@ -239,7 +255,11 @@ class Engine:
         return ("done", reason, len(req.prompt_ids), req.tokens)
 
     def _finish(self, req: GenRequest, event: Optional[tuple] = None) -> bool:
-        self.pending -= 1
+        if req.finished:
+            return False
+        req.finished = True
+        with self._count:
+            self.pending -= 1
         if self.metrics is not None:
             self.metrics.finished(req)
         if event is not None:
@@ -260,6 +280,11 @@ class Engine:
         self._batches.clear()
         while not self._waiting.empty():
             self._finish(self._waiting.get(), ("error", stopping))
+
+
+def _engine_error(e: Exception) -> ApiError:
+    log.error("model forward failed: %s", e)
+    return ApiError(500, f"the model failed on this request: {e}", "engine_error", "server_error")
 
 
 def _pick(logits: torch.Tensor, s: Sampling, generator) -> int:

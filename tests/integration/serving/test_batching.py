@@ -151,3 +151,22 @@ def test_virtual_token_adapters_batch_like_hf_generate(tmp_path, method, setting
     finally:
         engine.stop()
     assert got == expected
+
+
+def test_a_failing_model_ends_its_requests_and_the_engine_goes_on(setup):
+    import torch
+
+    from tunesmith.serving.engine import Target
+
+    registry, engine, _ = setup
+
+    class Broken(torch.nn.Module):
+        config = tiny_llama().config
+
+        def forward(self, **kwargs):
+            raise RuntimeError("boom")
+
+    out = Collector()
+    engine.submit(GenRequest([5, 6], Sampling(3, temperature=0), Target(Broken()), out))
+    assert out.finished.wait(30) and out.done[0] == "error" and out.done[1].status == 500
+    assert wait([submit(registry, engine, ("tiny", "hi", 3))])[0][1][1] == "length"
