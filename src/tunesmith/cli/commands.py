@@ -346,13 +346,9 @@ def _compare_args(p):
 
 
 def cmd_serve(args) -> int:
-    from ..serving.server import build_app, parse_adapters, serve
+    from ..serving.server import serve_from_args
 
-    app = build_app(
-        args.model, parse_adapters(args.adapter), args.adapter_dir, api_key=args.api_key
-    )
-    serve(app, args.host, args.port, on_ready=lambda url: print(f"serving on {url}", flush=True))
-    return 0
+    return serve_from_args(args, on_ready=lambda url: print(f"serving on {url}", flush=True))
 
 
 def _serve_args(p):

@@ -17,3 +17,10 @@ def add_serve_args(p) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on every API request")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="weights dtype; bfloat16 decodes faster on CPUs with native bf16",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")

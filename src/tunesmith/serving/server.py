@@ -13,6 +13,22 @@ from .engine import Engine
 log = logging.getLogger(__name__)
 
 
+def serve_from_args(args, on_ready: Optional[Callable] = None) -> int:
+    """`tunesmith serve`: build the app from the parsed arguments (options.py) and run it."""
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
+    app = build_app(
+        args.model,
+        parse_adapters(args.adapter),
+        args.adapter_dir,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        dtype=args.dtype,
+    )
+    serve(app, args.host, args.port, on_ready)
+    return 0
+
+
 def build_app(
     model_name: str,
     adapters: dict,

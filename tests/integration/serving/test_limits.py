@@ -1,6 +1,7 @@
 """Safety limits on a live server: API key, body size, queue bound (429 + Retry-After), timeout;
 and `tunesmith serve` itself: prints the URL when ready, stops cleanly on SIGTERM."""
 
+import json
 import os
 import signal
 import subprocess
@@ -98,3 +99,45 @@ def test_serve_refuses_a_bad_adapter_argument(files):
     from tunesmith.cli.main import main
 
     assert main(["serve", "--model", files["base"], "--adapter", "no-equals-sign"]) == 2
+
+
+def test_loads_during_a_stream_leave_it_untouched(files):
+    """A good load (new LoRA layers wrapped into the shared model) and a failed one happen while
+    a LoRA stream runs; the stream's text is still the greedy text of its adapter."""
+    import shutil
+    from pathlib import Path
+
+    from tests.integration.serving.test_api import CHAT, chat_prompt, reference
+
+    broken = Path(files["root"]) / "broken-mid"
+    shutil.copytree(files["lora2"], broken, dirs_exist_ok=True)
+    (broken / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    app = build(files)
+    engine = app.state.server.engine
+    inner = engine._forward
+
+    def slow_forward(*args, **kwargs):  # ~1 s for the stream, so the loads land mid-way
+        time.sleep(0.01)
+        return inner(*args, **kwargs)
+
+    engine._forward = slow_forward
+    body = {"model": "lora", "messages": CHAT, "max_tokens": 80, "temperature": 0, "stream": True}
+    with LiveServer(app) as server:
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line)
+            loads = [("o", "lora2"), ("bad", "broken-mid")]
+            codes = [
+                httpx.post(
+                    f"{server.url}/v1/load_lora_adapter",
+                    json={"lora_name": n, "lora_path": p},
+                    timeout=30,
+                ).status_code
+                for n, p in loads
+            ]
+            assert engine.pending == 1, "the stream ended before the loads"
+            rest = [line for line in lines if line]
+    chunks = [json.loads(x.removeprefix("data: ")) for x in [first, *rest[:-1]]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert codes == [200, 400]
+    assert text == reference(files["lora"], chat_prompt(), 80)
