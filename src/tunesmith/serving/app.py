@@ -22,7 +22,7 @@ from . import schemas
 from .adapters import ModelRegistry
 from .engine import Engine
 from .errors import ApiError, bad_request
-from .generation import chat_prompt, run_generation
+from .generation import chat_prompt, check_prompt, run_generation
 from .jobs import classify, embed, score
 from .metrics import Metrics
 from .page import PAGE
@@ -180,6 +180,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     async def embeddings(body: schemas.EmbeddingRequest):
         entry = registry.get(body.model, "generate")
         texts = _texts(body.input, "input")
+        for ids in registry.tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            check_prompt(server, ids)
         vectors, tokens = await _on_engine(
             server, entry, lambda: embed(entry.target, registry.tokenizer, texts)
         )

@@ -8,6 +8,7 @@ through its own adapter). Anything else that touches a model (embeddings, classi
 loading) runs as a job on the same thread between two steps, so it never races a forward.
 """
 
+import inspect
 import logging
 import queue
 import threading
@@ -268,6 +269,8 @@ class Engine:
 
     def _forward(self, target: Target, rows, ids, mask, cache, positions) -> torch.Tensor:
         kwargs = {cache_kwarg(target.model): cache, "use_cache": True}
+        if _keeps_logits(target.model):  # the head on the last position only: (B, 1, V)
+            kwargs["logits_to_keep"] = 1
         with mixed_adapters(target.model, rows) if target.mixed else nullcontext():
             out = target.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
         return out.logits[:, -1].float()  # (B, V)
@@ -297,6 +300,10 @@ def _pick(logits: torch.Tensor, s: Sampling, generator) -> int:
         outside = sorted_p.cumsum(0) - sorted_p > s.top_p  # keeps at least the top token
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p.masked_fill(outside, 0))
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _keeps_logits(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def _eos_ids(tokenizer) -> set:

@@ -26,7 +26,7 @@ async def run_generation(server, body, prompt: str, chat: bool, request):
     entry = server.registry.get(body.model, "generate")
     ids = server.registry.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     sampling = _sampling(server.limits, body)
-    _check_prompt(server, ids)
+    check_prompt(server, ids)
     if server.engine.pending >= server.limits.max_queue:
         raise queue_full(server.limits.max_queue)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -151,7 +151,7 @@ def _sampling(limits, body) -> Sampling:
     )
 
 
-def _check_prompt(server, ids: list) -> None:
+def check_prompt(server, ids: list) -> None:
     if not ids:
         raise bad_request("the prompt is empty")
     limit = min(server.limits.max_prompt_tokens, server.engine.max_context - 1)

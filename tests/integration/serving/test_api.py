@@ -133,6 +133,12 @@ def test_embeddings_mean_pool_hidden_states(client):
     assert floats.usage.prompt_tokens == 5
 
 
+def test_an_embedding_input_over_the_length_cap_is_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="tiny", input=["ok", "x" * 300])
+    assert e.value.body["code"] == "context_length_exceeded"
+
+
 def test_classify_gives_label_and_class_probabilities(live):
     r = httpx.post(f"{live.url}/v1/classify", json={"model": "spam", "input": ["xyz A", "xyz B"]})
     assert r.status_code == 200
@@ -198,6 +204,13 @@ def test_load_use_and_unload_an_adapter_at_run_time(live, client, files):
     assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "o"}).status_code == 200
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="o", messages=CHAT, max_tokens=2)
+    # an adapter of another method (a model of its own) loads and unloads the same way
+    r = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "i", "lora_path": "ia3"})
+    assert r.status_code == 200 and r.json()["method"] == "ia3"
+    got = client.completions.create(model="i", prompt="abc", temperature=0, max_tokens=6)
+    assert got.choices[0].text == reference(files["ia3"], "abc", 6)
+    assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "i"}).status_code == 200
+    assert "i" not in {m.id for m in client.models.list().data}
     # the other adapters still answer as before
     lora = client.chat.completions.create(model="lora", messages=CHAT, temperature=0, max_tokens=8)
     assert lora.choices[0].message.content == reference(files["lora"], chat_prompt(), 8)
