@@ -22,7 +22,7 @@ def chat_prompt(tokenizer, messages) -> str:
     return render(tokenizer, [m.model_dump() for m in messages], add_generation_prompt=True)
 
 
-async def run_generation(server, body, prompt: str, chat: bool, request):
+async def run_generation(server, body, prompt: str, chat: bool):
     entry = server.registry.get(body.model, "generate")
     ids = server.registry.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     sampling = _sampling(server.limits, body)
