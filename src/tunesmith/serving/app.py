@@ -122,6 +122,8 @@ def _check_request(request: Request, server: Server) -> None:
         length = request.headers.get("content-length")
         if length is None:
             raise ApiError(411, "a request body needs a Content-Length header", "length_required")
+        if not length.isdigit():
+            raise bad_request(f"Content-Length {length!r} is not a number of bytes")
         if int(length) > server.limits.max_body_bytes:
             raise ApiError(
                 413,

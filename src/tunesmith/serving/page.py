@@ -37,7 +37,7 @@ select{padding:.3em} #result{font-size:1.3em;margin-top:1em} .bar{background:#f5
 </main>
 <script>
 const $ = id => document.getElementById(id);
-const history = [];
+const messages = [];
 function headers(){ const h={"Content-Type":"application/json"}; const k=$("key").value;
   if(k) h["Authorization"]="Bearer "+k; return h; }
 function show(tab){ for(const t of ["chat","classify"]){ $(t).classList.toggle("on",t===tab);
@@ -55,19 +55,19 @@ function line(cls,text){ const d=document.createElement("div"); d.className=cls;
   $("log").appendChild(d); return d; }
 $("chat-form").onsubmit = async e => {
   e.preventDefault(); const text=$("chat-input").value.trim(); if(!text) return;
-  $("chat-input").value=""; history.push({role:"user",content:text}); line("user","you: "+text);
+  $("chat-input").value=""; messages.push({role:"user",content:text}); line("user","you: "+text);
   const out=line("assistant",""); let reply="";
   const r = await fetch("/v1/chat/completions",{method:"POST",headers:headers(),body:JSON.stringify({
-    model:$("chat-model").value,messages:history,stream:true,temperature:0,
+    model:$("chat-model").value,messages:messages,stream:true,temperature:0,
     max_tokens:parseInt($("max-tokens").value)||64})});
-  if(!r.ok){ out.className="err"; out.textContent=(await r.json()).error.message; history.pop(); return; }
+  if(!r.ok){ out.className="err"; out.textContent=(await r.json()).error.message; messages.pop(); return; }
   const reader=r.body.getReader(); const dec=new TextDecoder(); let buf="";
   for(;;){ const {value,done}=await reader.read(); if(done) break; buf+=dec.decode(value,{stream:true});
     let i; while((i=buf.indexOf("\\n\\n"))>=0){ const ev=buf.slice(0,i); buf=buf.slice(i+2);
       if(!ev.startsWith("data: ")) continue; const data=ev.slice(6); if(data==="[DONE]") continue;
       const j=JSON.parse(data); if(j.error){ out.className="err"; out.textContent=j.error.message; continue; }
       const c=j.choices[0]; if(c && c.delta && c.delta.content){ reply+=c.delta.content; out.textContent=reply; } } }
-  out.dataset.done="1"; history.push({role:"assistant",content:reply});
+  out.dataset.done="1"; messages.push({role:"assistant",content:reply});
 };
 $("cls-form").onsubmit = async e => {
   e.preventDefault(); const text=$("cls-input").value.trim(); if(!text) return;

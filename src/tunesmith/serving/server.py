@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 def serve_from_args(args, on_ready: Optional[Callable] = None) -> int:
     """`tunesmith serve`: build the app from the parsed arguments (options.py) and run it."""
+    _check_extra()  # before the slow model load
     if args.max_batch < 1:
         raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
     app = build_app(
@@ -61,6 +62,7 @@ def app_for_model(
 ):
     """The app for a model object already loaded (tests build one from a tiny config);
     base_source is where a reward run's copy of the base loads from (default: name)."""
+    _check_extra()
     from .app import create_app
     from .errors import ApiError
 
@@ -78,12 +80,9 @@ def app_for_model(
 def serve(app, host: str = "127.0.0.1", port: int = 8000, on_ready: Optional[Callable] = None):
     """Run app until SIGINT/SIGTERM (uvicorn's handlers: in-flight requests end, then shutdown);
     on_ready(url) is called once the socket listens."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise ConfigError(
-            "serving needs FastAPI and uvicorn: pip install 'tunesmith[serve]'"
-        ) from None
+    _check_extra()
+    import uvicorn
+
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
     )
@@ -96,6 +95,16 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, on_ready: Optional[Cal
         server.run()
     except KeyboardInterrupt:
         pass
+
+
+def _check_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "serving needs FastAPI and uvicorn: pip install 'tunesmith[serve]'"
+        ) from None
 
 
 def _announce(server, on_ready: Callable) -> None:
