@@ -345,6 +345,18 @@ def _compare_args(p):
     p.add_argument("--output", help="report directory (default: <output.dir>/compare)")
 
 
+def cmd_serve(args) -> int:
+    from ..serving.server import serve_from_args
+
+    return serve_from_args(args, on_ready=lambda url: print(f"serving on {url}", flush=True))
+
+
+def _serve_args(p):
+    from ..serving.options import add_serve_args
+
+    add_serve_args(p)
+
+
 COMMANDS = {
     "train": (cmd_train, _train_args, "fine-tune: tunesmith train CONFIG.yaml [key.sub=value ...]"),
     "eval": (cmd_eval, _eval_args, "score a model (+ adapter) on the config's held-out data"),
@@ -382,6 +394,7 @@ COMMANDS = {
         _classify_args,
         "label texts (argument or stdin) with a trained classifier",
     ),
+    "serve": (cmd_serve, _serve_args, "serve models and adapters over an OpenAI-compatible API"),
     "table": (
         cmd_table,
         _table_args,

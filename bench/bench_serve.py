@@ -1,0 +1,129 @@
+"""The server's decode speed on the embedded model, next to HF `generate` in the same run.
+
+Starts `tunesmith serve`'s app in-process (uvicorn on 127.0.0.1, a free port) and streams
+chat completions through the openai client: 1, 8 and 32 concurrent streams of --tokens new tokens
+each (ignore_eos, so every stream generates all of them). Reports time to first token (median),
+per-stream and aggregate tokens/s; HF generate (greedy, batch 1, same weights) as the reference.
+
+Run: python bench/bench_serve.py [--tokens 128] [--streams 1,8,32]
+"""
+
+import argparse
+import asyncio
+import datetime
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, median, set_threads, table  # noqa: E402
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def hf_generate(model, tokenizer, n: int) -> tuple[float, float]:
+    """(tokens/s, seconds to the first token) of HF generate at batch 1."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt"
+    )
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    kw = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, **kw)  # warm-up
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, **kw)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        elapsed = time.perf_counter() - t
+    return (out.shape[1] - ids.shape[1]) / elapsed, first
+
+
+async def one_stream(client, n: int) -> tuple[float, float, int]:
+    """(seconds to the first token, total seconds, completion tokens) of one streamed chat."""
+    start = time.perf_counter()
+    first, usage = None, None
+    stream = await client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=n,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - start
+        if chunk.usage:
+            usage = chunk.usage
+    return first, time.perf_counter() - start, usage.completion_tokens
+
+
+async def concurrent(url: str, streams: int, n: int) -> list:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_stream(client, n) for _ in range(streams)))
+    wall = time.perf_counter() - start
+    await client.close()
+    tokens = sum(r[2] for r in results)
+    ttft = median([r[0] for r in results])
+    per_stream = median([r[2] / r[1] for r in results])
+    return [f"tunesmith serve, {streams} streams", ttft * 1000, per_stream, tokens / wall]
+
+
+def start_server(app):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--streams", default="1,8,32")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.md"))
+    args = p.parse_args()
+    set_threads()
+    from tunesmith.models import load_base_model
+    from tunesmith.serving.app import Limits
+    from tunesmith.serving.server import app_for_model
+
+    model, tokenizer = load_base_model("default")
+    hf_rate, hf_first = hf_generate(model, tokenizer, args.tokens)
+    rows = [["HF generate (fp32), batch 1", hf_first * 1000, hf_rate, hf_rate]]
+    print(f"HF generate: {hf_rate:.1f} tok/s", file=sys.stderr)
+    streams = [int(s) for s in args.streams.split(",")]
+    limits = Limits(max_queue=max(streams) * 2, timeout=1200)
+    app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
+    server, url = start_server(app)
+    asyncio.run(concurrent(url, 1, 8))  # warm-up
+    for n in streams:
+        rows.append(asyncio.run(concurrent(url, n, args.tokens)))
+        print(f"{rows[-1][0]}: {rows[-1][3]:.1f} tok/s aggregate", file=sys.stderr)
+    server.should_exit = True
+    report = [
+        f"# Serving benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}",
+        "",
+        machine(),
+        f"embedded SmolLM2-135M-Instruct, fp32 weights, {args.tokens} new tokens per stream",
+        "",
+        table(["decoder", "time to first token ms", "tok/s per stream", "tok/s aggregate"], rows),
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+
+
+if __name__ == "__main__":
+    main()
