@@ -43,18 +43,26 @@ def load_model(
 
 
 def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str = "none") -> Path:
-    """Fold `adapter` into the base weights and save a plain transformers model + tokenizer.
+    """Fold `adapter` into the base weights and save a plain transformers model + tokenizer: a
+    causal LM, or the layout the adapter's task asks for (a reward run: a sequence-classification
+    model with its reward head as `score`).
 
     With `quantize` (or a quantized model directory) the adapter is merged into the dequantized
     base it was trained on (QLoRA), and everything is saved in full precision (float32).
     """
+    from .tasks import merge_export_for
+
     _check_mergeable(adapter)
     out = ensure_output_dir(output, "output")  # before the slow load: fail fast on a bad path
     model, tokenizer = load_model(model_name, adapter, quantize=quantize)
     merge_and_unload(model)
     dequantize_model(model)  # layers the adapter did not touch
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    export = merge_export_for(adapter)  # a task's own layout (reward run: sequence classifier)
+    if export is not None:
+        export(model, tokenizer, out)
+    else:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     log.info("merged %s into %s -> %s", adapter, model_name, out)
     return out
 
@@ -68,7 +76,14 @@ def merge_to_quantized_directory(
 
     Raises ConfigError when the base is not quantized (give quantize or a quantized directory).
     """
+    from .tasks import merge_export_for
+
     _check_mergeable(adapter)
+    if merge_export_for(adapter) is not None:
+        raise ConfigError(
+            f"{adapter} merges into its task's own model layout, which is written in full "
+            f"precision only; drop --keep-quantized"
+        )
     ensure_output_dir(output, "output")
     model, tokenizer = load_model(model_name, adapter, quantize=quantize)
     if not quantization_schemes(model):
@@ -89,6 +104,16 @@ def merge_to_quantized_directory(
         error["relative"],
     )
     return out, error
+
+
+def merged_model_class(path) -> str:
+    """The transformers Auto class that loads the merged directory `path`."""
+    import json
+
+    architectures = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "AutoModelForSequenceClassification"
+    return "AutoModelForCausalLM"
 
 
 def quantize_to_directory(

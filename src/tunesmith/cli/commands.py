@@ -170,7 +170,7 @@ def _generate_args(p):
 
 
 def cmd_merge(args) -> int:
-    from ..api import merge_to_directory, merge_to_quantized_directory
+    from ..api import merge_to_directory, merge_to_quantized_directory, merged_model_class
 
     if args.keep_quantized:
         path, err = merge_to_quantized_directory(
@@ -184,7 +184,8 @@ def cmd_merge(args) -> int:
         return 0
     path = merge_to_directory(args.model, args.adapter, args.output, args.quantize)
     print(
-        f"merged model written to {path} (load it with transformers.AutoModelForCausalLM.from_pretrained)"
+        f"merged model written to {path} (load it with transformers."
+        f"{merged_model_class(path)}.from_pretrained)"
     )
     return 0
 
@@ -272,18 +273,31 @@ def _info_args(p):
 
 
 def cmd_score(args) -> int:
-    from ..recipes.reward import load_reward_model, score
+    from ..recipes.reward import load_reward_scorer
 
-    model, tokenizer = load_reward_model(args.adapter, args.model)
-    print(f"{score(model, tokenizer, [args.prompt], [args.response])[0]:.4f}")
+    if args.adapter:
+        scorer = load_reward_scorer(args.adapter, args.model)
+    elif args.model:
+        scorer = load_reward_scorer(args.model)
+    else:
+        raise ConfigError(
+            "no reward model: give --adapter (a reward run's output.dir) or --model (a reward "
+            "run's output.dir or a sequence-classification directory)"
+        )
+    print(f"{scorer([args.prompt], [args.response])[0]:.4f}")
     return 0
 
 
 def _score_args(p):
     p.add_argument("prompt", help="the user's message")
     p.add_argument("response", help="the answer to score")
-    p.add_argument("--model", default="default", help="base model the reward model was trained on")
-    p.add_argument("--adapter", required=True, help="output.dir of a reward run (task.type=reward)")
+    p.add_argument(
+        "--model",
+        help="with --adapter: the base model the reward run was trained on (default: the one it "
+        "records); alone: a reward model directory (a reward run's output.dir, a merged one, or "
+        "any transformers sequence-classification model, e.g. from TRL's RewardTrainer)",
+    )
+    p.add_argument("--adapter", help="output.dir of a reward run (task.type=reward)")
 
 
 def cmd_tasks(args) -> int:

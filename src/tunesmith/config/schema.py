@@ -153,6 +153,11 @@ class TrainConfig:
     )
     log_every: int = opt(10, "write metrics every N steps")
     resume: bool = opt(True, "continue from output.dir/checkpoints/last when it exists")
+    activation_checkpointing: bool = opt(
+        False,
+        "keep only each transformer block's input in the forward and recompute the rest in "
+        "the backward: activation memory of one block instead of all, ~30 % more time per step",
+    )
     optimizer: str = opt(
         "adamw",
         "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)",

@@ -232,6 +232,13 @@ def encode_pairs(pairs: list, tokenizer, max_length: int) -> tuple[list[dict], P
     return encoded, stats
 
 
+def encode_response(tokenizer, prompt_messages: list, answer: str) -> list[int]:
+    """Token ids of prompt + answer exactly as a pair's row is encoded (the answer ends in EOS),
+    untruncated: what a reward model trained on pairs reads."""
+    prompt, response = _prompt_and_answer(tokenizer, prompt_messages, answer, "")
+    return prompt + response
+
+
 def _prompt_and_answer(
     tokenizer, prompt_messages: list, answer: str, source: str
 ) -> tuple[list, list]:

@@ -45,17 +45,18 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class SequenceClassifier(nn.Module):
-    """lm's backbone + pooling + a linear head (hidden size -> n_classes).
+    """lm's backbone + pooling + a linear head (hidden size -> n_classes), with a bias unless
+    `bias=False` (a reward model's scalar head has none, as transformers' `score` heads).
 
     `prefix` (optional, models.prefix_cache.FrozenPrefix) lets forward() take the cached output of
     the frozen lower blocks (`hidden=`) instead of token ids.
     """
 
-    def __init__(self, lm: nn.Module, n_classes: int, pooling: str = "auto"):
+    def __init__(self, lm: nn.Module, n_classes: int, pooling: str = "auto", bias: bool = True):
         super().__init__()
         self.lm = lm
         self.pooling = resolve_pooling(lm, pooling)
-        self.head = nn.Linear(lm.config.hidden_size, n_classes)
+        self.head = nn.Linear(lm.config.hidden_size, n_classes, bias=bias)
         self.prefix = None
 
     @property

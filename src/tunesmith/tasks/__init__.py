@@ -15,7 +15,15 @@ from . import (
     reward,  # noqa: F401  (registers "reward")
     sft,  # noqa: F401  (registers "sft")
 )
-from .registry import EvalRequest, TaskSpec, all_sections, get_task, register_task, task_names
+from .registry import (
+    EvalRequest,
+    TaskSpec,
+    all_sections,
+    get_task,
+    merge_export_for,
+    register_task,
+    task_names,
+)
 
 __all__ = [
     "EvalRequest",
@@ -24,6 +32,7 @@ __all__ = [
     "config_types",
     "get_task",
     "load_config",
+    "merge_export_for",
     "register_task",
     "task_names",
 ]

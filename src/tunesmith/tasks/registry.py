@@ -34,6 +34,9 @@ class TaskSpec:
     # finish(cfg): checks and completions across sections, after the loader built them (e.g. older
     # key names moved into their section); raises ConfigError
     finish: Optional[Callable] = None
+    # merge_export(adapter_dir) -> None, or save(lm, tokenizer, out_dir) when `tunesmith merge` of
+    # a run of this task must write more than the merged causal LM (reward: a sequence classifier)
+    merge_export: Optional[Callable] = None
 
     def sections_for(self, task_cfg) -> list[str]:
         if self.active_sections is not None:
@@ -58,6 +61,15 @@ def get_task(name: str) -> TaskSpec:
 
 def task_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def merge_export_for(adapter_dir) -> Optional[Callable]:
+    """save(lm, tokenizer, out_dir) of the task that claims adapter_dir for its merge, else None."""
+    for spec in _REGISTRY.values():
+        save = spec.merge_export(adapter_dir) if spec.merge_export else None
+        if save is not None:
+            return save
+    return None
 
 
 def all_sections() -> dict[str, type]:

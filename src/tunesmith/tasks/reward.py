@@ -50,6 +50,14 @@ def _evaluate(cfg, request: EvalRequest) -> dict:
     return reward.evaluate(cfg, split=request.split)
 
 
+def _merge_export(adapter_dir):
+    from ..recipes import reward
+
+    if not reward.is_reward_run(adapter_dir):
+        return None
+    return lambda lm, tokenizer, out: reward.export_merged(lm, tokenizer, adapter_dir, out)
+
+
 register_task(
     TaskSpec(
         name="reward",
@@ -58,5 +66,6 @@ register_task(
         evaluate=_evaluate,
         text=metrics_text,
         sections={"reward": RewardConfig},
+        merge_export=_merge_export,
     )
 )

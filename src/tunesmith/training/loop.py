@@ -20,6 +20,7 @@ from ..data.sampling import epoch_order
 from ..errors import ConfigError, TrainingError
 from ..methods.registry import method_reports, run_step_hooks
 from ..utils.hardware import autocast
+from ..utils.modules import enable_activation_checkpointing
 from ..utils.seeding import rng_state
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .objective import Objective, WeightedMeans
@@ -92,6 +93,8 @@ def train(
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ConfigError("nothing to train: the method left no parameter with requires_grad")
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     steps = total_steps(len(examples), cfg)
     optimizer = build_optimizer(list(params.values()), cfg)
     scheduler = build_scheduler(optimizer, cfg, steps * objective.updates_per_step)

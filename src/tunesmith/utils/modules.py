@@ -106,3 +106,28 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(id(t))
             total += t.numel() * t.element_size()
     return total
+
+
+def enable_activation_checkpointing(model: nn.Module) -> int:
+    """Turn on transformers' per-block activation checkpointing (non-reentrant, so frozen inputs
+    need no grad) in every transformers model inside `model` (the model itself, or the LM inside
+    a wrapper such as SequenceClassifier). Returns how many were switched on.
+
+    Raises UnsupportedModuleError when no submodule supports it.
+    """
+    done = 0
+    for module in model.modules():
+        # transformers >= 5.x: activation_checkpointing_enable; before: gradient_checkpointing_enable
+        enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
+            module, "gradient_checkpointing_enable", None
+        )
+        if getattr(module, "supports_gradient_checkpointing", False) and enable is not None:
+            enable({"use_reentrant": False})
+            done += 1
+            break  # the outermost one covers its blocks
+    if not done:
+        raise UnsupportedModuleError(
+            f"train.activation_checkpointing: {type(model).__name__} holds no transformers model "
+            f"that supports gradient checkpointing; set train.activation_checkpointing=false"
+        )
+    return done
