@@ -11,6 +11,7 @@ from . import (
     classify,  # noqa: F401  (registers "classify")
     dpo,  # noqa: F401  (registers "dpo")
     kto,  # noqa: F401  (registers "kto")
+    ppo,  # noqa: F401  (registers "ppo")
     reward,  # noqa: F401  (registers "reward")
     sft,  # noqa: F401  (registers "sft")
 )
