@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..config.schema import RunConfig
+from ..data.encode import IGNORE
 from ..errors import TrainingError
 from ..methods import disabled_adapters
 from ..methods.io import save_adapter
@@ -244,7 +245,7 @@ def check_kl(kl: float, ppo_cfg, step: int) -> None:
 def _concat(rollouts: list, pad_id: int) -> dict:
     """The rollouts' rows (right-padded) as one batch: input_ids, attention_mask, labels (N, T)."""
     width = max(r.input_ids.shape[1] for r in rollouts)
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
     return {
         key: torch.cat(
             [F.pad(r.batch()[key], (0, width - r.input_ids.shape[1]), value=v) for r in rollouts]
