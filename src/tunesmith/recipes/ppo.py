@@ -100,9 +100,10 @@ def attach_value_head(model) -> nn.Linear:
 
 
 def values_of(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The value head on the last hidden states (B, T, H) -> (B, T), in float32."""
-    head = model.value_head
-    return head(hidden.to(head.weight.dtype))[..., 0]
+    """The value head on the last hidden states (B, T, H) -> (B, T), in float32 (also under a
+    bf16 autocast: values and returns are regressed, so they keep full precision)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return model.value_head(hidden.float())[..., 0]
 
 
 def save_policy(model, out_dir, base_model: str) -> None:
