@@ -195,3 +195,14 @@ def test_bad_ppo_settings_are_one_line_config_errors(task, tmp_path, overrides, 
     with pytest.raises(ConfigError, match=fragment) as err:
         _cfg(task, tmp_path / "out", *overrides)
     assert "\n" not in str(err.value)
+
+
+def test_missing_eos_penalty_and_the_updates_per_step(task, tmp_path):
+    plain = ppo.run(_cfg(task, tmp_path / "a", "train.max_steps=1"))
+    ppo.run(_cfg(task, tmp_path / "b", "train.max_steps=1", "ppo.missing_eos_penalty=2.0"))
+    (a,), (b,) = _log(tmp_path / "a"), _log(tmp_path / "b")  # the same samples (same seed)
+    assert a["eos_rate"] == b["eos_rate"] < 1
+    assert b["objective/scores"] == pytest.approx(a["objective/scores"] - 2.0 * (1 - a["eos_rate"]))
+    state = json.loads((tmp_path / "a/checkpoints/last/state.json").read_text())
+    assert state["scheduler"]["last_epoch"] == 4 == plain["steps"] * 2 * 2  # epochs x minibatches
+    ppo.run(_cfg(task, tmp_path / "c", "train.max_steps=1", "ppo.whiten_rewards=true"))
