@@ -70,10 +70,13 @@ def held_out_rewards(
     }
 
 
-def train_on_policy(cfg: RunConfig, model, tokenizer, splits: Splits, objective, scorer, progress):
+def train_on_policy(
+    cfg: RunConfig, model, tokenizer, splits: Splits, objective, scorer, progress, save=None
+):
     """Run the loop (validation: the held-out reward, as eval_loss = -reward, so best/ keeps the
-    most rewarded adapter), save the adapter, and write metrics.json with the test (else
-    validation) split's held-out rewards."""
+    most rewarded adapter), save the adapter (or save(directory): what else the task keeps, e.g.
+    PPO's value head), and write metrics.json with the test (else validation) split's held-out
+    rewards."""
     batch_size = cfg.eval.batch_size
 
     def held_out(part):
@@ -88,6 +91,6 @@ def train_on_policy(cfg: RunConfig, model, tokenizer, splits: Splits, objective,
         splits,
         objective,
         held_out=held_out,
-        save=lambda d: save_adapter(model, d, base_model=cfg.model.name),
+        save=save or (lambda d: save_adapter(model, d, base_model=cfg.model.name)),
         progress=progress,
     )

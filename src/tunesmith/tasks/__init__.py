@@ -12,6 +12,7 @@ from . import (
     dpo,  # noqa: F401  (registers "dpo")
     grpo,  # noqa: F401  (registers "grpo")
     kto,  # noqa: F401  (registers "kto")
+    ppo,  # noqa: F401  (registers "ppo")
     reward,  # noqa: F401  (registers "reward")
     sft,  # noqa: F401  (registers "sft")
 )

@@ -5,7 +5,8 @@ A checkpoint directory holds three files:
 - state.safetensors: every other tensor: optimizer state as "optimizer.state.<i>.<name>" (dtypes
   kept, e.g. the 8-bit optimizer's int8/uint8 codes) and RNG states as "rng.*".
 - state.json: the rest (param groups, per-parameter numbers, scheduler state, loop position, RNG
-  numbers) and a manifest (dtype, shape) of the tensors in state.safetensors.
+  numbers, the objective's own state when it has one, e.g. PPO's adaptive KL coefficient) and a
+  manifest (dtype, shape) of the tensors in state.safetensors.
 
 Notable:
 - A save writes a temp directory and swaps it in with renames: checkpoints/last becomes
@@ -52,15 +53,24 @@ class _Damaged(CheckpointError):
 
 
 def save_checkpoint(
-    path: Path, named_params: dict, optimizer, scheduler, position: dict, rng=None
+    path: Path,
+    named_params: dict,
+    optimizer,
+    scheduler,
+    position: dict,
+    rng=None,
+    objective_state: dict | None = None,
 ) -> None:
     """Write a checkpoint to `path`; when `path` is checkpoints/last, the old one becomes previous/.
 
     position: the loop position (plain JSON values); rng: the RNG state to restore on resume
-    (default: the current one). Raises CheckpointError when a file cannot be written (disk full:
+    (default: the current one); objective_state: the objective's state_dict() (plain JSON values),
+    if it has one. Raises CheckpointError when a file cannot be written (disk full:
     the previous checkpoint stays loadable) or a state value would need pickle.
     """
     state, tensors = _to_plain(path, optimizer, scheduler, position, rng or rng_state())
+    if objective_state is not None:
+        state["objective"] = _plain(objective_state, path, "objective")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +194,11 @@ def _write_failure(path: Path, e: Exception) -> str:
 # ---- load ----------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dict:
-    """Restore everything saved by save_checkpoint; returns the loop position.
+def load_checkpoint(
+    path: Path, named_params: dict, optimizer, scheduler, objective_state=None
+) -> dict:
+    """Restore everything saved by save_checkpoint; returns the loop position. objective_state:
+    the objective's state object (load_state_dict(dict)), when it has one.
 
     When `path` (checkpoints/last) is damaged and checkpoints/previous is good, logs a warning and
     restores previous/. Raises CheckpointError (naming the file and the fix) when no usable
@@ -210,7 +223,15 @@ def load_checkpoint(path: Path, named_params: dict, optimizer, scheduler) -> dic
             err.what,
             backup,
         )
-    return _apply(ckpt, named_params, optimizer, scheduler)
+    if objective_state is not None and ckpt["objective"] is None:
+        raise CheckpointError(
+            f"checkpoint {path} holds no objective state (it was written by another task); use "
+            f"another output.dir or train.resume=false"
+        )
+    position = _apply(ckpt, named_params, optimizer, scheduler)
+    if objective_state is not None:
+        objective_state.load_state_dict(ckpt["objective"])
+    return position
 
 
 def find_checkpoint(out_dir: Path) -> Path | None:
@@ -261,14 +282,17 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
         rng = join_rng_state(state["rng"], tensors)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _Damaged(path, f"{STATE} is malformed ({type(e).__name__}: {e})") from None
-    if not isinstance(state["position"], dict) or not isinstance(state["scheduler"], dict):
-        raise _Damaged(path, f"{STATE} is malformed (position and scheduler must be objects)")
+    if not all(isinstance(state.get(k, {}), dict) for k in ("position", "scheduler", "objective")):
+        raise _Damaged(
+            path, f"{STATE} is malformed (position, scheduler and objective must be objects)"
+        )
     return {
         "weights": weights,
         "optimizer": opt_state,
         "scheduler": state["scheduler"],
         "rng": rng,
         "position": state["position"],
+        "objective": state.get("objective"),
     }
 
 

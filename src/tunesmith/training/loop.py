@@ -101,7 +101,9 @@ def train(
     position = LoopPosition()
     ckpt = find_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
-        position = LoopPosition(**load_checkpoint(ckpt, params, optimizer, scheduler))
+        position = LoopPosition(
+            **load_checkpoint(ckpt, params, optimizer, scheduler, objective.state)
+        )
         log.info("resuming from %s at step %d", ckpt, position.step)
     resumed_from = position.step
     sinks = default_sinks(out_dir, resumed_from, steps, progress)
@@ -180,7 +182,7 @@ class _Loop:
         window = _Window()
         while position.step < steps:
             group = [next(batches) for _ in range(cfg.grad_accum)]
-            rng_before = rng_state()
+            rng_before, state_before = rng_state(), self.objective_state()
             try:
                 start = time.perf_counter()
                 loss, _, tokens, metrics = self.step([g[2] for g in group], position.step)
@@ -195,7 +197,7 @@ class _Loop:
                         position.step + 1,
                     )
                 else:
-                    self.save(out_dir, position, rng_before)
+                    self.save(out_dir, position, rng_before, state_before)
                 raise
             elapsed = time.perf_counter() - start
             position.step, position.epoch, position.batch = (
@@ -290,7 +292,11 @@ class _Loop:
             if on_best is not None:
                 on_best()
 
-    def save(self, out_dir: Path, position: LoopPosition, rng=None) -> None:
+    def objective_state(self) -> Optional[dict]:
+        state = self.objective.state
+        return None if state is None else state.state_dict()
+
+    def save(self, out_dir: Path, position: LoopPosition, rng=None, objective_state=None) -> None:
         save_checkpoint(
             out_dir / "checkpoints" / "last",
             self.params,
@@ -298,6 +304,7 @@ class _Loop:
             self.scheduler,
             dataclasses.asdict(position),
             rng,
+            objective_state if objective_state is not None else self.objective_state(),
         )
 
     def emit(self, record: dict) -> None:

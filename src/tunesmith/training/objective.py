@@ -27,6 +27,10 @@ class Objective:
     prompts, cut into minibatches, for several epochs. Called with the model in eval mode and
     gradients off; the loop switches to train mode for each update. None: one update of the
     collated micro-batches. updates_per_step must match, for the learning-rate schedule.
+
+    state: what the objective carries from one step to the next (PPO's adaptive KL coefficient),
+    an object with state_dict() -> plain JSON values and load_state_dict(dict). The loop saves it
+    in every checkpoint as it stood before the step and restores it on resume. None: stateless.
     """
 
     collate: Callable[[list], dict]
@@ -34,6 +38,7 @@ class Objective:
     lengths: Optional[list[int]] = field(default=None, repr=False)
     updates: Optional[Callable[[object, list], Iterable[list]]] = field(default=None, repr=False)
     updates_per_step: int = 1
+    state: Optional[object] = field(default=None, repr=False)
 
     @staticmethod
     def tokens(batch: dict) -> int:

@@ -372,3 +372,32 @@ def test_replace_dir_without_keep_removes_the_old_directory(tmp_path):
     assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
         "model"
     ]
+
+
+class _Counter:
+    """An objective's state (PPO's adaptive KL coefficient, say)."""
+
+    def __init__(self, value=0.0):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+def test_objective_state_round_trips_and_is_required_when_the_objective_has_one(tmp_path):
+    setup = _setup()
+    params, opt, sched = setup
+    position = {"step": 3, "epoch": 0, "batch": 3, "best_eval_loss": None}
+    save_checkpoint(
+        tmp_path / "with", params, opt, sched, position, objective_state={"value": 0.07}
+    )
+    _save(tmp_path / "without", setup, 3)
+    state = _Counter()
+    load_checkpoint(tmp_path / "with", *_fresh(), objective_state=state)
+    assert state.value == 0.07
+    load_checkpoint(tmp_path / "with", *_fresh())  # a stateless objective ignores it
+    with pytest.raises(CheckpointError, match="holds no objective state"):
+        load_checkpoint(tmp_path / "without", *_fresh(), objective_state=_Counter())
