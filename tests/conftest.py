@@ -14,6 +14,18 @@ from tests.tiny import tiny_gpt2, tiny_llama, tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    # Tiny models gain nothing from threads, and on a shared 2-core machine threads thrash.
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch, request):
     if request.node.get_closest_marker("integration") is None:
 

@@ -37,7 +37,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     out = start_run(cfg)
     model, tokenizer = build_model(cfg)
     splits = load_prompt_splits(cfg.data, tokenizer, cfg.train.seed)
-    scorer = reward_scorer(cfg.reward, cfg.model.name)
+    scorer = reward_scorer(cfg.reward)
     g = cfg.grpo
     objective = prompt_objective(
         tokenizer.pad_token_id,
@@ -56,7 +56,7 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None, base_only: bool 
         raise ConfigError(
             "--base: a GRPO run is scored as policy (adapter) against reference (base); drop --base"
         )
-    scorer = reward_scorer(cfg.reward, cfg.model.name)
+    scorer = reward_scorer(cfg.reward)
     return evaluate_adapter_run(
         cfg,
         split,

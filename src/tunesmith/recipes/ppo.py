@@ -53,7 +53,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     attach_value_head(model)
     log_parameters(model, f"policy ({cfg.method.name} + value head)")
     splits = load_prompt_splits(cfg.data, tokenizer, cfg.train.seed)
-    scorer = reward_scorer(cfg.reward, cfg.model.name)
+    scorer = reward_scorer(cfg.reward)
     step = PpoStep(cfg, tokenizer, scorer)
     objective = prompt_objective(
         tokenizer.pad_token_id,
@@ -69,7 +69,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
 def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
     """Held-out reward of the adapter in output.dir (or `adapter`) on `split`, the reference's,
     and the win rate over it."""
-    scorer = reward_scorer(cfg.reward, cfg.model.name)
+    scorer = reward_scorer(cfg.reward)
     seen = {}
 
     def load_splits(data, tokenizer, seed):

@@ -17,7 +17,7 @@ from ..errors import ConfigError, TrainingError
 Scorer = Callable[[list, list], list]  # (PromptRecords, completions) -> rewards
 
 
-def reward_scorer(reward_cfg, policy_model: str) -> Scorer:
+def reward_scorer(reward_cfg) -> Scorer:
     """The scorer that reward.model or reward.function names (exactly one of them)."""
     if bool(reward_cfg.model) == bool(reward_cfg.function):
         raise ConfigError(
@@ -26,7 +26,7 @@ def reward_scorer(reward_cfg, policy_model: str) -> Scorer:
         )
     if reward_cfg.function:
         return function_scorer(reward_cfg.function)
-    return model_scorer(reward_cfg.model, policy_model)
+    return model_scorer(reward_cfg.model)
 
 
 def function_scorer(spec: str) -> Scorer:
@@ -41,7 +41,7 @@ def function_scorer(spec: str) -> Scorer:
     return score
 
 
-def model_scorer(path: str, policy_model: str) -> Scorer:
+def model_scorer(path: str) -> Scorer:
     from ..recipes.reward import load_reward_scorer
 
     scorer = load_reward_scorer(path)

@@ -19,15 +19,6 @@ def fraction_a(prompts, completions, **fields):
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A hidden size of 16 gains nothing from threads, and on a shared 2-core machine they thrash.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def task(tmp_path, cache_dir, monkeypatch):
     """(model dir, prompts file); the reward module rewards.py is in the working directory."""

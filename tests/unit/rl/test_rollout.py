@@ -100,6 +100,6 @@ def test_exactly_one_reward_source():
     from tunesmith.tasks.reward import RewardConfig
 
     with pytest.raises(ConfigError, match="exactly one"):
-        reward_scorer(RewardConfig(), "default")
+        reward_scorer(RewardConfig())
     with pytest.raises(ConfigError, match="exactly one"):
-        reward_scorer(RewardConfig(model="x", function="a:b"), "default")
+        reward_scorer(RewardConfig(model="x", function="a:b"))
