@@ -23,12 +23,12 @@ from ..rl.rollout import Sampling, sample
 from ..training.plots import plot_curves
 from .common import build_model
 from .on_policy import (
-    held_out_rewards,
+    evaluate_on_policy,
     load_prompt_splits,
     prompt_objective,
     train_on_policy,
 )
-from .preference_common import evaluate_adapter_run, start_run
+from .preference_common import start_run
 
 CURVES = ("reward", "kl", "entropy")
 
@@ -56,16 +56,7 @@ def evaluate(cfg: RunConfig, split: str = "test", adapter=None, base_only: bool 
         raise ConfigError(
             "--base: a GRPO run is scored as policy (adapter) against reference (base); drop --base"
         )
-    scorer = reward_scorer(cfg.reward)
-    return evaluate_adapter_run(
-        cfg,
-        split,
-        adapter,
-        load_prompt_splits,
-        lambda model, examples, tok: held_out_rewards(
-            model, tok, examples, scorer, cfg.eval.max_new_tokens, cfg.eval.batch_size
-        ),
-    )
+    return evaluate_on_policy(cfg, split, adapter)
 
 
 def plan_updates(model, batches: list, tokenizer, scorer, g) -> list:

@@ -18,8 +18,9 @@ from ..errors import DataError
 from ..evaluation import generate
 from ..methods import disabled_adapters
 from ..methods.io import save_adapter
+from ..rl.rewards import reward_scorer
 from ..training.objective import Objective
-from .preference_common import train_and_report
+from .preference_common import evaluate_adapter_run, train_and_report
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,12 @@ def prompt_objective(pad_id: int, loss, updates, updates_per_step: int) -> Objec
 
 
 @torch.no_grad()
-def held_out_rewards(
-    model, tokenizer, examples: list, scorer, max_new_tokens: int, batch_size: int
-) -> dict:
-    """Mean reward of the policy's greedy answers to `examples` (encoded prompts), and of the
-    reference's (adapter disabled) for comparison; also the policy's win rate over it."""
-    records = [e["record"] for e in examples]
+def held_out_rewards(model, tokenizer, examples: list, scorer, eval_cfg) -> dict:
+    """Mean reward of the policy's greedy answers to `examples` (encoded prompts; the first
+    eval.limit), and of the reference's (adapter disabled) for comparison; also the policy's win
+    rate over it."""
+    limit, max_new_tokens, batch_size = eval_cfg.limit, eval_cfg.max_new_tokens, eval_cfg.batch_size
+    records = [e["record"] for e in examples[:limit]]
     prompts = [r.messages for r in records]
     answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
     with disabled_adapters(model):
@@ -77,12 +78,9 @@ def train_on_policy(
     most rewarded adapter), save the adapter (or save(directory): what else the task keeps, e.g.
     PPO's value head), and write metrics.json with the test (else validation) split's held-out
     rewards."""
-    batch_size = cfg.eval.batch_size
 
     def held_out(part):
-        metrics = held_out_rewards(
-            model, tokenizer, part, scorer, cfg.eval.max_new_tokens, batch_size
-        )
+        metrics = held_out_rewards(model, tokenizer, part, scorer, cfg.eval)
         return {"loss": -metrics["reward"], **metrics}
 
     return train_and_report(
@@ -93,4 +91,19 @@ def train_on_policy(
         held_out=held_out,
         save=save or (lambda d: save_adapter(model, d, base_model=cfg.model.name)),
         progress=progress,
+    )
+
+
+def evaluate_on_policy(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
+    """Held-out reward of the adapter in output.dir (or `adapter`) on `split`, the reference's
+    (adapter disabled), and the win rate over it; written to metrics.json."""
+    scorer = reward_scorer(cfg.reward)
+    return evaluate_adapter_run(
+        cfg,
+        split,
+        adapter,
+        load_prompt_splits,
+        lambda model, examples, tokenizer: held_out_rewards(
+            model, tokenizer, examples, scorer, cfg.eval
+        ),
     )

@@ -36,8 +36,12 @@ from ..rl.rewards import reward_scorer
 from ..rl.rollout import Sampling, sample
 from ..utils.files import atomic_path
 from .common import build_model, log_parameters
-from .on_policy import held_out_rewards, load_prompt_splits, prompt_objective, train_on_policy
-from .preference_common import evaluate_adapter_run, start_run
+from .on_policy import (
+    load_prompt_splits,
+    prompt_objective,
+    train_on_policy,
+)
+from .preference_common import start_run
 
 log = logging.getLogger(__name__)
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -64,24 +68,6 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     objective = dataclasses.replace(objective, state=step.state)
     save = partial(save_policy, model, base_model=cfg.model.name)
     return train_on_policy(cfg, model, tokenizer, splits, objective, scorer, progress, save=save)
-
-
-def evaluate(cfg: RunConfig, split: str = "test", adapter=None) -> dict:
-    """Held-out reward of the adapter in output.dir (or `adapter`) on `split`, the reference's,
-    and the win rate over it."""
-    scorer = reward_scorer(cfg.reward)
-    seen = {}
-
-    def load_splits(data, tokenizer, seed):
-        seen["tokenizer"] = tokenizer
-        return load_prompt_splits(data, tokenizer, seed)
-
-    def held_out(model, examples, _):
-        return held_out_rewards(
-            model, seen["tokenizer"], examples, scorer, cfg.eval.max_new_tokens, cfg.eval.batch_size
-        )
-
-    return evaluate_adapter_run(cfg, split, adapter, load_splits, held_out)
 
 
 # ---- the value head ------------------------------------------------------------------------------

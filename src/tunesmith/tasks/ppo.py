@@ -107,13 +107,13 @@ def _train(cfg, progress: bool) -> dict:
 
 
 def _evaluate(cfg, request: EvalRequest) -> dict:
-    from ..recipes import ppo
+    from ..recipes.on_policy import evaluate_on_policy
 
     if request.base_only:
         raise ConfigError(
             "--base: a PPO run is scored as policy (adapter) against reference (base); drop --base"
         )
-    return ppo.evaluate(cfg, split=request.split, adapter=request.adapter)
+    return evaluate_on_policy(cfg, split=request.split, adapter=request.adapter)
 
 
 register_task(

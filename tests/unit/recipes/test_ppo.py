@@ -12,6 +12,7 @@ import tunesmith
 from tests.tiny import save_tiny_model, tiny_llama
 from tunesmith.errors import ConfigError, TrainingError
 from tunesmith.recipes import ppo
+from tunesmith.recipes.on_policy import evaluate_on_policy
 
 REWARD = """
 def fraction_a(prompts, completions, **fields):
@@ -101,7 +102,7 @@ def test_training_raises_the_score_from_a_kl_of_exactly_zero(task, tmp_path):
     assert (out / "best" / ppo.VALUE_HEAD_FILE).is_file()
     trainable = load_file(str(out / "checkpoints/last/trainable.safetensors"))
     assert {"value_head.weight", "value_head.bias"} <= set(trainable)
-    again = ppo.evaluate(_cfg(task, out, "train.max_steps=40"))
+    again = evaluate_on_policy(_cfg(task, out, "train.max_steps=40"))
     assert again["reward"] == pytest.approx(metrics["reward"])
 
 
