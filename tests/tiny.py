@@ -118,3 +118,14 @@ def tiny_encoder_tokenizer() -> PreTrainedTokenizerFast:
         mask_token="[MASK]",
         unk_token="[UNK]",
     )
+
+
+def tiny_reward_classifier(seed: int = 5):
+    """A tiny LlamaForSequenceClassification with one output: a reward model as transformers
+    (and TRL's RewardTrainer) writes one."""
+    from transformers import LlamaForSequenceClassification
+
+    config = tiny_llama(seed).config
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(config).eval()

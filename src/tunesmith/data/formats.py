@@ -73,6 +73,16 @@ def _check_messages(record: dict) -> list[dict]:
     src = record[SOURCE]
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{src}: 'messages' must be a non-empty list of {{role, content}} objects")
+    check_roles(messages, src)
+    if messages[-1]["role"] != "assistant":
+        raise DataError(
+            f"{src}: the last message must be the assistant's (it is what the model learns to say)"
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def check_roles(messages: list, src: str) -> None:
+    """Raise DataError unless every message is {'role': one of ROLES, 'content': text}."""
     for i, m in enumerate(messages):
         if (
             not isinstance(m, dict)
@@ -82,8 +92,3 @@ def _check_messages(record: dict) -> list[dict]:
             raise DataError(
                 f"{src}: messages[{i}] must be {{'role': one of {ROLES}, 'content': text}}, got {m!r}"
             )
-    if messages[-1]["role"] != "assistant":
-        raise DataError(
-            f"{src}: the last message must be the assistant's (it is what the model learns to say)"
-        )
-    return [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError
-from .formats import ROLES, instruction_prompt
+from .formats import check_roles, instruction_prompt
 from .readers import SOURCE, read_records
 from .templates import render
 
@@ -63,15 +63,7 @@ def _messages(record: dict) -> list[dict]:
             f"{src}: no prompt; give 'prompt', 'instruction' (+ 'input') or 'messages' "
             f"(the record has: {have})"
         )
-    for i, m in enumerate(conversation):
-        if (
-            not isinstance(m, dict)
-            or m.get("role") not in ROLES
-            or not isinstance(m.get("content"), str)
-        ):
-            raise DataError(
-                f"{src}: messages[{i}] must be {{'role': one of {ROLES}, 'content': text}}, got {m!r}"
-            )
+    check_roles(conversation, src)
     users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
     if not users:
         raise DataError(f"{src}: the messages have no user turn to answer")

@@ -4,11 +4,9 @@ trainer writes) gives the rewards a step logs, the same as scoring the rollout's
 import json
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 import tunesmith
-from tests.tiny import VOCAB, save_tiny_model, tiny_llama, tiny_tokenizer
+from tests.tiny import save_tiny_model, tiny_llama, tiny_reward_classifier, tiny_tokenizer
 from tunesmith.evaluation import generate
 from tunesmith.methods.io import load_adapter
 from tunesmith.models import load_base_model
@@ -18,20 +16,7 @@ from tunesmith.tasks import get_task
 
 
 def _classifier(path):
-    torch.manual_seed(5)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        num_labels=1,
-    )
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tiny_reward_classifier().save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 from transformers import (
     AutoModelForSequenceClassification,
-    LlamaConfig,
     LlamaForSequenceClassification,
 )
 
 import tunesmith
-from tests.tiny import VOCAB, save_tiny_model, tiny_tokenizer
+from tests.tiny import save_tiny_model, tiny_reward_classifier, tiny_tokenizer
 from tunesmith.cli.main import main
 from tunesmith.errors import CheckpointError
 from tunesmith.recipes import reward
@@ -108,21 +107,7 @@ def test_a_merged_reward_run_is_a_sequence_classifier_with_the_same_rewards(
 
 
 def _tiny_classifier(tmp_path, seed=0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        num_labels=1,
-    )
-    model = LlamaForSequenceClassification(cfg).eval()
+    model = tiny_reward_classifier(seed)
     path = tmp_path / "classifier"
     model.save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
