@@ -20,7 +20,6 @@ from ..objectives.logps import token_logps
 from ..objectives.policy import masked_mean
 from ..rl.rewards import reward_scorer
 from ..rl.rollout import Sampling, sample
-from ..training.plots import plot_curves
 from .common import build_model
 from .on_policy import (
     evaluate_on_policy,
@@ -34,7 +33,7 @@ CURVES = ("reward", "kl", "entropy")
 
 
 def run(cfg: RunConfig, progress: bool = False) -> dict:
-    out = start_run(cfg)
+    start_run(cfg)
     model, tokenizer = build_model(cfg)
     splits = load_prompt_splits(cfg.data, tokenizer, cfg.train.seed)
     scorer = reward_scorer(cfg.reward)
@@ -45,9 +44,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
         updates=partial(plan_updates, tokenizer=tokenizer, scorer=scorer, g=g),
         updates_per_step=g.num_iterations,
     )
-    metrics = train_on_policy(cfg, model, tokenizer, splits, objective, scorer, progress)
-    plot_curves(out / "metrics.jsonl", out / "reward_curve.png", CURVES)
-    return metrics
+    return train_on_policy(cfg, model, tokenizer, splits, objective, scorer, progress, CURVES)
 
 
 def evaluate(cfg: RunConfig, split: str = "test", adapter=None, base_only: bool = False) -> dict:

@@ -8,6 +8,7 @@ training samples) and scored by the run's reward.
 
 import logging
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,7 @@ from ..methods import disabled_adapters
 from ..methods.io import save_adapter
 from ..rl.rewards import reward_scorer
 from ..training.objective import Objective
+from ..training.plots import plot_curves
 from .preference_common import evaluate_adapter_run, train_and_report
 
 log = logging.getLogger(__name__)
@@ -72,18 +74,18 @@ def held_out_rewards(model, tokenizer, examples: list, scorer, eval_cfg) -> dict
 
 
 def train_on_policy(
-    cfg: RunConfig, model, tokenizer, splits: Splits, objective, scorer, progress, save=None
+    cfg: RunConfig, model, tokenizer, splits: Splits, objective, scorer, progress, curves, save=None
 ):
     """Run the loop (validation: the held-out reward, as eval_loss = -reward, so best/ keeps the
     most rewarded adapter), save the adapter (or save(directory): what else the task keeps, e.g.
     PPO's value head), and write metrics.json with the test (else validation) split's held-out
-    rewards."""
+    rewards; reward_curve.png draws the logged metrics named in `curves` (reward, KL, ...)."""
 
     def held_out(part):
         metrics = held_out_rewards(model, tokenizer, part, scorer, cfg.eval)
         return {"loss": -metrics["reward"], **metrics}
 
-    return train_and_report(
+    metrics = train_and_report(
         cfg,
         model,
         splits,
@@ -92,6 +94,9 @@ def train_on_policy(
         save=save or (lambda d: save_adapter(model, d, base_model=cfg.model.name)),
         progress=progress,
     )
+    out = Path(cfg.output.dir)
+    plot_curves(out / "metrics.jsonl", out / "reward_curve.png", curves)
+    return metrics
 
 
 def evaluate_on_policy(cfg: RunConfig, split: str = "test", adapter=None) -> dict:

@@ -45,6 +45,7 @@ from .preference_common import start_run
 
 log = logging.getLogger(__name__)
 VALUE_HEAD_FILE = "value_head.safetensors"
+CURVES = ("objective/scores", "objective/kl", "objective/entropy")  # reward_curve.png
 _ROWS = ("input_ids", "attention_mask", "labels")  # (N, T)
 _TOKENS = ("old_logps", "values", "advantages", "returns")  # (N, T-1), position t predicts t+1
 
@@ -67,7 +68,9 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     )
     objective = dataclasses.replace(objective, state=step.state)
     save = partial(save_policy, model, base_model=cfg.model.name)
-    return train_on_policy(cfg, model, tokenizer, splits, objective, scorer, progress, save=save)
+    return train_on_policy(
+        cfg, model, tokenizer, splits, objective, scorer, progress, CURVES, save=save
+    )
 
 
 # ---- the value head ------------------------------------------------------------------------------

@@ -100,6 +100,7 @@ def test_training_raises_the_score_from_a_kl_of_exactly_zero(task, tmp_path):
     head = load_file(str(out / ppo.VALUE_HEAD_FILE))
     assert head["weight"].shape == (1, 16) and head["weight"].abs().sum() > 0
     assert (out / "best" / ppo.VALUE_HEAD_FILE).is_file()
+    assert (out / "reward_curve.png").is_file()
     trainable = load_file(str(out / "checkpoints/last/trainable.safetensors"))
     assert {"value_head.weight", "value_head.bias"} <= set(trainable)
     again = evaluate_on_policy(_cfg(task, out, "train.max_steps=40"))
