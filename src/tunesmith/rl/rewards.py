@@ -7,6 +7,7 @@ where each field is the list of that record field over the batch (None where a r
 """
 
 import importlib
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -54,23 +55,34 @@ def model_scorer(path: str) -> Scorer:
 
 
 def import_function(spec: str) -> Callable:
-    """The callable of `module:fn`, the module imported from the working directory first."""
+    """The callable of `module:fn`. A module file in the working directory is loaded from there,
+    afresh each time (so two runs in one process with different rewards.py files each get their
+    own); otherwise the module is imported from the Python path."""
     module_name, _, fn_name = spec.partition(":")
     if not module_name or not fn_name:
         raise ConfigError(
             f"reward.function must be module:fn (e.g. rewards:exact_match), got {spec!r}"
         )
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    cwd = Path.cwd()
+    if str(cwd) not in sys.path:
+        sys.path.insert(0, str(cwd))  # for the module's own imports of its neighbours
     try:
-        module = importlib.import_module(module_name)
+        module = _load_module(module_name, cwd / (module_name.replace(".", "/") + ".py"))
     except Exception as e:  # the user's module: any error in it is theirs to see in one line
         raise ConfigError(f"reward.function {spec}: cannot import {module_name!r}: {e}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"reward.function {spec}: {module_name} has no function {fn_name!r}")
     return fn
+
+
+def _load_module(name: str, local_file: Path):
+    if not local_file.is_file():
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, local_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def checked_rewards(rewards, n: int, source: str) -> list:
