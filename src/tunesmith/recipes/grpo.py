@@ -13,7 +13,6 @@ from functools import partial
 import torch
 
 from ..config.schema import RunConfig
-from ..errors import ConfigError
 from ..methods import disabled_adapters
 from ..objectives.grpo import aggregate, group_advantages, grpo_token_loss
 from ..objectives.logps import token_logps
@@ -22,7 +21,6 @@ from ..rl.rewards import reward_scorer
 from ..rl.rollout import Sampling, sample
 from .common import build_model
 from .on_policy import (
-    evaluate_on_policy,
     load_prompt_splits,
     prompt_objective,
     train_on_policy,
@@ -45,15 +43,6 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
         updates_per_step=g.num_iterations,
     )
     return train_on_policy(cfg, model, tokenizer, splits, objective, scorer, progress, CURVES)
-
-
-def evaluate(cfg: RunConfig, split: str = "test", adapter=None, base_only: bool = False) -> dict:
-    """Held-out reward of the adapter in output.dir (or `adapter`) against the base's answers."""
-    if base_only:
-        raise ConfigError(
-            "--base: a GRPO run is scored as policy (adapter) against reference (base); drop --base"
-        )
-    return evaluate_on_policy(cfg, split, adapter)
 
 
 def plan_updates(model, batches: list, tokenizer, scorer, g) -> list:

@@ -7,8 +7,8 @@ from typing import Optional
 from ..config.fields import opt
 from ..errors import ConfigError
 from ..objectives.grpo import ADVANTAGES, LOSS_TYPES, SCALINGS
-from .registry import EvalRequest, TaskSpec, register_task
-from .reward import RewardConfig
+from .registry import TaskSpec, register_task
+from .reward import RewardConfig, check_policy_reward, policy_evaluate
 from .text import metrics_text
 
 
@@ -67,22 +67,15 @@ def _train(cfg, progress: bool) -> dict:
     return grpo.run(cfg, progress=progress)
 
 
-def _evaluate(cfg, request: EvalRequest) -> dict:
-    from ..recipes import grpo
-
-    return grpo.evaluate(
-        cfg, split=request.split, adapter=request.adapter, base_only=request.base_only
-    )
-
-
 register_task(
     TaskSpec(
         name="grpo",
         help="reinforcement learning from a reward (model or function): k answers per prompt, "
         "group-relative advantages, no value head (GRPO, RLOO)",
         train=_train,
-        evaluate=_evaluate,
+        evaluate=policy_evaluate("grpo"),
         text=metrics_text,
         sections={"grpo": GrpoConfig, "reward": RewardConfig},
+        finish=lambda cfg: check_policy_reward(cfg, "grpo"),
     )
 )

@@ -7,8 +7,8 @@ from typing import Optional
 from ..config.fields import opt
 from ..errors import ConfigError
 from ..objectives.policy import KL_ESTIMATORS
-from .registry import EvalRequest, TaskSpec, register_task
-from .reward import RewardConfig
+from .registry import TaskSpec, register_task
+from .reward import RewardConfig, check_policy_reward, policy_evaluate
 from .text import metrics_text
 
 
@@ -82,16 +82,7 @@ class PpoConfig:
 
 
 def _finish(cfg) -> None:
-    if bool(cfg.reward.model) == bool(cfg.reward.function):
-        raise ConfigError(
-            "task.type=ppo needs exactly one of reward.model (a reward run's output.dir) and "
-            "reward.function (module:fn)"
-        )
-    if cfg.reward.center_coefficient:
-        raise ConfigError(
-            f"reward.center_coefficient={cfg.reward.center_coefficient} shapes reward-model "
-            f"training only; remove it for task.type=ppo"
-        )
+    check_policy_reward(cfg, "ppo")
     rollouts = cfg.train.batch_size * cfg.train.grad_accum
     if cfg.ppo.minibatches > rollouts:
         raise ConfigError(
@@ -106,23 +97,13 @@ def _train(cfg, progress: bool) -> dict:
     return ppo.run(cfg, progress=progress)
 
 
-def _evaluate(cfg, request: EvalRequest) -> dict:
-    from ..recipes.on_policy import evaluate_on_policy
-
-    if request.base_only:
-        raise ConfigError(
-            "--base: a PPO run is scored as policy (adapter) against reference (base); drop --base"
-        )
-    return evaluate_on_policy(cfg, split=request.split, adapter=request.adapter)
-
-
 register_task(
     TaskSpec(
         name="ppo",
         help="reinforcement learning from a reward (model or function) with a value head: "
         "PPO with a KL penalty to the reference (RLHF)",
         train=_train,
-        evaluate=_evaluate,
+        evaluate=policy_evaluate("ppo"),
         text=metrics_text,
         sections={"ppo": PpoConfig, "reward": RewardConfig},
         finish=_finish,

@@ -34,6 +34,37 @@ class RewardConfig:
             )
 
 
+def check_policy_reward(cfg, task: str) -> None:
+    """The finish step of the tasks that optimise against a reward (ppo, grpo)."""
+    if bool(cfg.reward.model) == bool(cfg.reward.function):
+        raise ConfigError(
+            f"task.type={task} needs exactly one of reward.model (a reward run's output.dir, or a "
+            f"sequence-classification directory) and reward.function (module:fn)"
+        )
+    if cfg.reward.center_coefficient:
+        raise ConfigError(
+            f"reward.center_coefficient={cfg.reward.center_coefficient} shapes reward-model "
+            f"training only; remove it for task.type={task}"
+        )
+
+
+def policy_evaluate(task: str):
+    """`tunesmith eval` of a task that optimises against a reward: the held-out reward of the
+    adapter's answers, the reference's (adapter disabled) and the win rate over it."""
+
+    def evaluate(cfg, request: EvalRequest) -> dict:
+        from ..recipes.on_policy import evaluate_on_policy
+
+        if request.base_only:
+            raise ConfigError(
+                f"--base: a {task} run is scored as policy (adapter) against reference (base); "
+                f"drop --base"
+            )
+        return evaluate_on_policy(cfg, split=request.split, adapter=request.adapter)
+
+    return evaluate
+
+
 def _train(cfg, progress: bool) -> dict:
     from ..recipes import reward
 

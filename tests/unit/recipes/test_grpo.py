@@ -120,6 +120,7 @@ def test_rloo_with_several_iterations_resumes_exactly_after_an_interrupt(task, t
         ("grpo.loss_type=ppo", "loss_type must be one of"),
         ("grpo.advantage=mean", "advantage must be one of"),
         ("grpo.temperature=0", "temperature must be > 0"),
+        ("reward.center_coefficient=0.01", "shapes reward-model training only"),
     ],
 )
 def test_bad_grpo_settings_are_one_line_errors(task, tmp_path, override, message):
