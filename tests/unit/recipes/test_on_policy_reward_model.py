@@ -1,5 +1,6 @@
-"""PPO and GRPO scored by a reward *model*: a sequence-classification directory (as TRL's reward
-trainer writes) gives the rewards a step logs, the same as scoring the rollout's texts directly."""
+"""PPO and GRPO scored by a reward *model*: with a sequence-classification directory (as TRL's
+reward trainer writes) as reward.model, a run trains and its held-out reward is that model's mean
+score of the trained policy's answers."""
 
 import json
 
