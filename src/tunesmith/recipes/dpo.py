@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file
 from ..config.schema import RunConfig
 from ..data.preference import collate_pairs
 from ..methods import disabled_adapters
-from ..methods.io import save_adapter
 from ..objectives.logps import sequence_logps
 from ..objectives.preference import dpo_loss, orpo_loss, preference_metrics, simpo_loss
 from ..training import Objective
@@ -61,7 +60,6 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
         splits,
         objective,
         held_out=lambda part: held_out_metrics(model, part, cfg, pad),
-        save=lambda d: save_adapter(model, d, base_model=cfg.model.name),
         progress=progress,
     )
 

@@ -11,7 +11,6 @@ import torch
 from ..config.schema import RunConfig
 from ..data.preference import collate_kto
 from ..methods import disabled_adapters
-from ..methods.io import save_adapter
 from ..objectives.logps import sequence_logps
 from ..objectives.preference import kto_loss, kto_metrics
 from ..training import Objective
@@ -41,7 +40,6 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
         splits,
         objective,
         held_out=lambda part: held_out(model, part, cfg, pad),
-        save=lambda d: save_adapter(model, d, base_model=cfg.model.name),
         progress=progress,
     )
 

@@ -18,7 +18,6 @@ from ..data.prompts import collate_prompts, encode_prompt, read_prompts
 from ..errors import DataError
 from ..evaluation import generate
 from ..methods import disabled_adapters
-from ..methods.io import save_adapter
 from ..rl.rewards import reward_scorer
 from ..training.objective import Objective
 from ..training.plots import plot_curves
@@ -91,7 +90,7 @@ def train_on_policy(
         splits,
         objective,
         held_out=held_out,
-        save=save or (lambda d: save_adapter(model, d, base_model=cfg.model.name)),
+        save=save,
         progress=progress,
     )
     out = Path(cfg.output.dir)

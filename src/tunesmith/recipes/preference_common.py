@@ -11,7 +11,7 @@ from ..config.schema import DataConfig, RunConfig
 from ..data import Splits, read_parts
 from ..data.preference import collate_pairs, encode_kto, encode_pairs, read_kto, read_preference
 from ..errors import CheckpointError, DataError
-from ..methods.io import CONFIG_NAME, load_adapter
+from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
 from ..models import load_base_model
 from ..training import train
 from ..training.objective import WeightedMeans
@@ -96,12 +96,13 @@ def start_run(cfg: RunConfig) -> Path:
 
 
 def train_and_report(
-    cfg: RunConfig, model, splits: Splits, objective, held_out, save, progress: bool
+    cfg: RunConfig, model, splits: Splits, objective, held_out, progress: bool, save=None
 ) -> dict:
     """Run the loop, save the result, and write metrics.json: the training summary plus
     held_out(examples) -> metrics of the test split (else the validation split). save(directory)
-    writes the trained model (also best/ at the lowest validation loss)."""
+    writes the trained model (also best/ at the lowest validation loss); by default the adapter."""
     out = Path(cfg.output.dir)
+    save = save or (lambda d: save_adapter(model, d, base_model=cfg.model.name))
     evaluate = (lambda: {"eval_loss": held_out(splits.eval)["loss"]}) if splits.eval else None
     result = train(
         model,
