@@ -41,25 +41,19 @@ DEFAULT = {
     "bf16": {
         "a": [
             "peft-trainer-bf16",
-            "peft-loop-fp32",
             "peft-loop-bf16",
             "tunesmith",
-            "tunesmith-eager",
-            "tunesmith-fp32w",
+            "tunesmith-fp32w-sdpa-nopack",
+            "tunesmith-sdpa",
+            "tunesmith-pack",
             "tunesmith-nopack",
-        ],
-        "b": [
-            "peft-trainer-bf16",
-            "peft-loop-fp32",
-            "peft-loop-bf16",
-            "tunesmith",
-            "tunesmith-eager",
             "tunesmith-fp32w",
         ],
+        "b": ["peft-trainer-bf16", "peft-loop-bf16", "tunesmith", "tunesmith-sdpa"],
     },
     "fp32": {
-        "a": ["peft-trainer-fp32", "peft-loop-fp32", "tunesmith-fp32", "tunesmith-fp32-nopack"],
-        "b": ["peft-trainer-fp32", "peft-loop-fp32", "tunesmith-fp32"],
+        "a": ["peft-trainer-fp32", "peft-loop-fp32", "tunesmith", "tunesmith-sdpa"],
+        "b": ["peft-trainer-fp32", "peft-loop-fp32", "tunesmith", "tunesmith-sdpa"],
     },
 }[PRECISION]
 

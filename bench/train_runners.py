@@ -3,14 +3,13 @@
 Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, constant lr, clip 1.0):
 - peft-trainer-bf16: HF PEFT + transformers Trainer with bf16=True (autocast), padded batches.
 - peft-loop-fp32 / peft-loop-bf16: HF PEFT + a plain PyTorch loop, fp32 or bf16 autocast.
-- tunesmith: tunesmith.training.train with bf16 weights (train.precision=bf16), data.packing=true;
-  the loss runs the output head only where labels are (objectives.sft).
-- tunesmith-eager: tunesmith with transformers' eager attention instead of sdpa (CPU flash
-  attention's backward is slow for short rows).
-- tunesmith-fp32w: the same with fp32 weights (autocast casts them every step).
-- tunesmith-nopack: bf16 weights, padded batches (no packing): the packing lever alone.
-- peft-trainer-fp32 / tunesmith-fp32 / tunesmith-fp32-nopack: the same in fp32 throughout, for CPUs
-  without native bf16 instructions (there PyTorch emulates bf16 matmuls, hundreds of times slower).
+- peft-trainer-fp32: the same in fp32 throughout, for CPUs without native bf16 instructions (there
+  PyTorch emulates bf16 matmuls, hundreds of times slower).
+- tunesmith: tunesmith.training.train with every setting at the default of `tunesmith train`
+  (model.dtype, model.attention, data.packing, train.precision); the loss runs the output head
+  only where labels are (objectives.sft).
+- tunesmith-<option>-...: the same with options changed: bf16w / fp32w (weights dtype), pack /
+  nopack, sdpa / eager (attention), fp32 (no autocast), e.g. tunesmith-fp32w-sdpa-nopack.
 """
 
 import json
@@ -21,18 +20,33 @@ from pathlib import Path
 import torch
 from common import TARGETS, Hyper, set_lora_weights
 
-CONFIGS = [
-    "peft-trainer-bf16",
-    "peft-loop-fp32",
-    "peft-loop-bf16",
-    "tunesmith",
-    "tunesmith-eager",
-    "tunesmith-fp32w",
-    "tunesmith-nopack",
-    "peft-trainer-fp32",
-    "tunesmith-fp32",
-    "tunesmith-fp32-nopack",
-]
+OPTIONS = {
+    "bf16w": ("dtype", "bfloat16"),
+    "fp32w": ("dtype", "float32"),
+    "pack": ("packing", True),
+    "nopack": ("packing", False),
+    "sdpa": ("attention", "sdpa"),
+    "eager": ("attention", "eager"),
+    "fp32": ("precision", "fp32"),
+}
+
+
+def tunesmith_settings(config: str) -> dict:
+    """The settings a tunesmith-... configuration name stands for (defaults where not named)."""
+    from tunesmith.config.schema import DataConfig, ModelConfig, TrainConfig
+
+    settings = {
+        "dtype": ModelConfig().dtype,
+        "attention": ModelConfig().attention,
+        "packing": DataConfig().packing,
+        "precision": TrainConfig().precision,
+    }
+    for option in config.split("-")[1:]:
+        if option not in OPTIONS:
+            raise SystemExit(f"unknown option {option!r} in {config}; known: {sorted(OPTIONS)}")
+        key, value = OPTIONS[option]
+        settings[key] = value
+    return settings
 
 
 def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> dict:
@@ -41,16 +55,7 @@ def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> 
         return _peft_trainer(examples, batches, hyper, bf16=config.endswith("bf16"))
     if config.startswith("peft-loop"):
         return _peft_loop(examples, batches, hyper, bf16=config.endswith("bf16"))
-    fp32 = config.startswith("tunesmith-fp32")
-    return _tunesmith(
-        examples,
-        batches,
-        hyper,
-        weights="float32" if fp32 else "bfloat16",
-        precision="fp32" if fp32 and config != "tunesmith-fp32w" else "bf16",
-        packing=not config.endswith("nopack"),
-        attention="eager" if config == "tunesmith-eager" else None,
-    )
+    return _tunesmith(examples, batches, hyper, **tunesmith_settings(config))
 
 
 def _peft_model(hyper: Hyper):
@@ -153,17 +158,18 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool) -> dict:
 
 
 def _tunesmith(
-    examples, batches, hyper: Hyper, weights: str, precision: str, packing: bool, attention=None
+    examples, batches, hyper: Hyper, dtype: str, precision: str, packing: bool, attention: str
 ) -> dict:
     import tunesmith
     from tunesmith.config.schema import DataConfig, TrainConfig
     from tunesmith.data.packing import batching
     from tunesmith.methods.lora import LoraConfig
+    from tunesmith.models.attention import set_attention
+    from tunesmith.models.frozen_weights import weights_for_training
     from tunesmith.training import sft_objective, train
 
-    model, tokenizer = tunesmith.load_model("default", dtype=weights)
-    if attention:
-        model.set_attn_implementation(attention)
+    model, tokenizer = tunesmith.load_model("default", dtype=dtype)
+    set_attention(model, attention)
     tunesmith.apply_method(model, LoraConfig(r=hyper.r, alpha=hyper.alpha, target_modules=TARGETS))
     set_lora_weights(model, hyper.seed)
     cfg = TrainConfig(
@@ -177,6 +183,7 @@ def _tunesmith(
         resume=False,
         max_grad_norm=1.0,
     )
+    weights_for_training(model, dtype, cfg.precision)  # as the recipes do before training
     data = DataConfig(packing=packing, max_length=hyper.max_length)
     objective = sft_objective(
         tokenizer.pad_token_id, **batching(data, examples, tokenizer.pad_token_id)

@@ -26,7 +26,11 @@ class ModelConfig:
         "default",
         "base model: 'default' (embedded SmolLM2-135M-Instruct), a local directory, a .gguf file or a cached HF id",
     )
-    dtype: str = opt("float32", "weights dtype: float32 or bfloat16")
+    dtype: str = opt(
+        "auto",
+        "weights dtype: auto (float32, with the frozen linear weights stored in bfloat16 while "
+        "training runs under bf16 autocast: the same matmuls, half the memory), float32 or bfloat16",
+    )
     quantize: str = opt(
         "none",
         "store the frozen linear weights quantized (QLoRA): none, nf4 (4-bit NormalFloat + double quant) or int8",
@@ -34,10 +38,15 @@ class ModelConfig:
     quant_block_size: int = opt(
         64, "weights sharing one absmax scale when model.quantize is set; 64 is the QLoRA value"
     )
+    attention: str = opt(
+        "auto",
+        "attention implementation: auto (matmul attention for short rows, SDPA for long ones, "
+        "where the architecture allows), sdpa, eager, or another transformers implementation",
+    )
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.dtype == "bfloat16":
             _warn_if_bf16_is_emulated("model.dtype=bfloat16")
         if self.quantize not in ("none", "nf4", "int8"):

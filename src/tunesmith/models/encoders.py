@@ -5,24 +5,24 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from ..errors import ModelLoadError
 from ..utils.paths import read_text
+from .attention import set_attention
+from .frozen_weights import torch_dtype_of
 from .loading import load_base_model
 
 log = logging.getLogger(__name__)
 CAUSAL_MARKERS = ("ForCausalLM", "LMHeadModel")
 
 
-def load_language_model(name: str = "default", dtype: str = "float32"):
+def load_language_model(name: str = "default", dtype: str = "float32", attention: str = "auto"):
     """(lm, tokenizer): a masked LM when the directory declares an encoder architecture (e.g.
     BertForMaskedLM), else a causal LM as load_base_model loads it."""
     if not _is_encoder_dir(name):
-        return load_base_model(name, dtype)
+        return load_base_model(name, dtype, attention=attention)
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = torch_dtype_of(dtype)
     try:
         lm = AutoModelForMaskedLM.from_pretrained(name, local_files_only=True, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
@@ -34,6 +34,7 @@ def load_language_model(name: str = "default", dtype: str = "float32"):
         raise ModelLoadError(
             f"model.name {name!r}: the tokenizer has no pad token; encoders need one"
         )
+    set_attention(lm, attention)
     log.info("loaded encoder %s (%s)", name, type(lm).__name__)
     return lm, tokenizer
 

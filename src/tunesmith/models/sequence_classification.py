@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .frozen_weights import torch_dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def load_sequence_classifier(path, dtype: str = "float32", base_model=None):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    torch_dtype = torch_dtype_of(dtype)
     adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
     source = path
     if adapter:

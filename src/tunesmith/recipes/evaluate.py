@@ -11,6 +11,7 @@ from ..data import load_splits
 from ..evaluation import mean_loss
 from ..methods.io import CONFIG_NAME, load_adapter
 from ..models import load_base_model
+from ..models.frozen_weights import weights_for_evaluation
 from ..utils.files import atomic_write_text
 from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
@@ -30,8 +31,13 @@ def run(
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        attention=cfg.model.attention,
     )
+    weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)
     if base_only:
         adapter = None
     elif adapter is None and (out / CONFIG_NAME).is_file():

@@ -13,6 +13,7 @@ from ..data.preference import collate_pairs, encode_kto, encode_pairs, read_kto,
 from ..errors import CheckpointError, DataError
 from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
 from ..models import load_base_model
+from ..models.frozen_weights import weights_for_evaluation
 from ..training import train
 from ..training.objective import WeightedMeans
 from ..training.plots import plot_loss_curve
@@ -130,8 +131,13 @@ def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        attention=cfg.model.attention,
     )
+    weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)
     adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
     if adapter is None:
         raise CheckpointError(

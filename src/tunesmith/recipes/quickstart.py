@@ -8,6 +8,7 @@ from typing import Sequence
 from ..data import load_splits
 from ..data.synthetic import extraction_records
 from ..models import load_base_model
+from ..models.frozen_weights import weights_for_evaluation
 from ..tasks import load_config
 from ..utils.files import atomic_write_text
 from . import sft
@@ -38,8 +39,13 @@ def run(config_path=None, overrides: Sequence[str] = (), progress: bool = True) 
     paths = write_task_data(out / "data")
     cfg.data.train, cfg.data.eval, cfg.data.test = paths["train"], paths["eval"], paths["test"]
     model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        attention=cfg.model.attention,
     )
+    weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)  # as fine-tuning stores it
     test = load_splits(cfg.data, tokenizer, cfg.train.seed).test
     log.info(
         "scoring the base model zero-shot on %d held-out examples",

@@ -29,6 +29,7 @@ from ..methods import apply_method
 from ..methods.base import adapter_configs, record_adapter
 from ..methods.io import load_adapter, save_adapter
 from ..models import load_base_model
+from ..models.frozen_weights import weights_for_training
 from ..models.heads import SequenceClassifier
 from ..models.sequence_classification import (
     is_sequence_classification_dir,
@@ -79,11 +80,16 @@ def evaluate(cfg: RunConfig, split: str = "test") -> dict:
 def build_reward_model(cfg: RunConfig):
     """(SequenceClassifier with one output and cfg.method applied to its language model, tokenizer)."""
     lm, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        attention=cfg.model.attention,
     )
     apply_method(lm, cfg.method)
     model = SequenceClassifier(lm, 1, "last", bias=False)  # as transformers' `score`
     _share_adapter_record(model, lm)
+    weights_for_training(model, cfg.model.dtype, cfg.train.precision)
     log_parameters(model, f"reward model ({cfg.method.name} + scalar head)")
     return model, tokenizer
 

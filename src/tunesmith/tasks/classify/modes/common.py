@@ -117,7 +117,8 @@ def cache_hidden(prefix, items: list, cfg: RunConfig, pad_id: int, batch_size: i
     for idx in length_batches([len(e.input_ids) for e in items], batch_size):
         ids, mask = pad_batch([items[i].input_ids for i in idx], pad_id)
         with autocast(cfg):
-            hidden = prefix.capture(ids, mask).float()  # (B, T, H)
+            # (B, T, H) in the dtype the full forward pass hands to the trained blocks
+            hidden = prefix.capture(ids, mask)
         for row, i in enumerate(idx):
             items[i].hidden = hidden[row, : len(items[i].input_ids)].clone()
 

@@ -19,6 +19,7 @@ from ....data.classification import LabelledSplits, class_weights
 from ....errors import ConfigError
 from ....methods.base import adapter_configs, record_adapter
 from ....models.encoders import load_language_model
+from ....models.frozen_weights import weights_for_training
 from ....models.heads import SequenceClassifier
 from ....models.prefix_cache import make_prefix
 from ....objectives.classification import weighted_cross_entropy
@@ -98,9 +99,10 @@ def build(cfg: RunConfig, labels: list):
             "task.trainable=none would leave the classification head random; use head (head only), "
             "last_block, last_two_blocks, all or method"
         )
-    lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype)
+    lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype, cfg.model.attention)
     set_trainable(lm, cfg, use_lm_head=False)
     model = SequenceClassifier(lm, len(labels), cfg.task.pooling)
+    weights_for_training(model, cfg.model.dtype, cfg.train.precision)
     for name, method_cfg in adapter_configs(
         lm
     ).items():  # the loop runs method hooks on the model it trains

@@ -126,7 +126,7 @@ class ICLPredictor:
 
 
 def build(cfg: RunConfig, splits: LabelledSplits) -> ICLPredictor:
-    lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype)
+    lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype, cfg.model.attention)
     freeze(lm)
     return ICLPredictor(PromptScorer(lm, tokenizer, cfg, splits.labels), cfg, splits.train)
 

@@ -25,6 +25,7 @@ from ....data.prompt_template import PromptTemplate, mask_fill
 from ....errors import ConfigError
 from ....models.embeddings import Embedder
 from ....models.encoders import load_language_model
+from ....models.frozen_weights import weights_for_training
 from ....models.heads import is_decoder
 from ....models.prefix_cache import make_prefix
 from ....objectives.classification import label_word_scores, weighted_cross_entropy
@@ -213,8 +214,9 @@ def build(cfg: RunConfig, splits: LabelledSplits) -> PromptPredictor:
             "task.mode=prompt has no classification head to train: use task.trainable=none "
             "(zero-shot), last_block, last_two_blocks, all or method"
         )
-    lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype)
+    lm, tokenizer = load_language_model(cfg.model.name, cfg.model.dtype, cfg.model.attention)
     set_trainable(lm, cfg, use_lm_head=True)
+    weights_for_training(lm, cfg.model.dtype, cfg.train.precision)
     log_parameters(lm, f"prompt-based ({cfg.task.trainable})")
     scorer = PromptScorer(lm, tokenizer, cfg, splits.labels)
     return PromptPredictor(scorer, Demonstrations(cfg, splits.train, splits.labels))
