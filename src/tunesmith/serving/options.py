@@ -19,8 +19,9 @@ def add_serve_args(p) -> None:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on every API request")
     p.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="weights dtype; bfloat16 decodes faster on CPUs with native bf16",
+        choices=["auto", "float32", "bfloat16", "int8"],
+        default="auto",
+        help="weights: auto (bfloat16 on CPUs with native bf16, else float32), float32, bfloat16, "
+        "or int8 (linear weights int8 per output row, weight-only: the fastest decoding)",
     )
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")

@@ -37,16 +37,32 @@ def build_app(
     limits=None,
     api_key: Optional[str] = None,
     max_batch: int = 16,
-    dtype: str = "float32",
+    dtype: str = "auto",
 ):
     """The app serving `model_name` and `adapters` ({name: directory}); raises TunesmithError
-    when the model or an adapter does not load."""
-    from ..models import load_base_model
-
-    model, tokenizer = load_base_model(model_name, dtype)
+    when the model or an adapter does not load. dtype: --dtype."""
+    model, tokenizer = load_for_serving(model_name, dtype)
     return app_for_model(
         model, tokenizer, model_name, adapters, adapter_dir, limits, api_key, max_batch
     )
+
+
+def load_for_serving(model_name: str, dtype: str):
+    """(model, tokenizer) with the weights --dtype asks for."""
+    import torch
+
+    from ..models import load_base_model
+    from ..models.weight_only import quantize_for_decoding
+    from ..utils.hardware import has_native_bf16
+
+    compute = "bfloat16" if has_native_bf16() else "float32"
+    # int8 quantizes from the float32 weights, so its rounding is the only one
+    load_dtype = {"auto": compute, "int8": "float32"}.get(dtype, dtype)
+    model, tokenizer = load_base_model(model_name, load_dtype)
+    if dtype == "int8":
+        layers = quantize_for_decoding(model, getattr(torch, compute))
+        log.info("int8 weight-only decoding: %d linear layers, %s activations", layers, compute)
+    return model, tokenizer
 
 
 def app_for_model(

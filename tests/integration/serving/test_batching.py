@@ -5,8 +5,10 @@ import threading
 import time
 
 import pytest
+import torch
 
 from tests.tiny import tiny_llama, tiny_tokenizer
+from tunesmith.models.weight_only import quantize_for_decoding
 from tunesmith.serving.adapters import ModelRegistry
 from tunesmith.serving.engine import Engine, GenRequest, Sampling
 
@@ -14,18 +16,22 @@ TOK = tiny_tokenizer()
 SPECS = [  # (model name, prompt, max tokens): prompts of different lengths, three models
     ("tiny", "hello", 9),
     ("lora", "a longer prompt here", 14),
-    ("ia3", "xyz", 7),
+    ("other", "xyz", 7),
     ("lora", "q", 12),
     ("tiny", "what is this?", 5),
-    ("ia3", "another one", 10),
+    ("other", "another one", 10),
 ]
 
 
-@pytest.fixture(scope="module")
-def setup(files):
-    registry = ModelRegistry(tiny_llama(), TOK, "tiny")
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def setup(files, request):
+    model = tiny_llama()
+    if request.param == "int8":  # `tunesmith serve --dtype int8`; adapters wrap the int8 layers
+        quantize_for_decoding(model, torch.float32)
+    registry = ModelRegistry(model, TOK, "tiny")
     registry.add("lora", files["lora"])
-    registry.add("ia3", files["ia3"])
+    # IA3 needs a float base (it refuses quantized ones); int8 serving takes a second LoRA there
+    registry.add("other", files["ia3" if request.param == "float32" else "lora2"])
     engine = Engine(TOK, max_batch=8)
     forwards = []  # (model id, rows) of every forward
     inner = engine._forward
@@ -85,7 +91,12 @@ def test_greedy_output_alone_equals_batched(setup):
     assert any(None in rows and "lora" in rows for rows in mixed), (
         "base and LoRA rows shared no forward"
     )
-    assert max(len(rows) for rows in mixed) == 4  # 2 base + 2 lora rows; ia3 has its own model
+    # 2 base + 2 lora rows, + 2 "other" rows when they share the base (LoRA does; IA3 gets a copy)
+    shared = (
+        registry.get("other", "generate").target.model
+        is registry.get("tiny", "generate").target.model
+    )
+    assert max(len(rows) for rows in mixed) == (6 if shared else 4)
 
 
 def test_a_request_joins_a_running_batch_and_leaves_when_done(setup):
