@@ -3,9 +3,10 @@
 Starts `tunesmith serve`'s app in-process (uvicorn on 127.0.0.1, a free port) and streams
 chat completions through the openai client: 1, 8 and 32 concurrent streams of --tokens new tokens
 each (ignore_eos, so every stream generates all of them). Reports time to first token (median),
-per-stream and aggregate tokens/s; HF generate (greedy, batch 1, same weights) as the reference.
+per-stream and aggregate tokens/s, for each --dtypes weight setting (`tunesmith serve --dtype`);
+HF generate (greedy, batch 1, fp32 weights) as the reference.
 
-Run: python bench/bench_serve.py [--tokens 128] [--streams 1,8,32]
+Run: python bench/bench_serve.py [--tokens 128] [--streams 1,8,32] [--dtypes float32,auto,int8]
 """
 
 import argparse
@@ -75,7 +76,7 @@ async def concurrent(url: str, streams: int, n: int) -> list:
     tokens = sum(r[2] for r in results)
     ttft = median([r[0] for r in results])
     per_stream = median([r[2] / r[1] for r in results])
-    return [f"tunesmith serve, {streams} streams", ttft * 1000, per_stream, tokens / wall]
+    return [f"{streams} streams", ttft * 1000, per_stream, tokens / wall]
 
 
 def start_server(app):
@@ -92,33 +93,52 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--streams", default="1,8,32")
+    p.add_argument("--dtypes", default="float32,auto,int8", help="`tunesmith serve --dtype` values")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.md"))
     args = p.parse_args()
     set_threads()
     from tunesmith.models import load_base_model
     from tunesmith.serving.app import Limits
-    from tunesmith.serving.server import app_for_model
+    from tunesmith.serving.server import app_for_model, load_for_serving
+    from tunesmith.utils.hardware import has_native_bf16
 
     model, tokenizer = load_base_model("default")
     hf_rate, hf_first = hf_generate(model, tokenizer, args.tokens)
-    rows = [["HF generate (fp32), batch 1", hf_first * 1000, hf_rate, hf_rate]]
+    del model
+    rows = [["HF generate (fp32), batch 1", hf_first * 1000, hf_rate, hf_rate, 1.0]]
     print(f"HF generate: {hf_rate:.1f} tok/s", file=sys.stderr)
     streams = [int(s) for s in args.streams.split(",")]
     limits = Limits(max_queue=max(streams) * 2, timeout=1200)
-    app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
-    server, url = start_server(app)
-    asyncio.run(concurrent(url, 1, 8))  # warm-up
-    for n in streams:
-        rows.append(asyncio.run(concurrent(url, n, args.tokens)))
-        print(f"{rows[-1][0]}: {rows[-1][3]:.1f} tok/s aggregate", file=sys.stderr)
-    server.should_exit = True
+    for dtype in args.dtypes.split(","):
+        model, tokenizer = load_for_serving("default", dtype)
+        app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
+        server, url = start_server(app)
+        asyncio.run(concurrent(url, 1, 8))  # warm-up
+        for n in streams:
+            name, first, per_stream, aggregate = asyncio.run(concurrent(url, n, args.tokens))
+            rows.append([f"serve --dtype {dtype}, {name}", first, per_stream, aggregate])
+            rows[-1].append(aggregate / hf_rate)
+            print(f"{rows[-1][0]}: {aggregate:.1f} tok/s aggregate", file=sys.stderr)
+        server.should_exit = True
+        time.sleep(1)
+        del model, app
     report = [
         f"# Serving benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}",
         "",
         machine(),
-        f"embedded SmolLM2-135M-Instruct, fp32 weights, {args.tokens} new tokens per stream",
+        f"embedded SmolLM2-135M-Instruct, {args.tokens} new tokens per stream; `auto` weights are "
+        f"{'bfloat16' if has_native_bf16() else 'float32'} here",
         "",
-        table(["decoder", "time to first token ms", "tok/s per stream", "tok/s aggregate"], rows),
+        table(
+            [
+                "decoder",
+                "time to first token ms",
+                "tok/s per stream",
+                "tok/s aggregate",
+                "x HF generate fp32",
+            ],
+            rows,
+        ),
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(report) + "\n")
