@@ -49,6 +49,13 @@ def main() -> int:
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--report-limit", type=int, default=0, help="held-out prompts (0: all)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the stages run now, e.g. --set dpo.beta=0.25 (repeatable)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     files = split_files(args.data, out / "data")
@@ -57,7 +64,7 @@ def main() -> int:
         if stage == "report":
             report(out, files, timings, args.report_limit)
         elif stage in CONFIGS:
-            timings[stage] = run_stage(stage, out, files, timings)
+            timings[stage] = run_stage(stage, out, files, timings, args.set)
             (out / "timings.json").write_text(json.dumps(timings, indent=2))
         else:
             sys.exit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -79,7 +86,7 @@ def split_files(data: str, folder: Path) -> dict:
     return {name: str(p) for name, p in paths.items()}
 
 
-def run_stage(stage: str, out: Path, files: dict, timings: dict) -> dict:
+def run_stage(stage: str, out: Path, files: dict, timings: dict, extra=()) -> dict:
     """Train one stage (skipped when its metrics.json exists); returns its time and metrics."""
     run_dir = out / stage
     if (run_dir / "metrics.json").is_file() and stage in timings:
@@ -95,7 +102,7 @@ def run_stage(stage: str, out: Path, files: dict, timings: dict) -> dict:
         overrides.append(f"model.name={out / 'sft_merged'}")
     if stage == "ppo":
         overrides.append(f"reward.model={out / 'reward'}")
-    cfg = tunesmith.load_config(CONFIGS[stage], overrides)
+    cfg = tunesmith.load_config(CONFIGS[stage], overrides + list(extra))
     start = time.perf_counter()
     metrics = get_task(cfg.task.type).train(cfg, True)
     seconds = time.perf_counter() - start
