@@ -9,6 +9,7 @@ from ..errors import ConfigError
 from ..methods import config_classes, method_names
 from ..tasks import EvalRequest, all_sections, get_task, load_config, task_names
 from . import report
+from .export import cmd_export, export_args
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -409,6 +410,7 @@ COMMANDS = {
         "label texts (argument or stdin) with a trained classifier",
     ),
     "serve": (cmd_serve, _serve_args, "serve models and adapters over an OpenAI-compatible API"),
+    "export": (cmd_export, export_args, "write a model (+ merged adapter) as a GGUF file"),
     "table": (
         cmd_table,
         _table_args,

