@@ -8,7 +8,9 @@ from ..config.schema import SECTIONS
 from ..errors import ConfigError
 from ..methods import config_classes, method_names
 from ..tasks import EvalRequest, all_sections, get_task, load_config, task_names
-from . import report
+from ..training.distributed import distributed_run
+from ..utils.distributed import is_main_process
+from . import launch, report
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -26,11 +28,19 @@ def config_keys_help() -> str:
     sections.update({f"method ({name})": cls for name, cls in config_classes().items()})
     sections.update(all_sections())
     for section, cls in sections.items():
-        prefix = section.split(" ")[0]
-        for f in dataclasses.fields(cls):
-            key = f"{prefix}.{f.name}"
-            lines.append(f"  {key:<24} {f.metadata.get('help', '')}  [default: {_default(f)}]")
+        lines += _field_lines(section.split(" ")[0], cls)
     return "\n".join(lines)
+
+
+def _field_lines(prefix: str, cls) -> list[str]:
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(_default(f)):
+            lines += _field_lines(key, type(_default(f)))  # a nested section: its own keys
+        else:
+            lines.append(f"  {key:<24} {f.metadata.get('help', '')}  [default: {_default(f)}]")
+    return lines
 
 
 def _default(f):
@@ -42,9 +52,14 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
+    if launch.wants_launch(args):
+        _load(args)  # a bad config fails here once, not on every rank
+        return launch.launch(args)
     cfg = _load(args)
-    metrics = get_task(cfg.task.type).train(cfg, sys.stderr.isatty() or args.progress)
-    _print_task_metrics(cfg, metrics, f"trained; outputs in {cfg.output.dir}")
+    with distributed_run(cfg.train.distributed):
+        metrics = get_task(cfg.task.type).train(cfg, sys.stderr.isatty() or args.progress)
+    if is_main_process():
+        _print_task_metrics(cfg, metrics, f"trained; outputs in {cfg.output.dir}")
     return 0
 
 
@@ -53,6 +68,7 @@ def _train_args(p):
     p.add_argument(
         "--progress", action="store_true", help="show the progress bar even when not on a terminal"
     )
+    launch.add_launch_args(p)
 
 
 def cmd_eval(args) -> int:
