@@ -106,6 +106,9 @@ class SingleProcess:
         """Context for one micro-batch's forward and backward; `last` of its update."""
         return contextlib.nullcontext()
 
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
     def sum(self, values: list[float]) -> list[float]:
         return values
 
@@ -153,19 +156,22 @@ class DataParallel(SingleProcess):
 
     def loss(self, batch: dict):
         self.wrapper.train(self.model.training)
-        return self.wrapper(batch)
+        return collective(self.wrapper, batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        collective(loss.backward)  # DDP reduces the gradients during the backward
 
     def accumulating(self, last: bool):
         return contextlib.nullcontext() if last else self.wrapper.no_sync()
 
     def sum(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
-        _collective(dist.all_reduce, t)
+        collective(dist.all_reduce, t)
         return t.tolist()
 
     def gather(self, obj) -> list:
         out = [None] * self.world
-        _collective(dist.all_gather_object, out, obj)
+        collective(dist.all_gather_object, out, obj)
         return out
 
     def check_same(self, value: int, what: str) -> None:
@@ -178,22 +184,33 @@ class DataParallel(SingleProcess):
 
     def sum_extremes(self, value: int) -> tuple[float, float]:
         t = torch.tensor([value, -value], dtype=torch.float64)
-        _collective(dist.all_reduce, t, op=dist.ReduceOp.MAX)
+        collective(dist.all_reduce, t, op=dist.ReduceOp.MAX)
         return -t[1].item(), t[0].item()
 
     def barrier(self) -> None:
-        _collective(dist.barrier)
+        collective(dist.barrier)
 
 
-def _collective(fn, *args, **kwargs):
+def collective(fn, *args, **kwargs):
+    """fn(*args, **kwargs), where a collective that times out or loses its peers becomes a
+    TrainingError saying so (gloo reports both as RuntimeError)."""
     try:
         return fn(*args, **kwargs)
-    except (RuntimeError, dist.DistBackendError) as e:
+    except RuntimeError as e:
+        if not _is_comm_failure(e):
+            raise
         raise TrainingError(
             f"rank {env.rank()}: waiting for the other ranks failed ({' '.join(str(e).split())[:300]}"
             f"); another rank failed or stalled (see its error above), or took longer than "
             f"train.distributed.timeout seconds"
         ) from None
+
+
+def _is_comm_failure(e: RuntimeError) -> bool:
+    text = str(e).lower()
+    return isinstance(e, dist.DistError) or any(
+        word in text for word in ("timed out", "timeout", "connection closed", "connection reset")
+    )
 
 
 def parallel_for(model: nn.Module, objective, cfg: TrainConfig) -> SingleProcess:

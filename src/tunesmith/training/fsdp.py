@@ -30,7 +30,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..errors import ConfigError
 from ..utils.modules import transformer_blocks
-from .distributed import DataParallel, LossModule
+from .distributed import DataParallel, LossModule, collective
 
 
 class FullyShardedParallel(DataParallel):
@@ -48,7 +48,7 @@ class FullyShardedParallel(DataParallel):
 
     def loss(self, batch: dict):
         self.root.train(self.model.training)
-        return self.root(batch)
+        return collective(self.root, batch)
 
     @contextlib.contextmanager
     def accumulating(self, last: bool):
@@ -94,7 +94,7 @@ class FullyShardedParallel(DataParallel):
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(_shard_like(whole[name], p))
-        live = list(params.values())
+        live = [p for group in optimizer.param_groups for p in group["params"]]  # state's order
         opt_state = view.loaded
         for index, entries in opt_state["state"].items():
             param = live[int(index)]

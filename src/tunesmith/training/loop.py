@@ -331,7 +331,7 @@ class _Loop:
                         f"the loss became {loss.item()} at step {step + 1}; training stopped and "
                         f"the last checkpoint was kept. Lower train.lr or check the data"
                     )
-                (loss * n).backward()
+                self.par.backward(loss * n)
             n_terms += n
             totals.add(loss.item(), n, extra[0] if extra else {}, self.objective.tokens(batch))
         # Gradients hold the sum of (loss x terms) over this update's micro-batches (of all ranks,

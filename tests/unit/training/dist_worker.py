@@ -1,7 +1,8 @@
 """Train a tiny random Llama on generated records with tunesmith's loop; run once per rank by
 torchrun in the distributed tests (or in-process for the one-process reference).
 
-Rank 0 writes the trained parameters (whole tensors) to OUT/weights.safetensors. --fail-step makes
+Rank 0 writes the trained parameters (whole tensors) to OUT/<method>/weights.safetensors; several
+--methods train one after the other in the same processes (one start-up for all). --fail-step makes
 one rank fail at that step: raise (a clear error), die at once (a killed process) or stall.
 """
 
@@ -32,7 +33,7 @@ from tunesmith.utils.distributed import is_main_process, rank  # noqa: E402
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    p.add_argument("--methods", default="lora", help="comma-separated: lora, full")
     p.add_argument("--strategy", default="auto")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -91,12 +92,14 @@ def run(args) -> None:
         precision="fp32",
         distributed=DistributedConfig(strategy=args.strategy, timeout=args.timeout, threads=1),
     )
-    net, out = model(args.method), Path(args.out)
     with distributed_run(cfg.distributed):
-        train(net, examples(), cfg, out, failing_objective(args))
-        if is_main_process():
-            weights = {n: p.detach().contiguous() for n, p in net.named_parameters()}
-            save_file(weights, str(out / "weights.safetensors"))
+        for method in args.methods.split(","):
+            net, out = model(method), Path(args.out) / method
+            result = train(net, examples(), cfg, out, failing_objective(args))
+            if is_main_process():
+                (out / "resumed_from").write_text(str(result.resumed_from))
+                weights = {n: p.detach().contiguous() for n, p in net.named_parameters()}
+                save_file(weights, str(out / "weights.safetensors"))
 
 
 if __name__ == "__main__":
