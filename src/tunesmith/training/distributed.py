@@ -26,6 +26,7 @@ from torch import nn
 from ..config.schema import DistributedConfig, TrainConfig
 from ..errors import ConfigError, TrainingError
 from ..utils import distributed as env
+from ..utils.seeding import rng_state, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,16 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
-    def save(self, save_fn, path, params: dict, optimizer, *rest) -> None:
-        """Write the checkpoint (rank 0 only: the ranks' replicas are equal)."""
+    def save(self, save_fn, path, params: dict, optimizer, scheduler, position, rng, state):
+        """Write the checkpoint: rank 0 alone (the ranks' replicas are equal), with every rank's
+        RNG state unless `rng` is given (a save on interrupt, when the others may be gone)."""
+        rngs = rng if rng is not None or self.world == 1 else self.gather(rng_state())
         if self.rank == 0:
-            save_fn(path, params, optimizer, *rest)
+            save_fn(path, params, optimizer, scheduler, position, rngs, state)
 
     def load(self, path, params: dict, optimizer, scheduler, state, load_fn) -> dict:
         """Restore the checkpoint at `path` on this rank; returns the loop position."""
-        return load_fn(path, params, optimizer, scheduler, state)
+        return load_fn(path, params, optimizer, scheduler, state, rank=self.rank)
 
     def finish(self) -> None:
         """Leave the model usable as a plain model after training."""
@@ -217,6 +220,8 @@ def parallel_for(model: nn.Module, objective, cfg: TrainConfig) -> SingleProcess
     """The data-parallel strategy of this run (SingleProcess when it has one process)."""
     if not init_process_group(cfg.distributed):
         return SingleProcess(model, objective)
+    if env.rank() > 0:  # dropout and sampling draw other numbers on each rank (rank 0's as alone)
+        seed_everything(cfg.seed + env.rank())
     if cfg.distributed.strategy == "fsdp":
         from .fsdp import FullyShardedParallel, check_fsdp_settings
 

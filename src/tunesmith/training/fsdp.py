@@ -84,13 +84,12 @@ class FullyShardedParallel(DataParallel):
         state["state"] = {
             i: {k: _whole(v) for k, v in s.items()} for i, s in state["state"].items()
         }
-        if self.rank == 0:
-            save_fn(path, whole, _named_like(optimizer, state), *rest)
+        super().save(save_fn, path, whole, _named_like(optimizer, state), *rest)
 
     def load(self, path, params: dict, optimizer, scheduler, state, load_fn) -> dict:
         whole = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in params.items()}
         view = _named_like(optimizer, None)
-        position = load_fn(path, whole, view, scheduler, state)
+        position = load_fn(path, whole, view, scheduler, state, rank=self.rank)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(_shard_like(whole[name], p))

@@ -38,6 +38,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--fail-rank", type=int, default=-1)
@@ -55,8 +56,9 @@ def examples(n: int = 40):
     return encode_records(records, tiny_tokenizer(), "auto", 64)[0]
 
 
-def model(method: str):
-    cfg = LoraConfig(r=4, target_modules="all-linear") if method == "lora" else FullConfig()
+def model(method: str, dropout: float = 0.0):
+    lora = LoraConfig(r=4, target_modules="all-linear", dropout=dropout)
+    cfg = lora if method == "lora" else FullConfig()
     return apply_method(tiny_llama(seed=3), cfg)
 
 
@@ -94,7 +96,7 @@ def run(args) -> None:
     )
     with distributed_run(cfg.distributed):
         for method in args.methods.split(","):
-            net, out = model(method), Path(args.out) / method
+            net, out = model(method, args.dropout), Path(args.out) / method
             result = train(net, examples(), cfg, out, failing_objective(args))
             if is_main_process():
                 (out / "resumed_from").write_text(str(result.resumed_from))

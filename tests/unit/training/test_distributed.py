@@ -86,21 +86,17 @@ def test_two_processes_of_batch_4_equal_one_process_of_batch_8(tmp_path, strateg
         )
 
 
-def test_resume_after_a_killed_rank_is_bit_identical_and_one_process_can_continue(tmp_path):
-    run = ("--steps", "6", "--save-every", "2")
+def test_resume_after_a_killed_rank_is_bit_identical(tmp_path):
+    # With dropout: each rank draws its own masks, so each rank's RNG state must come back.
+    run = ("--steps", "6", "--save-every", "2", "--dropout", "0.2")
     ok(torchrun(tmp_path / "whole", *run)[0])
     kill = ("--fail-rank", "1", "--fail-step", "5", "--fail-how", "die")
     assert torchrun(tmp_path / "cut", *run, *kill)[0].returncode != 0
     assert read_position(tmp_path / "cut" / "lora" / "checkpoints" / "last")["step"] == 4
-    shutil.copytree(tmp_path / "cut", tmp_path / "cut_one")  # a copy to resume with one process
     ok(torchrun(tmp_path / "cut", *run)[0])
     assert resumed_from(tmp_path / "cut") == 4
     whole, resumed = weights(tmp_path / "whole", "lora"), weights(tmp_path / "cut", "lora")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    # One process at batch 8 takes the same global batches on from the checkpoint at step 4.
-    one_process(tmp_path / "cut_one", *run, "--batch-size", "8")
-    assert resumed_from(tmp_path / "cut_one") == 4
-    assert max_diff(whole, weights(tmp_path / "cut_one", "lora")) <= TOLERANCE
 
 
 def test_a_rank_that_fails_stops_the_run_with_its_error(tmp_path):
@@ -120,6 +116,7 @@ def test_a_stalled_rank_makes_the_others_stop_after_the_timeout(tmp_path):
 
 
 def test_fsdp_checkpoints_resume_on_two_processes_and_on_one(tmp_path):
+    # One process at batch 8 takes the same global batches on from the 2 x 4 checkpoint at step 4.
     run = ("--methods", "full", "--steps", "6", "--save-every", "2")
     one_process(tmp_path / "one", *run, "--batch-size", "8")
     reference = weights(tmp_path / "one", "full")
