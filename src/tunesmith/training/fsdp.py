@@ -38,7 +38,7 @@ class FullyShardedParallel(DataParallel):
         self.model, self.objective = model, objective
         self.world, self.rank, self.grad_sum_factor = dist.get_world_size(), dist.get_rank(), 1.0
         self.root = LossModule(model, objective.loss)
-        for block in transformer_blocks(model):
+        for block in _blocks(model):
             fully_shard(block)
         fully_shard(self.root)
         self.units = [m for m in self.root.modules() if isinstance(m, FSDPModule)]
@@ -102,6 +102,15 @@ class FullyShardedParallel(DataParallel):
                     entries[key] = _shard_like(value, param)
         optimizer.load_state_dict(opt_state)
         return position
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of `model`, or of the model it wraps (a task's module around a
+    transformers model, e.g. the reward task's classifier)."""
+    for module in model.modules():
+        if getattr(getattr(module, "config", None), "num_hidden_layers", None):
+            return transformer_blocks(module)
+    return transformer_blocks(model)  # raises, naming the model
 
 
 def check_fsdp_settings(optimizer_name: str) -> None:
