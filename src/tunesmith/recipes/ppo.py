@@ -101,9 +101,8 @@ def save_policy(model, out_dir, base_model: str) -> None:
     if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
         return
     save_adapter(model, out_dir, base_model=base_model)
-    head = {
-        k: v.detach().float().contiguous().cpu() for k, v in model.value_head.state_dict().items()
-    }
+    # Its parameters, copied: under FSDP the module's state_dict() holds shards, not the weights.
+    head = {k: v.detach().float().cpu().clone() for k, v in model.value_head.named_parameters()}
     with atomic_path(Path(out_dir) / VALUE_HEAD_FILE) as tmp:
         save_file(head, str(tmp), metadata={"format": "pt"})
 

@@ -76,6 +76,10 @@ def distributed_run(cfg: DistributedConfig):
     joined = init_process_group(cfg)
     try:
         yield
+        if joined:
+            # Leave together: a rank tearing gloo down while another still holds its connections
+            # can abort the process ("terminate called without an active exception").
+            collective(dist.barrier)
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()

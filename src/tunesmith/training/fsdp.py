@@ -45,6 +45,9 @@ class FullyShardedParallel(DataParallel):
         for unit in self.units:
             unit.set_gradient_divide_factor(1.0)
             unit.set_force_sum_reduction_for_comms(True)
+        # FSDP sets itself up on the root's first forward. An on-policy task generates with the
+        # blocks before any such forward, and each block would then set itself up as a root.
+        self.root._get_fsdp_state()._lazy_init()
 
     def loss(self, batch: dict):
         self.root.train(self.model.training)

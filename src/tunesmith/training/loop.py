@@ -313,8 +313,8 @@ class _Loop:
         if self.objective.updates is None:
             return [batches]
         self.model.eval()
-        with torch.no_grad(), autocast(self.cfg.precision):
-            return list(self.objective.updates(self.model, batches))
+        with self.par.full_weights(), torch.no_grad(), autocast(self.cfg.precision):
+            return list(self.objective.updates(self.model, batches))  # rollouts: whole weights
 
     def update(self, batches: list[dict], step: int, totals: "_StepTotals") -> None:
         """One optimizer update: each micro-batch's summed loss is back-propagated, then gradients
