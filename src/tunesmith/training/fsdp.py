@@ -29,6 +29,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..errors import ConfigError
+from ..methods.base import base_parameter_paths, rebind_base_parameters
 from ..utils.modules import transformer_blocks
 from .distributed import DataParallel, LossModule, collective
 
@@ -38,9 +39,11 @@ class FullyShardedParallel(DataParallel):
         self.model, self.objective = model, objective
         self.world, self.rank, self.grad_sum_factor = dist.get_world_size(), dist.get_rank(), 1.0
         self.root = LossModule(model, objective.loss)
+        self.base_paths = base_parameter_paths(model)  # full, selected ... train these in place
         for block in _blocks(model):
             fully_shard(block)
         fully_shard(self.root)
+        rebind_base_parameters(model, self.base_paths)
         self.units = [m for m in self.root.modules() if isinstance(m, FSDPModule)]
         for unit in self.units:
             unit.set_gradient_divide_factor(1.0)
@@ -71,6 +74,7 @@ class FullyShardedParallel(DataParallel):
             for unit in self.units:
                 unit.reshard()
                 unit.set_reshard_after_forward(True)
+            rebind_base_parameters(self.model, self.base_paths)  # the shards again
 
     def finish(self) -> None:
         self._unshard()
@@ -79,6 +83,7 @@ class FullyShardedParallel(DataParallel):
         for unit in self.units:
             unit.unshard()
             unit.set_reshard_after_forward(False)  # stay whole through the forwards that follow
+        rebind_base_parameters(self.model, self.base_paths)  # the whole parameters now
 
     def save(self, save_fn, path, params: dict, optimizer, *rest) -> None:
         # Every rank takes part in the gathers, in the same order; rank 0 writes.
