@@ -139,7 +139,9 @@ class DistributedConfig:
         "ddp (replicated model, gradients all-reduced once per optimizer step), fsdp "
         "(parameters, gradients and optimizer state sharded with FSDP2 fully_shard) or auto (ddp)",
     )
-    backend: str = opt("auto", "process-group backend: gloo, nccl or auto (nccl on GPU, else gloo)")
+    backend: str = opt(
+        "auto", "process-group backend: gloo, nccl or auto (nccl for a model on a GPU, else gloo)"
+    )
     timeout: float = opt(
         600.0,
         "seconds a rank waits for the others in a collective before the run stops with an error "

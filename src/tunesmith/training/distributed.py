@@ -31,26 +31,29 @@ from ..utils.seeding import rng_state, seed_everything
 log = logging.getLogger(__name__)
 
 
-def resolve_backend(name: str) -> str:
-    if name != "auto":
-        return name
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def resolve_backend(name: str, device: str) -> str:
+    """train.distributed.backend for a model on `device` ("cpu", "cuda"): auto is nccl on GPUs,
+    gloo on the CPU."""
+    if name == "auto":
+        return "nccl" if device == "cuda" else "gloo"
+    if name == "nccl" and device != "cuda":
+        raise ConfigError(
+            f"train.distributed.backend=nccl moves GPU tensors only, and the model is on {device}; "
+            f"use train.distributed.backend=gloo or auto"
+        )
+    return name
 
 
-def init_process_group(cfg: DistributedConfig) -> bool:
-    """Join torchrun's process group (once) and set this rank's torch threads; False when the run
-    has one process. Raises ConfigError when nccl is asked for without a GPU."""
+def init_process_group(cfg: DistributedConfig, device: str = "cpu") -> bool:
+    """Join torchrun's process group (once) with the backend for a model on `device`, and set this
+    rank's torch threads; False when the run has one process."""
     if env.world_size() == 1:
         return False
     _set_threads(cfg.threads)
     if dist.is_initialized():
         return True
-    backend = resolve_backend(cfg.backend)
+    backend = resolve_backend(cfg.backend, device)
     if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "train.distributed.backend=nccl needs a GPU and none is visible; use gloo or auto"
-            )
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout))
     log.info(
@@ -71,17 +74,18 @@ def _set_threads(threads: int) -> None:
 
 @contextlib.contextmanager
 def distributed_run(cfg: DistributedConfig):
-    """Context of a whole run: joins torchrun's process group first (so the threads are set before
-    the model loads) and leaves it at the end."""
-    joined = init_process_group(cfg)
+    """Context of a whole run under torchrun: sets the threads before the model loads; at the end,
+    leaves the process group that training joined (parallel_for)."""
+    if env.world_size() > 1:
+        _set_threads(cfg.threads)
     try:
         yield
-        if joined:
+        if dist.is_initialized():
             # Leave together: a rank tearing gloo down while another still holds its connections
             # can abort the process ("terminate called without an active exception").
             collective(dist.barrier)
     finally:
-        if joined and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -222,7 +226,8 @@ def _is_comm_failure(e: RuntimeError) -> bool:
 
 def parallel_for(model: nn.Module, objective, cfg: TrainConfig) -> SingleProcess:
     """The data-parallel strategy of this run (SingleProcess when it has one process)."""
-    if not init_process_group(cfg.distributed):
+    device = next(model.parameters()).device.type
+    if not init_process_group(cfg.distributed, device):
         return SingleProcess(model, objective)
     if env.rank() > 0:  # dropout and sampling draw other numbers on each rank (rank 0's as alone)
         seed_everything(cfg.seed + env.rank())
@@ -230,7 +235,7 @@ def parallel_for(model: nn.Module, objective, cfg: TrainConfig) -> SingleProcess
         from .fsdp import FullyShardedParallel, check_fsdp_settings
 
         check_fsdp_settings(cfg.optimizer)
-        return FullyShardedParallel(model, objective)
+        return FullyShardedParallel(model, objective, device)
     return DataParallel(model, objective)
 
 

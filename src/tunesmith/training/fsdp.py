@@ -25,6 +25,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -35,14 +36,16 @@ from .distributed import DataParallel, LossModule, collective
 
 
 class FullyShardedParallel(DataParallel):
-    def __init__(self, model: nn.Module, objective):
+    def __init__(self, model: nn.Module, objective, device: str = "cpu"):
         self.model, self.objective = model, objective
         self.world, self.rank, self.grad_sum_factor = dist.get_world_size(), dist.get_rank(), 1.0
         self.root = LossModule(model, objective.loss)
         self.base_paths = base_parameter_paths(model)  # full, selected ... train these in place
+        # The mesh on the model's device (FSDP's default mesh is on the GPU whenever one is visible).
+        mesh = init_device_mesh(device, (self.world,))
         for block in _blocks(model):
-            fully_shard(block)
-        fully_shard(self.root)
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.root, mesh=mesh)
         rebind_base_parameters(model, self.base_paths)
         self.units = [m for m in self.root.modules() if isinstance(m, FSDPModule)]
         for unit in self.units:

@@ -11,7 +11,7 @@ from tunesmith.cli.main import build_parser
 from tunesmith.config.schema import TrainConfig
 from tunesmith.errors import ConfigError
 from tunesmith.tasks import load_config
-from tunesmith.training.distributed import global_slice
+from tunesmith.training.distributed import global_slice, resolve_backend
 from tunesmith.training.loop import LoopPosition, _rebased, micro_batches, total_steps
 
 
@@ -89,3 +89,11 @@ def test_a_checkpoint_resumes_at_the_same_example_with_another_world_size():
     with pytest.raises(ConfigError, match="not a multiple"):
         _rebased(LoopPosition(batch=3, global_batch=4), 8, Path("c"))
     assert _rebased(LoopPosition(batch=5), 4, Path("c")).batch == 5  # older checkpoints
+
+
+def test_the_backend_follows_the_models_device():
+    assert resolve_backend("auto", "cpu") == "gloo"
+    assert resolve_backend("auto", "cuda") == "nccl"
+    assert resolve_backend("gloo", "cpu") == "gloo"
+    with pytest.raises(ConfigError, match="model is on cpu"):
+        resolve_backend("nccl", "cpu")
