@@ -138,21 +138,23 @@ def run_row(nproc: int, strategy: str, method: str, threads: int, steps: int, me
     return json.loads(result.read_text())
 
 
-def table(steps: int) -> str:
+def table(steps: int, only=None) -> str:
     lines = [
         "| configuration | tokens/s | params MiB/rank | grads MiB/rank | AdamW MiB/rank | "
         "originals kept by the method MiB/rank | peak RSS MiB/rank |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     mib = 2**20
-    for name, nproc, strategy, method, threads in ROWS:
-        speed = run_row(nproc, strategy, method, threads, steps, memory=False)[0]
+    rows = [ROWS[i] for i in only] if only else ROWS
+    for name, nproc, strategy, method, threads in rows:
         mem = run_row(nproc, strategy, method, threads, 1, memory=True)[0]
+        speed = run_row(nproc, strategy, method, threads, steps, memory=False)[0] if steps else {}
         lines.append(
-            f"| {name} | {speed['tokens_per_s']:.0f} | {mem['param_bytes'] / mib:.0f} | "
+            f"| {name} | {speed.get('tokens_per_s', float('nan')):.0f} | "
+            f"{mem['param_bytes'] / mib:.0f} | "
             f"{mem['grad_bytes'] / mib:.0f} | {mem['optimizer_bytes'] / mib:.0f} | "
             f"{mem['originals_bytes'] / mib:.0f} | "
-            f"{max(speed['peak_rss_mb'], mem['peak_rss_mb']):.0f} |"
+            f"{max(speed.get('peak_rss_mb', 0), mem['peak_rss_mb']):.0f} |"
         )
         print(lines[-1], flush=True)
     return "\n".join(lines)
@@ -160,8 +162,9 @@ def table(steps: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per row; 0: memory only")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "distributed.md"))
+    p.add_argument("--rows", help="comma-separated indices into ROWS (default: all)")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--strategy", default="ddp")
     p.add_argument("--method", default="lora")
@@ -174,7 +177,7 @@ def main() -> None:
         worker(args)
         return
     start = time.time()
-    text = table(args.steps)
+    text = table(args.steps, [int(i) for i in args.rows.split(",")] if args.rows else None)
     note = (
         f"\n\n{args.steps} steps of global batch 8 per row; {time.time() - start:.0f} s in all.\n"
     )
