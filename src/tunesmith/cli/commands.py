@@ -1,16 +1,15 @@
 """One function per subcommand, plus its argument definitions. No training logic lives here."""
 
 import argparse
-import dataclasses
 import sys
 
-from ..config.schema import SECTIONS
 from ..errors import ConfigError
-from ..methods import config_classes, method_names
-from ..tasks import EvalRequest, all_sections, get_task, load_config, task_names
+from ..methods import method_names
+from ..tasks import EvalRequest, get_task, load_config, task_names
 from ..training.distributed import distributed_run
 from ..utils.distributed import is_main_process
 from . import launch, report
+from .keys_help import config_keys_help
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -20,31 +19,6 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 method.r=16")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = config_keys_help()
-
-
-def config_keys_help() -> str:
-    lines = ["config keys:"]
-    sections = dict(SECTIONS)
-    sections.update({f"method ({name})": cls for name, cls in config_classes().items()})
-    sections.update(all_sections())
-    for section, cls in sections.items():
-        lines += _field_lines(section.split(" ")[0], cls)
-    return "\n".join(lines)
-
-
-def _field_lines(prefix: str, cls) -> list[str]:
-    lines = []
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}"
-        if dataclasses.is_dataclass(_default(f)):
-            lines += _field_lines(key, type(_default(f)))  # a nested section: its own keys
-        else:
-            lines.append(f"  {key:<24} {f.metadata.get('help', '')}  [default: {_default(f)}]")
-    return lines
-
-
-def _default(f):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def _load(args):
