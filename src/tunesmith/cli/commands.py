@@ -1,15 +1,16 @@
 """One function per subcommand, plus its argument definitions. No training logic lives here."""
 
 import argparse
-import dataclasses
 import sys
 
-from ..config.schema import SECTIONS
 from ..errors import ConfigError
-from ..methods import config_classes, method_names
-from ..tasks import EvalRequest, all_sections, get_task, load_config, task_names
-from . import report
+from ..methods import method_names
+from ..tasks import EvalRequest, get_task, load_config, task_names
+from ..training.distributed import distributed_run
+from ..utils.distributed import is_main_process
+from . import launch, report
 from .export import cmd_export, export_args
+from .keys_help import config_keys_help
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -21,31 +22,19 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.epilog = config_keys_help()
 
 
-def config_keys_help() -> str:
-    lines = ["config keys:"]
-    sections = dict(SECTIONS)
-    sections.update({f"method ({name})": cls for name, cls in config_classes().items()})
-    sections.update(all_sections())
-    for section, cls in sections.items():
-        prefix = section.split(" ")[0]
-        for f in dataclasses.fields(cls):
-            key = f"{prefix}.{f.name}"
-            lines.append(f"  {key:<24} {f.metadata.get('help', '')}  [default: {_default(f)}]")
-    return "\n".join(lines)
-
-
-def _default(f):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
 def _load(args):
     return load_config(args.config, args.overrides)
 
 
 def cmd_train(args) -> int:
+    if launch.wants_launch(args):
+        _load(args)  # a bad config fails here once, not on every rank
+        return launch.launch(args)
     cfg = _load(args)
-    metrics = get_task(cfg.task.type).train(cfg, sys.stderr.isatty() or args.progress)
-    _print_task_metrics(cfg, metrics, f"trained; outputs in {cfg.output.dir}")
+    with distributed_run(cfg.train.distributed):
+        metrics = get_task(cfg.task.type).train(cfg, sys.stderr.isatty() or args.progress)
+    if is_main_process():
+        _print_task_metrics(cfg, metrics, f"trained; outputs in {cfg.output.dir}")
     return 0
 
 
@@ -54,6 +43,7 @@ def _train_args(p):
     p.add_argument(
         "--progress", action="store_true", help="show the progress bar even when not on a terminal"
     )
+    launch.add_launch_args(p)
 
 
 def cmd_eval(args) -> int:

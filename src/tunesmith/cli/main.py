@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     except TunesmithError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{_rank_tag()}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -51,6 +51,13 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _rank_tag() -> str:
+    """' (rank 1)' in a run of several processes, so torchrun's merged output names the rank."""
+    from ..utils.distributed import rank, world_size
+
+    return f" (rank {rank()})" if world_size() > 1 else ""
 
 
 def _quiet_transformers(debug: bool) -> None:

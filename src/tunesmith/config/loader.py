@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import yaml
 
 from ..errors import ConfigError
+from ..utils.distributed import is_main_process
 from .schema import SECTIONS, MethodConfig, RunConfig, TaskConfig
 
 
@@ -97,6 +98,8 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
@@ -166,6 +169,11 @@ def _build_section(cls: type, raw: Any, section: str, source: str, errors: list)
     for key, value in raw.items():
         if key not in fields:
             errors.append(_unknown(f"{section}.{key}", [f"{section}.{k}" for k in fields], source))
+            continue
+        if dataclasses.is_dataclass(hints[key]):  # a nested section, e.g. train.distributed
+            values[key] = _build_section(
+                hints[key], value or {}, f"{section}.{key}", source, errors
+            )
             continue
         try:
             values[key] = _coerce(value, hints[key])

@@ -140,10 +140,44 @@ class DataConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """torch.distributed settings; used when the run is launched with torchrun (WORLD_SIZE > 1)."""
+
+    strategy: str = opt(
+        "auto",
+        "ddp (replicated model, gradients all-reduced once per optimizer step), fsdp "
+        "(parameters, gradients and optimizer state sharded with FSDP2 fully_shard) or auto (ddp)",
+    )
+    backend: str = opt(
+        "auto", "process-group backend: gloo, nccl or auto (nccl for a model on a GPU, else gloo)"
+    )
+    timeout: float = opt(
+        600.0,
+        "seconds a rank waits for the others in a collective before the run stops with an error "
+        "(a rank that failed or stalled)",
+    )
+    threads: int = opt(
+        0, "torch threads per rank; 0 = the machine's cores divided by the ranks on this machine"
+    )
+
+    def __post_init__(self):
+        _choice("train.distributed.strategy", self.strategy, ("auto", "ddp", "fsdp"))
+        _choice("train.distributed.backend", self.backend, ("auto", "gloo", "nccl"))
+        if self.timeout <= 0 or self.threads < 0:
+            raise ConfigError(
+                f"train.distributed.timeout must be > 0 and train.distributed.threads >= 0, got "
+                f"{self.timeout}, {self.threads}"
+            )
+
+
+@dataclass
 class TrainConfig:
     epochs: float = opt(1.0, "passes over the training data (ignored when train.max_steps > 0)")
     max_steps: int = opt(0, "optimizer steps to run; 0 = derive from train.epochs")
-    batch_size: int = opt(8, "examples per micro-batch")
+    batch_size: int = opt(
+        8,
+        "examples per micro-batch and process (the global batch is processes x this x grad_accum)",
+    )
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(2e-4, "peak learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -171,6 +205,7 @@ class TrainConfig:
         "adamw",
         "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)",
     )
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum"):

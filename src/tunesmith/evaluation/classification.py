@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..utils.distributed import is_main_process
+
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     """(K, K) counts; row = true class, column = predicted class."""
@@ -55,6 +57,8 @@ def plot_confusion(
     confusion: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str = ""
 ) -> Path:
     """Write the confusion matrix as a PNG heat map with counts in the cells."""
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return path
     import matplotlib
 
     matplotlib.use("Agg")

@@ -266,6 +266,22 @@ def train_base_parameters(model: nn.Module, adapter_name: str, params) -> None:
     setattr(model, BASE_PARAMS_ATTR, held)
 
 
+def base_parameter_paths(model: nn.Module) -> dict[str, list[str]]:
+    """For each adapter, the paths of the base parameters it trains in place (in its order)."""
+    paths = {id(p): n for n, p in model.named_parameters()}
+    held = getattr(model, BASE_PARAMS_ATTR, {})
+    return {name: [paths[id(p)] for p, _ in pairs] for name, pairs in held.items()}
+
+
+def rebind_base_parameters(model: nn.Module, paths: dict[str, list[str]]) -> None:
+    """Point the adapters' in-place base parameters at the model's parameters now at `paths`
+    (from base_parameter_paths), after a wrapper replaced the parameter objects (FSDP does)."""
+    current = dict(model.named_parameters())
+    for name, pairs in getattr(model, BASE_PARAMS_ATTR, {}).items():
+        for pair, path in zip(pairs, paths[name]):
+            pair[0] = current[path]
+
+
 def base_parameters(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
     """The base parameters adapter `adapter_name` trains in place, by their current paths."""
     pairs = getattr(model, BASE_PARAMS_ATTR, {}).get(adapter_name, [])

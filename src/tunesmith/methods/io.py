@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, TunesmithError
+from ..utils.distributed import is_main_process
 from ..utils.files import atomic_path, atomic_write_text
 from ..utils.paths import read_text
 from .base import (  # noqa: F401  (PEFT_PREFIX re-exported)
@@ -56,6 +57,8 @@ def save_adapter(
 
 def write_adapter_files(out_dir, cfg, tensors: dict, base_model: Optional[str] = None) -> Path:
     """Write a method config and its PEFT-named tensors to out_dir in PEFT layout (each file atomically)."""
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return Path(out_dir)
     from ..models.loading import model_id_for_adapter  # "default" -> the embedded model's Hub id
 
     peft_cfg = {

@@ -18,6 +18,7 @@ from ..data.classification import LabelledExample, check_known_labels, load_labe
 from ..errors import CheckpointError, DataError
 from ..evaluation.classification import classification_metrics, plot_confusion
 from ..tasks.classify.modes import get_mode, resolve
+from ..utils.distributed import is_main_process
 from ..utils.files import atomic_write_text
 from ..utils.paths import ensure_output_dir, read_text
 from ..utils.seeding import seed_everything
@@ -39,9 +40,11 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     save_config(cfg, out / "config.yaml")
     splits = load_labelled_splits(cfg.data, cfg.train.seed, cfg.task.labels)
     predictor, info = get_mode(cfg.task.mode).fit(cfg, splits, out, progress)
-    atomic_write_text(
-        out / LABELS_FILE, json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2)
-    )
+    if is_main_process():
+        atomic_write_text(
+            out / LABELS_FILE,
+            json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2),
+        )
     metrics = {"mode": cfg.task.mode, **info}
     scored = {}
     # Untrained modes (zero-shot prompts, icl) have nothing to select on validation data and no
@@ -128,6 +131,8 @@ def score(predictor, examples: list) -> dict:
 
 
 def _write(out: Path, metrics: dict, labels: list) -> None:
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     plot_confusion(
         metrics["confusion"],

@@ -10,6 +10,7 @@ from ..evaluation import contains_match, exact_match, generate, rouge_l
 from ..methods import apply_method
 from ..models import load_base_model
 from ..models.frozen_weights import weights_for_training
+from ..utils.distributed import is_main_process
 from ..utils.files import atomic_write_text
 from ..utils.memory import peak_rss_mb
 from ..utils.modules import count_parameters
@@ -94,6 +95,8 @@ def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple
 
 
 def write_outputs(out_dir: Path, cfg: RunConfig, metrics: dict, samples: list[dict]) -> None:
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return
     ensure_output_dir(out_dir, "output.dir")
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))

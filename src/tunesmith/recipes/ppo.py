@@ -34,6 +34,7 @@ from ..objectives.policy import kl_estimate, masked_mean, masked_whiten
 from ..objectives.ppo import AdaptiveKL, gae, ppo_policy_loss, ppo_value_loss, token_rewards
 from ..rl.rewards import reward_scorer
 from ..rl.rollout import Sampling, sample
+from ..utils.distributed import is_main_process
 from ..utils.files import atomic_path
 from .common import build_model, log_parameters
 from .on_policy import (
@@ -97,10 +98,11 @@ def values_of(model, hidden: torch.Tensor) -> torch.Tensor:
 
 def save_policy(model, out_dir, base_model: str) -> None:
     """The adapter (PEFT layout) and value_head.safetensors in out_dir."""
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return
     save_adapter(model, out_dir, base_model=base_model)
-    head = {
-        k: v.detach().float().contiguous().cpu() for k, v in model.value_head.state_dict().items()
-    }
+    # Its parameters, copied: under FSDP the module's state_dict() holds shards, not the weights.
+    head = {k: v.detach().float().cpu().clone() for k, v in model.value_head.named_parameters()}
     with atomic_path(Path(out_dir) / VALUE_HEAD_FILE) as tmp:
         save_file(head, str(tmp), metadata={"format": "pt"})
 

@@ -38,6 +38,7 @@ from ..models.sequence_classification import (
 )
 from ..objectives.preference import reward_loss
 from ..training import Objective
+from ..utils.distributed import is_main_process
 from ..utils.files import atomic_path
 from .common import log_parameters, write_outputs
 from .preference_common import held_out_means, load_preference_splits, start_run, train_and_report
@@ -113,6 +114,8 @@ def pairwise_metrics(model, pairs: list, cfg: RunConfig, pad_id: int) -> dict:
 
 
 def save_reward_model(model: SequenceClassifier, out_dir: Path, base_model: str) -> None:
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return
     save_adapter(model.lm, out_dir, base_model=base_model)
     head = {"weight": model.head.weight.detach().float().contiguous()}
     if model.head.bias is not None:

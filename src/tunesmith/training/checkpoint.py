@@ -3,7 +3,8 @@
 A checkpoint directory holds three files:
 - trainable.safetensors: the trainable parameters, by name.
 - state.safetensors: every other tensor: optimizer state as "optimizer.state.<i>.<name>" (dtypes
-  kept, e.g. the 8-bit optimizer's int8/uint8 codes) and RNG states as "rng.*".
+  kept, e.g. the 8-bit optimizer's int8/uint8 codes) and RNG states as "rng.*" (in a run of
+  several processes, rank r's as "rank<r>.rng.*" for r >= 1).
 - state.json: the rest (param groups, per-parameter numbers, scheduler state, loop position, RNG
   numbers, the objective's own state when it has one, e.g. PPO's adaptive KL coefficient) and a
   manifest (dtype, shape) of the tensors in state.safetensors.
@@ -28,26 +29,30 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..utils.files import fsync_dir, fsync_file, replace_dir, write_synced
-from ..utils.seeding import join_rng_state, rng_state, set_rng_state, split_rng_state
+from ..utils.seeding import (
+    join_rng_state,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    split_rng_state,
+)
+from .checkpoint_checks import (  # noqa: F401  (FILES, FORMAT ... are this module's too)
+    _KEYS,
+    FILES,
+    FORMAT,
+    LAST,
+    PREVIOUS,
+    STATE,
+    TENSORS,
+    WEIGHTS,
+    _check_manifest,
+    _check_optimizer,
+    _check_weights,
+    _Damaged,
+    _rebuild_optimizer,
+)
 
 log = logging.getLogger(__name__)
-
-FORMAT = "tunesmith-checkpoint/1"
-WEIGHTS, TENSORS, STATE = "trainable.safetensors", "state.safetensors", "state.json"
-FILES = (WEIGHTS, TENSORS, STATE)
-LAST, PREVIOUS = "last", "previous"
-_KEYS = ("format", "position", "optimizer", "scheduler", "rng", "tensors")
-
-
-class _Damaged(CheckpointError):
-    """The checkpoint's files are missing, truncated or inconsistent (not: it fits another model)."""
-
-    def __init__(self, path: Path, what: str):
-        super().__init__(
-            f"checkpoint {path} is unusable: {what}; delete {path} or set train.resume=false"
-        )
-        self.path, self.what = path, what
-
 
 # ---- save ----------------------------------------------------------------------------------------
 
@@ -64,7 +69,7 @@ def save_checkpoint(
     """Write a checkpoint to `path`; when `path` is checkpoints/last, the old one becomes previous/.
 
     position: the loop position (plain JSON values); rng: the RNG state to restore on resume
-    (default: the current one); objective_state: the objective's state_dict() (plain JSON values),
+    (default: the current one), or a list of them, one per rank; objective_state: the objective's state_dict() (plain JSON values),
     if it has one. Raises CheckpointError when a file cannot be written (disk full:
     the previous checkpoint stays loadable) or a state value would need pickle.
     """
@@ -85,8 +90,9 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _to_plain(path: Path, optimizer, scheduler, position: dict, rng: dict) -> tuple[dict, dict]:
+def _to_plain(path: Path, optimizer, scheduler, position: dict, rng) -> tuple[dict, dict]:
     """(state.json content, state.safetensors tensors)."""
+    rng, *rank_rngs = rng if isinstance(rng, list) else [rng]
     opt = optimizer.state_dict()
     tensors, per_param = {}, {}
     for index, entries in opt["state"].items():
@@ -100,6 +106,11 @@ def _to_plain(path: Path, optimizer, scheduler, position: dict, rng: dict) -> tu
         per_param[str(index)] = {"tensors": names, "values": values}
     rng_plain, rng_tensors = split_rng_state(rng)
     tensors.update(rng_tensors)
+    ranks_plain = []
+    for r, other in enumerate(rank_rngs, start=1):
+        plain, other_tensors = split_rng_state(other)
+        ranks_plain.append(plain)
+        tensors.update({f"rank{r}.{k}": t for k, t in other_tensors.items()})
     state = {
         "format": FORMAT,
         "position": position,
@@ -110,6 +121,7 @@ def _to_plain(path: Path, optimizer, scheduler, position: dict, rng: dict) -> tu
         },
         "scheduler": scheduler.state_dict(),
         "rng": rng_plain,
+        "rank_rngs": ranks_plain,
         "tensors": {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in tensors.items()},
     }
     return _plain(state, path, "state"), tensors
@@ -195,10 +207,11 @@ def _write_failure(path: Path, e: Exception) -> str:
 
 
 def load_checkpoint(
-    path: Path, named_params: dict, optimizer, scheduler, objective_state=None
+    path: Path, named_params: dict, optimizer, scheduler, objective_state=None, rank: int = 0
 ) -> dict:
     """Restore everything saved by save_checkpoint; returns the loop position. objective_state:
-    the objective's state object (load_state_dict(dict)), when it has one.
+    the objective's state object (load_state_dict(dict)), when it has one. rank: whose RNG state
+    to restore (a rank the checkpoint holds none for gets one seeded from rank 0's and its rank).
 
     When `path` (checkpoints/last) is damaged and checkpoints/previous is good, logs a warning and
     restores previous/. Raises CheckpointError (naming the file and the fix) when no usable
@@ -228,7 +241,7 @@ def load_checkpoint(
             f"checkpoint {path} holds no objective state (it was written by another task); use "
             f"another output.dir or train.resume=false"
         )
-    position = _apply(ckpt, named_params, optimizer, scheduler)
+    position = _apply(ckpt, named_params, optimizer, scheduler, rank)
     if objective_state is not None:
         objective_state.load_state_dict(ckpt["objective"])
     return position
@@ -280,6 +293,10 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
     try:
         opt_state = _rebuild_optimizer(state["optimizer"], tensors, optimizer)
         rng = join_rng_state(state["rng"], tensors)
+        rank_rngs = [
+            join_rng_state(plain, _prefixed(tensors, f"rank{r}."))
+            for r, plain in enumerate(state.get("rank_rngs", []), start=1)
+        ]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _Damaged(path, f"{STATE} is malformed ({type(e).__name__}: {e})") from None
     if not all(isinstance(state.get(k, {}), dict) for k in ("position", "scheduler", "objective")):
@@ -291,6 +308,7 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
         "optimizer": opt_state,
         "scheduler": state["scheduler"],
         "rng": rng,
+        "rank_rngs": rank_rngs,
         "position": state["position"],
         "objective": state.get("objective"),
     }
@@ -326,93 +344,19 @@ def _read_tensors(path: Path, name: str) -> dict:
         ) from None
 
 
-def _check_manifest(path: Path, manifest, tensors: dict) -> None:
-    if not isinstance(manifest, dict):
-        raise _Damaged(path, f"{STATE}: 'tensors' must be an object")
-    missing, extra = sorted(set(manifest) - set(tensors)), sorted(set(tensors) - set(manifest))
-    if missing:
-        raise _Damaged(path, f"{TENSORS} lacks {missing[0]}, which {STATE} lists")
-    if extra:
-        raise _Damaged(path, f"{TENSORS} holds {extra[0]}, which {STATE} does not list")
-    for key, t in tensors.items():
-        want = manifest[key]
-        if not isinstance(want, dict) or [str(t.dtype), list(t.shape)] != [
-            want.get("dtype"),
-            want.get("shape"),
-        ]:
-            raise _Damaged(
-                path, f"{TENSORS}: {key} is {t.dtype} {list(t.shape)}, {STATE} says {want}"
-            )
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
 
 
-def _check_weights(path: Path, weights: dict, named_params: dict) -> None:
-    missing = sorted(set(named_params) - set(weights))
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {path} lacks {missing[0]}: it belongs to a different model or method; "
-            f"use another output.dir or train.resume=false"
-        )
-    extra = sorted(set(weights) - set(named_params))
-    if extra:
-        raise CheckpointError(
-            f"checkpoint {path} holds {extra[0]}, which this run does not train: it belongs to a "
-            f"different model or method; use another output.dir or train.resume=false"
-        )
-    for name, p in named_params.items():
-        w = weights[name]
-        if w.shape != p.shape or w.dtype != p.dtype:
-            raise CheckpointError(
-                f"checkpoint {path}: {name} is {w.dtype} {tuple(w.shape)}, this run has {p.dtype} "
-                f"{tuple(p.shape)}; use another output.dir or train.resume=false"
-            )
-
-
-def _check_optimizer(path: Path, saved, optimizer) -> None:
-    if (
-        not isinstance(saved, dict)
-        or not isinstance(saved.get("param_groups"), list)
-        or not isinstance(saved.get("state"), dict)
-    ):
-        raise _Damaged(path, f"{STATE}: 'optimizer' must hold 'state' and 'param_groups'")
-    if saved.get("class") != type(optimizer).__name__:
-        raise CheckpointError(
-            f"checkpoint {path} was written with optimizer {saved.get('class')}, this run uses "
-            f"{type(optimizer).__name__}; set train.optimizer back, use another output.dir or "
-            f"train.resume=false"
-        )
-    sizes = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in saved["param_groups"]]
-    live = [len(g["params"]) for g in optimizer.param_groups]
-    if sizes != live:
-        raise CheckpointError(
-            f"checkpoint {path} has optimizer groups of {sizes} parameters, this run {live}: it "
-            f"belongs to a different model or method; use another output.dir or train.resume=false"
-        )
-
-
-def _rebuild_optimizer(saved: dict, tensors: dict, optimizer) -> dict:
-    """The optimizer.state_dict() that was saved: tensors put back into their per-parameter entries."""
-    per_param = {}
-    for index, entry in saved["state"].items():
-        values = dict(entry["values"])
-        for name in entry["tensors"]:
-            values[name] = tensors[f"optimizer.state.{index}.{name}"]
-        per_param[int(index)] = values
-    # JSON turned tuples (betas) into lists; give back the types the live groups use.
-    groups = [
-        {
-            k: tuple(v) if isinstance(live.get(k), tuple) and isinstance(v, list) else v
-            for k, v in g.items()
-        }
-        for g, live in zip(saved["param_groups"], optimizer.param_groups)
-    ]
-    return {"state": per_param, "param_groups": groups}
-
-
-def _apply(ckpt: dict, named_params: dict, optimizer, scheduler) -> dict:
+def _apply(ckpt: dict, named_params: dict, optimizer, scheduler, rank: int = 0) -> dict:
     with torch.no_grad():
         for name, p in named_params.items():
             p.copy_(ckpt["weights"][name])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])
+    if 0 < rank <= len(ckpt["rank_rngs"]):
+        set_rng_state(ckpt["rank_rngs"][rank - 1])
+    elif rank > 0:  # more ranks than the run that wrote it: a seed of its own, still reproducible
+        seed_everything(int(torch.randint(2**31, (1,))) + rank)
     return ckpt["position"]

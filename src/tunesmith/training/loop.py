@@ -3,6 +3,10 @@
 Data order is a seeded permutation per epoch, so a resumed run replays exactly the batches the
 interrupted run would have seen; the checkpoint also restores RNG (dropout) state. The loop calls
 the methods' step hooks and collects their reports itself, so no task can forget them.
+
+Under torchrun (distributed.py) each micro-batch of the epoch order is a global one of
+processes x batch_size examples, of which each rank takes its slice; losses, term and token counts
+are summed over the ranks, and only rank 0 writes metrics and checkpoints.
 """
 
 import dataclasses
@@ -23,6 +27,7 @@ from ..utils.hardware import autocast
 from ..utils.modules import enable_activation_checkpointing
 from ..utils.seeding import rng_state
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import SingleProcess, global_slice, parallel_for
 from .objective import Objective, WeightedMeans
 from .optim import build_optimizer, build_scheduler
 from .sinks import default_sinks
@@ -38,6 +43,7 @@ class LoopPosition:
     epoch: int = 0  # epoch of the next micro-batch
     batch: int = 0  # index in that epoch of the next micro-batch
     best_eval_loss: Optional[float] = None
+    global_batch: Optional[int] = None  # examples per micro-batch over all ranks (None: unknown)
 
 
 @dataclass
@@ -54,22 +60,31 @@ class TrainResult:
     )  # the methods' reports (e.g. sparsity reached)
 
 
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
-    per_epoch = math.ceil(n_examples / cfg.batch_size)
+    per_epoch = math.ceil(n_examples / (cfg.batch_size * world))
     return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
 
 
 def micro_batches(
-    n: int, cfg: TrainConfig, epoch: int, skip: int, lengths: Optional[list[int]] = None
+    n: int,
+    cfg: TrainConfig,
+    epoch: int,
+    skip: int,
+    lengths: Optional[list[int]] = None,
+    world: int = 1,
 ) -> Iterator[tuple[int, int, list[int]]]:
-    """(epoch, index in epoch, example indices) from `epoch`/`skip` on, forever (grouped by length
-    when `lengths` is given)."""
+    """(epoch, index in epoch, example indices of the global micro-batch: world x batch_size) from
+    `epoch`/`skip` on, forever (grouped by length when `lengths` is given). An epoch's last, short
+    micro-batch is skipped when it has fewer examples than there are ranks."""
+    size = cfg.batch_size * world
     while True:
-        order = epoch_order(n, cfg.batch_size, cfg.seed + epoch, lengths)
-        for i in range(skip, math.ceil(n / cfg.batch_size)):
-            yield epoch, i, order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        order = epoch_order(n, size, cfg.seed + epoch, lengths)
+        for i in range(skip, math.ceil(n / size)):
+            batch = order[i * size : (i + 1) * size]
+            if len(batch) >= world:
+                yield epoch, i, batch
         epoch, skip = epoch + 1, 0
 
 
@@ -90,29 +105,30 @@ def train(
     are weighted by their loss-term counts. Raises TrainingError when the loss or the gradient norm
     becomes NaN/inf (the last checkpoint is left as it was).
     """
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("nothing to train: the method left no parameter with requires_grad")
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
-    steps = total_steps(len(examples), cfg)
+    par = parallel_for(model, objective, cfg)  # FSDP replaces the parameters
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    steps = total_steps(len(examples), cfg, par.world)
     optimizer = build_optimizer(list(params.values()), cfg)
     scheduler = build_scheduler(optimizer, cfg, steps * objective.updates_per_step)
-    position = LoopPosition()
+    position = LoopPosition(global_batch=cfg.batch_size * par.world)
     ckpt = find_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
-        position = LoopPosition(
-            **load_checkpoint(ckpt, params, optimizer, scheduler, objective.state)
-        )
+        saved = par.load(ckpt, params, optimizer, scheduler, objective.state, load_checkpoint)
+        position = _rebased(LoopPosition(**saved), position.global_batch, ckpt)
         log.info("resuming from %s at step %d", ckpt, position.step)
     resumed_from = position.step
-    sinks = default_sinks(out_dir, resumed_from, steps, progress)
-    loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, objective)
+    sinks = default_sinks(out_dir, resumed_from, steps, progress) if par.rank == 0 else []
+    loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, objective, par)
     try:
         loop.run(position, steps, out_dir, evaluate, on_best)
     finally:
         for sink in sinks:
             sink.close()
+    par.finish()
     return TrainResult(
         steps,
         loop.window_loss,
@@ -123,6 +139,23 @@ def train(
         resumed_from,
         method_reports(model),
     )
+
+
+def _rebased(position: LoopPosition, global_batch: int, ckpt: Path) -> LoopPosition:
+    """The position in micro-batches of `global_batch` examples. A checkpoint written with another
+    number of processes continues at the same example of its epoch, which must start a micro-batch
+    of this run."""
+    saved = position.global_batch or global_batch  # older checkpoints: one process, same batch
+    offset = position.batch * saved
+    if offset % global_batch:
+        raise ConfigError(
+            f"checkpoint {ckpt} stopped {offset} examples into epoch {position.epoch}, which is not "
+            f"a multiple of this run's global micro-batch ({global_batch} = processes x "
+            f"train.batch_size); resume with a number of processes or a train.batch_size that "
+            f"divides it, or set train.resume=false"
+        )
+    position.batch, position.global_batch = offset // global_batch, global_batch
+    return position
 
 
 class _Window:
@@ -158,12 +191,35 @@ class _StepTotals:
         )
         self.metrics.add(metrics, n)
 
+    @classmethod
+    def summed(cls, parts: list["_StepTotals"]) -> "_StepTotals":
+        """The totals of every rank's share of a step."""
+        total = cls()
+        for part in parts:
+            total.loss, total.terms, total.tokens = (
+                total.loss + part.loss,
+                total.terms + part.terms,
+                total.tokens + part.tokens,
+            )
+            total.metrics.merge(part.metrics)
+        return total
+
 
 class _Loop:
     def __init__(
-        self, model, examples, cfg, params, optimizer, scheduler, sinks, objective: Objective
+        self,
+        model,
+        examples,
+        cfg,
+        params,
+        optimizer,
+        scheduler,
+        sinks,
+        objective: Objective,
+        par: SingleProcess,
     ):
         self.model, self.examples, self.cfg, self.objective = model, examples, cfg, objective
+        self.par = par
         self.params, self.optimizer, self.scheduler, self.sinks = (
             params,
             optimizer,
@@ -177,7 +233,12 @@ class _Loop:
     def run(self, position: LoopPosition, steps: int, out_dir: Path, evaluate, on_best) -> None:
         cfg = self.cfg
         batches = micro_batches(
-            len(self.examples), cfg, position.epoch, position.batch, self.objective.lengths
+            len(self.examples),
+            cfg,
+            position.epoch,
+            position.batch,
+            self.objective.lengths,
+            self.par.world,
         )
         window = _Window()
         while position.step < steps:
@@ -237,42 +298,50 @@ class _Loop:
         """One loop step over grad_accum micro-batches: (mean loss over all their loss terms,
         terms, real tokens, task metrics). Usually one optimizer update; an on-policy objective
         (Objective.updates) makes its rollouts here and takes several."""
-        batches = [self.objective.collate([self.examples[i] for i in idx]) for idx in groups]
+        mine = [global_slice(idx, self.par.rank, self.par.world) for idx in groups]
+        batches = [self.objective.collate([self.examples[i] for i in idx]) for idx in mine]
         totals = _StepTotals()
         self.updated_in_step = False
         for micro_batches in self.planned_updates(batches):
             self.update(micro_batches, step, totals)
             self.updated_in_step = True
+        if self.par.world > 1:
+            totals = _StepTotals.summed(self.par.gather(totals))
         return totals.loss / max(totals.terms, 1), totals.terms, totals.tokens, totals.metrics
 
     def planned_updates(self, batches: list[dict]) -> list[list[dict]]:
         if self.objective.updates is None:
             return [batches]
         self.model.eval()
-        with torch.no_grad(), autocast(self.cfg.precision):
-            return list(self.objective.updates(self.model, batches))
+        with self.par.full_weights(), torch.no_grad(), autocast(self.cfg.precision):
+            return list(self.objective.updates(self.model, batches))  # rollouts: whole weights
 
     def update(self, batches: list[dict], step: int, totals: "_StepTotals") -> None:
         """One optimizer update: each micro-batch's summed loss is back-propagated, then gradients
         are divided by the update's term count, clipped and applied."""
         self.model.train()
         n_terms = 0
-        for batch in batches:
-            with autocast(self.cfg.precision):
-                loss, n, *extra = self.objective.loss(self.model, batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {step + 1}; training stopped and the "
-                    f"last checkpoint was kept. Lower train.lr or check the data"
-                )
-            (loss * n).backward()
+        self.par.check_same(len(batches), "the micro-batches of an update")
+        for i, batch in enumerate(batches):
+            with self.par.accumulating(last=i == len(batches) - 1):
+                with autocast(self.cfg.precision):
+                    loss, n, *extra = self.par.loss(batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at step {step + 1}; training stopped and "
+                        f"the last checkpoint was kept. Lower train.lr or check the data"
+                    )
+                self.par.backward(loss * n)
             n_terms += n
             totals.add(loss.item(), n, extra[0] if extra else {}, self.objective.tokens(batch))
+        # Gradients hold the sum of (loss x terms) over this update's micro-batches (of all ranks,
+        # times par.grad_sum_factor); divided by all the terms, they are those of the mean loss.
+        divisor = max(self.par.sum([n_terms])[0], 1) / self.par.grad_sum_factor
         for p in self.params.values():
             if p.grad is not None:
-                p.grad.div_(max(n_terms, 1))
+                p.grad.div_(divisor)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm)
+        norm = self.par.norm(torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_norm))
         if not torch.isfinite(norm):
             raise TrainingError(
                 f"the gradient norm became {norm.item()} at step {step + 1}; training stopped "
@@ -284,20 +353,22 @@ class _Loop:
 
     def run_eval(self, position: LoopPosition, evaluate, on_best) -> None:
         self.model.eval()
-        with torch.no_grad(), autocast(self.cfg.precision):
+        with self.par.full_weights(), torch.no_grad(), autocast(self.cfg.precision):
             metrics = evaluate()
         self.emit({"step": position.step, **metrics})
         if position.best_eval_loss is None or metrics["eval_loss"] < position.best_eval_loss:
             position.best_eval_loss = metrics["eval_loss"]
             if on_best is not None:
-                on_best()
+                with self.par.full_weights():
+                    on_best()
 
     def objective_state(self) -> Optional[dict]:
         state = self.objective.state
         return None if state is None else state.state_dict()
 
     def save(self, out_dir: Path, position: LoopPosition, rng=None, objective_state=None) -> None:
-        save_checkpoint(
+        self.par.save(
+            save_checkpoint,
             out_dir / "checkpoints" / "last",
             self.params,
             self.optimizer,

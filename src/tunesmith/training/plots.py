@@ -3,9 +3,13 @@
 import json
 from pathlib import Path
 
+from ..utils.distributed import is_main_process
+
 
 def plot_loss_curve(metrics_path: Path, out_png: Path) -> bool:
     """Draw train (and eval) loss against step; False when there is nothing to plot."""
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return False
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
@@ -33,6 +37,8 @@ def plot_loss_curve(metrics_path: Path, out_png: Path) -> bool:
 def plot_curves(metrics_path: Path, out_png: Path, names) -> bool:
     """One panel per metric in `names` (e.g. reward, kl) against step, from the training records
     that have it; False when none has any."""
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return False
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     series = {n: [(r["step"], r[n]) for r in records if n in r and "loss" in r] for n in names}
     series = {n: points for n, points in series.items() if points}

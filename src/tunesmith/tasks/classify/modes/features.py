@@ -21,6 +21,7 @@ from ....config.schema import RunConfig
 from ....data.classification import LabelledSplits
 from ....errors import CheckpointError, ConfigError
 from ....models.embeddings import Embedder
+from ....utils.distributed import is_main_process
 from ....utils.files import atomic_path, atomic_write_text
 from .common import texts_of
 from .registry import ModeSpec, register_mode
@@ -148,6 +149,8 @@ def load_features(cfg: RunConfig, out: Path, labels: list) -> FeaturePredictor:
 
 def save_classifier(pipeline, out: Path) -> None:
     """The fitted pipeline's arrays to out/feature_classifier.safetensors, the rest to its .json."""
+    if not is_main_process():  # under torchrun, rank 0 alone writes the run's files
+        return
     from safetensors.numpy import save_file
 
     scaler, head = pipeline[0], pipeline[-1]

@@ -1,0 +1,108 @@
+"""Train a tiny random Llama on generated records with tunesmith's loop; run once per rank by
+torchrun in the distributed tests (or in-process for the one-process reference).
+
+Rank 0 writes the trained parameters (whole tensors) to OUT/<method>/weights.safetensors; several
+--methods train one after the other in the same processes (one start-up for all). --fail-step makes
+one rank fail at that step: raise (a clear error), die at once (a killed process) or stall.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from tests.tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from tunesmith.config.schema import DistributedConfig, TrainConfig  # noqa: E402
+from tunesmith.data import encode_records  # noqa: E402
+from tunesmith.errors import TrainingError  # noqa: E402
+from tunesmith.methods import apply_method  # noqa: E402
+from tunesmith.methods.full import FullConfig  # noqa: E402
+from tunesmith.methods.lora import LoraConfig  # noqa: E402
+from tunesmith.training import sft_objective, train  # noqa: E402
+from tunesmith.training.distributed import distributed_run  # noqa: E402
+from tunesmith.utils.distributed import is_main_process, rank  # noqa: E402
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--methods", default="lora", help="comma-separated: lora, full")
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--fail-rank", type=int, default=-1)
+    p.add_argument("--fail-step", type=int, default=0)
+    p.add_argument("--fail-how", choices=["raise", "die", "stall"], default="raise")
+    return p.parse_args(argv)
+
+
+def examples(n: int = 40):
+    # Answers of different lengths, so ranks' micro-batches carry different numbers of loss terms.
+    records = [
+        {"instruction": f"count {i}", "output": "x" * (1 + i % 7), "_source": f"t:{i}"}
+        for i in range(n)
+    ]
+    return encode_records(records, tiny_tokenizer(), "auto", 64)[0]
+
+
+def model(method: str, dropout: float = 0.0):
+    lora = LoraConfig(r=4, target_modules="all-linear", dropout=dropout)
+    cfg = lora if method == "lora" else FullConfig()
+    return apply_method(tiny_llama(seed=3), cfg)
+
+
+def failing_objective(args):
+    objective = sft_objective(pad_id=0)
+    inner, calls = objective.loss, {"n": 0}
+
+    def loss(m, batch):
+        calls["n"] += 1
+        if rank() == args.fail_rank and calls["n"] == args.fail_step * args.grad_accum:
+            if args.fail_how == "raise":
+                raise TrainingError(f"injected failure at step {args.fail_step}")
+            if args.fail_how == "die":
+                os._exit(3)  # as if the process were killed
+            time.sleep(600)  # a stalled rank
+        return inner(m, batch)
+
+    objective.loss = loss
+    return objective
+
+
+def run(args) -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=1e-2,
+        warmup_steps=1,
+        log_every=1,
+        save_every=args.save_every,
+        seed=11,
+        precision="fp32",
+        distributed=DistributedConfig(strategy=args.strategy, timeout=args.timeout, threads=1),
+    )
+    with distributed_run(cfg.distributed):
+        for method in args.methods.split(","):
+            net, out = model(method, args.dropout), Path(args.out) / method
+            result = train(net, examples(), cfg, out, failing_objective(args))
+            if is_main_process():
+                (out / "resumed_from").write_text(str(result.resumed_from))
+                weights = {n: p.detach().contiguous() for n, p in net.named_parameters()}
+                save_file(weights, str(out / "weights.safetensors"))
+
+
+if __name__ == "__main__":
+    run(parse())
