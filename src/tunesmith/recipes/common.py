@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 def build_model(cfg: RunConfig):
     """(model with cfg.method applied, tokenizer)."""
     model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        keep_layers=cfg.model.keep_layers,
     )
     apply_method(model, cfg.method)
     log_parameters(model, f"method {cfg.method.name}")

@@ -30,7 +30,11 @@ def run(
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        keep_layers=cfg.model.keep_layers,
     )
     if base_only:
         adapter = None

@@ -130,7 +130,11 @@ def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
     model, tokenizer = load_base_model(
-        cfg.model.name, cfg.model.dtype, cfg.model.quantize, cfg.model.quant_block_size
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.quantize,
+        cfg.model.quant_block_size,
+        keep_layers=cfg.model.keep_layers,
     )
     adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
     if adapter is None:
