@@ -43,12 +43,22 @@ class ModelConfig:
         "attention implementation: auto (matmul attention for short rows, SDPA for long ones, "
         "where the architecture allows), sdpa, eager, or another transformers implementation",
     )
+    keep_layers: Union[str, list, None] = opt(
+        None,
+        "cut the model to a subset of its transformer blocks, initialised from its weights (a "
+        "distillation student): every_other (blocks 0, 2, 4, ...) or a list of block indices",
+    )
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.dtype == "bfloat16":
             _warn_if_bf16_is_emulated("model.dtype=bfloat16")
+        if isinstance(self.keep_layers, str) and self.keep_layers != "every_other":
+            raise ConfigError(
+                f"model.keep_layers must be every_other or a list of block indices, got "
+                f"{self.keep_layers!r}"
+            )
         if self.quantize not in ("none", "nf4", "int8"):
             raise ConfigError(f"model.quantize must be none, nf4 or int8, got {self.quantize!r}")
         if self.quant_block_size < 2 or self.quant_block_size % 2:
@@ -108,6 +118,14 @@ class DataConfig:
         None, "classification: field holding an optional second text (pairs)"
     )
     label_field: str = opt("label", "classification: field holding the label")
+    replay: Optional[str] = opt(
+        None,
+        "file of general or earlier-task data (any data.train format, e.g. a .txt of general "
+        "text) mixed into training against forgetting; its share is data.replay_ratio",
+    )
+    replay_ratio: float = opt(
+        0.0, "share of the training examples drawn from data.replay, in [0, 1); 0.2 is typical"
+    )
     balance: str = opt(
         "none",
         "classification: none; undersample (drop majority records at random before splitting, "
@@ -122,6 +140,13 @@ class DataConfig:
         if self.balance not in ("none", "undersample", "oversample"):
             raise ConfigError(
                 f"data.balance must be none, undersample or oversample, got {self.balance!r}"
+            )
+        if not 0 <= self.replay_ratio < 1:
+            raise ConfigError(f"data.replay_ratio must be in [0, 1), got {self.replay_ratio}")
+        if bool(self.replay) != bool(self.replay_ratio):
+            raise ConfigError(
+                f"data.replay and data.replay_ratio go together: got replay={self.replay!r}, "
+                f"replay_ratio={self.replay_ratio}; set both (e.g. replay_ratio: 0.2) or neither"
             )
         if self.format not in ("auto", "text", "instruction", "chat"):
             raise ConfigError(
@@ -206,6 +231,23 @@ class TrainConfig:
         "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)",
     )
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    l2sp_lambda: float = opt(
+        0.0,
+        "against forgetting: add l2sp_lambda/2 * sum (w - w_start)^2 over the trained base "
+        "weights (methods full, selected, sparse); 0 disables",
+    )
+    ewc_lambda: float = opt(
+        0.0,
+        "against forgetting (EWC): add ewc_lambda/2 * sum F (w - w_start)^2, F the diagonal "
+        "Fisher on general text (eval.general_data, else data.replay); 0 disables",
+    )
+    ewc_samples: int = opt(32, "texts the EWC Fisher is estimated on (one backward each)")
+    lwf_lambda: float = opt(
+        0.0,
+        "against forgetting (learning without forgetting): add lwf_lambda * KL(start || model) "
+        "on the training tokens, the start being the model before training (for adapter "
+        "methods the adapter disabled, no second copy); 0 disables",
+    )
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum"):
@@ -225,6 +267,11 @@ class TrainConfig:
             self.precision = "bf16" if has_native_bf16() else "fp32"
         elif self.precision == "bf16":
             _warn_if_bf16_is_emulated("train.precision=bf16")
+        for key in ("l2sp_lambda", "ewc_lambda", "lwf_lambda"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.ewc_samples < 1:
+            raise ConfigError(f"train.ewc_samples must be >= 1, got {self.ewc_samples}")
         if self.max_steps < 0 or self.epochs <= 0:
             raise ConfigError(
                 f"train.max_steps must be >= 0 and train.epochs > 0, got {self.max_steps}, {self.epochs}"
@@ -240,6 +287,13 @@ class EvalConfig:
     limit: Optional[int] = opt(200, "evaluate generation on at most N examples (None: all)")
     batch_size: int = opt(16, "prompts generated together")
     show: int = opt(3, "sample generations to print")
+    general_data: Optional[str] = opt(
+        None,
+        "general text (e.g. ../shared/data/wikitext2/test.txt, one text per line) whose "
+        "perplexity is measured before and after training, to see forgetting",
+    )
+    general_limit: int = opt(200, "texts of eval.general_data scored (the first N non-empty)")
+    general_max_length: int = opt(256, "token limit per text of eval.general_data")
 
 
 TRAINABLE = ("head", "last_block", "last_two_blocks", "all", "method", "none")

@@ -98,6 +98,7 @@ def load_base_model(
     quantize: str = "none",
     quant_block_size: int = 64,
     attention: str = "auto",
+    keep_layers=None,
 ):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
     The embedded model's Hub id (DEFAULT_HUB_ID, as adapters record it) loads the embedded
@@ -107,6 +108,8 @@ def load_base_model(
     (except lm_head) by QuantizedLinear after loading, with `quant_block_size` weights per scale.
     A directory written by `tunesmith quantize` loads as saved, without re-quantizing.
     attention: model.attention (see models.attention.set_attention).
+    keep_layers: cut the model to these blocks (models.cut: every_other or indices) before any
+    quantization.
     Raises ModelLoadError with the fix when the path is missing, the id is not cached or the
     architecture has no causal-LM class in transformers; ConfigError for a bad quantize value.
     """
@@ -139,6 +142,10 @@ def load_base_model(
     else:
         model, tokenizer = _from_pretrained(name, torch_dtype, hub_id=True)
     _ensure_pad_token(model, tokenizer)
+    if keep_layers is not None:
+        from .cut import cut_layers
+
+        cut_layers(model, keep_layers)
     if quantize != "none":
         from .quantization import quantize_model
 

@@ -27,6 +27,7 @@ def build_model(cfg: RunConfig):
         cfg.model.quantize,
         cfg.model.quant_block_size,
         attention=cfg.model.attention,
+        keep_layers=cfg.model.keep_layers,
     )
     apply_method(model, cfg.method)
     weights_for_training(model, cfg.model.dtype, cfg.train.precision)

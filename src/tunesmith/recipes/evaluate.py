@@ -16,6 +16,7 @@ from ..utils.files import atomic_write_text
 from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
 from .common import generation_scores
+from .forgetting import general_perplexity, read_general_text
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def run(
         cfg.model.quantize,
         cfg.model.quant_block_size,
         attention=cfg.model.attention,
+        keep_layers=cfg.model.keep_layers,
     )
     weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)
     if base_only:
@@ -57,6 +59,13 @@ def run(
     }
     scores, samples = generation_scores(model, tokenizer, examples, cfg)
     metrics.update(scores)
+    if cfg.eval.general_data:  # the forgetting baseline (with --base) or the state after training
+        general = read_general_text(
+            cfg.eval.general_data, tokenizer, cfg.eval.general_limit, cfg.eval.general_max_length
+        )
+        metrics["general_perplexity"] = general_perplexity(
+            model, general, tokenizer.pad_token_id, cfg.eval.batch_size
+        )
     ensure_output_dir(out, "output.dir")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return {**metrics, "samples": samples}

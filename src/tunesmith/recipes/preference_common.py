@@ -136,6 +136,7 @@ def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_
         cfg.model.quantize,
         cfg.model.quant_block_size,
         attention=cfg.model.attention,
+        keep_layers=cfg.model.keep_layers,
     )
     weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)
     adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)

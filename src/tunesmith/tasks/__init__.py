@@ -9,6 +9,7 @@ from ..config.schema import RunConfig
 from ..methods import config_classes
 from . import (
     classify,  # noqa: F401  (registers "classify")
+    distill,  # noqa: F401  (registers "distill")
     dpo,  # noqa: F401  (registers "dpo")
     grpo,  # noqa: F401  (registers "grpo")
     kto,  # noqa: F401  (registers "kto")
