@@ -92,6 +92,19 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
     replace_dir(tmp, target)
 
 
+def load_configured_model(model_cfg):
+    """(model, tokenizer) as a run's `model:` section says: name, dtype, quantization, attention
+    and the kept blocks (config.schema.ModelConfig)."""
+    return load_base_model(
+        model_cfg.name,
+        model_cfg.dtype,
+        model_cfg.quantize,
+        model_cfg.quant_block_size,
+        attention=model_cfg.attention,
+        keep_layers=model_cfg.keep_layers,
+    )
+
+
 def load_base_model(
     name: str = "default",
     dtype: str = "float32",

@@ -8,8 +8,8 @@ from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..evaluation import contains_match, exact_match, generate, rouge_l
 from ..methods import apply_method
-from ..models import load_base_model
 from ..models.frozen_weights import weights_for_training
+from ..models.loading import load_configured_model
 from ..utils.distributed import is_main_process
 from ..utils.files import atomic_write_text
 from ..utils.memory import peak_rss_mb
@@ -21,14 +21,7 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: RunConfig):
     """(model with cfg.method applied, tokenizer)."""
-    model, tokenizer = load_base_model(
-        cfg.model.name,
-        cfg.model.dtype,
-        cfg.model.quantize,
-        cfg.model.quant_block_size,
-        attention=cfg.model.attention,
-        keep_layers=cfg.model.keep_layers,
-    )
+    model, tokenizer = load_configured_model(cfg.model)
     apply_method(model, cfg.method)
     weights_for_training(model, cfg.model.dtype, cfg.train.precision)
     log_parameters(model, f"method {cfg.method.name}")

@@ -10,8 +10,8 @@ from ..config.schema import RunConfig
 from ..data import load_splits
 from ..evaluation import mean_loss
 from ..methods.io import CONFIG_NAME, load_adapter
-from ..models import load_base_model
 from ..models.frozen_weights import weights_for_evaluation
+from ..models.loading import load_configured_model
 from ..utils.files import atomic_write_text
 from ..utils.paths import ensure_output_dir
 from ..utils.seeding import seed_everything
@@ -31,14 +31,7 @@ def run(
     """
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(
-        cfg.model.name,
-        cfg.model.dtype,
-        cfg.model.quantize,
-        cfg.model.quant_block_size,
-        attention=cfg.model.attention,
-        keep_layers=cfg.model.keep_layers,
-    )
+    model, tokenizer = load_configured_model(cfg.model)
     weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)
     if base_only:
         adapter = None

@@ -12,8 +12,8 @@ from ..data import Splits, read_parts
 from ..data.preference import collate_pairs, encode_kto, encode_pairs, read_kto, read_preference
 from ..errors import CheckpointError, DataError
 from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
-from ..models import load_base_model
 from ..models.frozen_weights import weights_for_evaluation
+from ..models.loading import load_configured_model
 from ..training import train
 from ..training.objective import WeightedMeans
 from ..training.plots import plot_loss_curve
@@ -130,14 +130,7 @@ def evaluate_adapter_run(cfg: RunConfig, split: str, adapter, load_splits, held_
     seed) -> Splits, held_out(model, examples, tokenizer) -> metrics; written to metrics.json."""
     seed_everything(cfg.train.seed)
     out = Path(cfg.output.dir)
-    model, tokenizer = load_base_model(
-        cfg.model.name,
-        cfg.model.dtype,
-        cfg.model.quantize,
-        cfg.model.quant_block_size,
-        attention=cfg.model.attention,
-        keep_layers=cfg.model.keep_layers,
-    )
+    model, tokenizer = load_configured_model(cfg.model)
     weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)
     adapter = adapter or (str(out) if (out / CONFIG_NAME).is_file() else None)
     if adapter is None:

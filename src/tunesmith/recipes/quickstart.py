@@ -7,8 +7,8 @@ from typing import Sequence
 
 from ..data import load_splits
 from ..data.synthetic import extraction_records
-from ..models import load_base_model
 from ..models.frozen_weights import weights_for_evaluation
+from ..models.loading import load_configured_model
 from ..tasks import load_config
 from ..utils.files import atomic_write_text
 from . import sft
@@ -38,13 +38,7 @@ def run(config_path=None, overrides: Sequence[str] = (), progress: bool = True) 
     out = Path(cfg.output.dir)
     paths = write_task_data(out / "data")
     cfg.data.train, cfg.data.eval, cfg.data.test = paths["train"], paths["eval"], paths["test"]
-    model, tokenizer = load_base_model(
-        cfg.model.name,
-        cfg.model.dtype,
-        cfg.model.quantize,
-        cfg.model.quant_block_size,
-        attention=cfg.model.attention,
-    )
+    model, tokenizer = load_configured_model(cfg.model)
     weights_for_evaluation(model, cfg.model.dtype, cfg.train.precision)  # as fine-tuning stores it
     test = load_splits(cfg.data, tokenizer, cfg.train.seed).test
     log.info(

@@ -31,6 +31,7 @@ from ..methods.io import load_adapter, save_adapter
 from ..models import load_base_model
 from ..models.frozen_weights import weights_for_training
 from ..models.heads import SequenceClassifier
+from ..models.loading import load_configured_model
 from ..models.sequence_classification import (
     is_sequence_classification_dir,
     load_sequence_classifier,
@@ -80,13 +81,7 @@ def evaluate(cfg: RunConfig, split: str = "test") -> dict:
 
 def build_reward_model(cfg: RunConfig):
     """(SequenceClassifier with one output and cfg.method applied to its language model, tokenizer)."""
-    lm, tokenizer = load_base_model(
-        cfg.model.name,
-        cfg.model.dtype,
-        cfg.model.quantize,
-        cfg.model.quant_block_size,
-        attention=cfg.model.attention,
-    )
+    lm, tokenizer = load_configured_model(cfg.model)
     apply_method(lm, cfg.method)
     model = SequenceClassifier(lm, 1, "last", bias=False)  # as transformers' `score`
     _share_adapter_record(model, lm)
