@@ -91,12 +91,14 @@ def test_greedy_output_alone_equals_batched(setup):
     assert any(None in rows and "lora" in rows for rows in mixed), (
         "base and LoRA rows shared no forward"
     )
-    # 2 base + 2 lora rows, + 2 "other" rows when they share the base (LoRA does; IA3 gets a copy)
+    # 2 base + 2 lora rows; with "other" on the same base (LoRA shares it, IA3 gets a copy) up to 6
+    # rows, how many of them meet in one step depending on when each joined and finished
     shared = (
         registry.get("other", "generate").target.model
         is registry.get("tiny", "generate").target.model
     )
-    assert max(len(rows) for rows in mixed) == (6 if shared else 4)
+    widest = max(len(rows) for rows in mixed)
+    assert 4 <= widest <= 6 if shared else widest == 4
 
 
 def test_a_request_joins_a_running_batch_and_leaves_when_done(setup):
