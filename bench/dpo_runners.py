@@ -6,9 +6,10 @@ AdamW, constant lr, no weight decay, clip 1.0, batch 4 pairs = 8 rows):
   gradient checkpointing on, the reference (adapter disabled) run at every step, padded batches.
 - trl-nogc: the same with gradient_checkpointing=False.
 - trl-precompute: precompute_ref_log_probs=True (reference scored once, before training).
-- tunesmith: tunesmith's dpo defaults: fp32 weights, train.precision=auto (bf16 autocast on a CPU
-  with native bf16), precomputed reference log-probs, one forward over chosen + rejected, the
-  output head only at the response tokens.
+- tunesmith: tunesmith's dpo defaults: model.dtype=auto (frozen weights stored in bf16 under bf16
+  autocast), model.attention=auto, train.precision=auto (bf16 autocast on a CPU with native bf16),
+  precomputed reference log-probs, one forward over chosen + rejected, the output head only at
+  the response tokens.
 - tunesmith-bf16w: the same with bf16 weights (model.dtype=bfloat16).
 - tunesmith-bf16w-ckpt: bf16 weights and train.activation_checkpointing=true (each block's
   activations recomputed in the backward, as TRL's default gradient checkpointing does).
@@ -57,7 +58,7 @@ def run(config: str, pairs: list, batches: list[list[int]], hyper) -> dict:
         pairs,
         batches,
         hyper,
-        dtype="bfloat16" if "bf16w" in config else "float32",
+        dtype="bfloat16" if "bf16w" in config else ("float32" if fp32 else "auto"),
         precision="fp32" if fp32 else "bf16",
         precompute=config != "tunesmith-noprecompute",
         checkpointing=config.endswith("-ckpt"),
