@@ -2,8 +2,8 @@
 
 Under autocast every fp32 weight is cast to bf16 on every forward pass anyway, and the residual
 stream, norms and elementwise work run in fp32 at twice the memory traffic. Storing what does not
-train in bf16 runs the whole forward pass in bf16 (measured 1.3x faster per LoRA step and a third
-less peak memory than fp32 weights under autocast, same loss within 1 %), while every trainable
+train in bf16 runs the whole forward pass in bf16 (measured on LoRA SFT: 1.27x faster per step and
+26 % less peak memory than fp32 weights under autocast, mean loss within 1 %), while every trainable
 parameter keeps an fp32 value for the optimizer, as mixed-precision training does. A model treated
 this way keeps running under bf16 autocast outside training too (generation after training, say),
 through hooks on its modules, so that fp32 trainable parts and bf16 frozen parts meet in matmuls
@@ -38,9 +38,9 @@ def weights_for_evaluation(base: nn.Module, dtype: str, precision: str) -> int:
 
 
 def store_frozen_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Cast every frozen floating-point parameter and buffer-free weight of `model` to `dtype`
-    (trainable parameters stay as they are) and make its forward passes run under autocast to
-    `dtype`; returns the elements cast."""
+    """Cast every frozen floating-point parameter of `model` to `dtype` (trainable parameters and
+    buffers stay as they are) and make its forward passes run under autocast to `dtype`; returns
+    the elements cast."""
     cast = 0
     for param in model.parameters():
         if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
