@@ -7,7 +7,8 @@ from typing import Optional
 from ..config.fields import opt
 from ..errors import ConfigError
 from ..objectives.distill import LOSSES
-from .registry import EvalRequest, TaskSpec, register_task
+from .registry import TaskSpec, register_task
+from .sft import evaluate_language_model
 from .text import generation_text
 
 
@@ -88,23 +89,13 @@ def _train(cfg, progress: bool) -> dict:
     return distill.run(cfg, progress=progress)
 
 
-def _evaluate(cfg, request: EvalRequest) -> dict:
-    from ..recipes import evaluate
-
-    if request.base_only and request.adapter:
-        raise ConfigError("--base scores the student without an adapter; drop --adapter or --base")
-    return evaluate.run(
-        cfg, adapter=request.adapter, split=request.split, base_only=request.base_only
-    )
-
-
 register_task(
     TaskSpec(
         name="distill",
         help="knowledge distillation from a teacher (forward/reverse KL, GKD's JSD; top-k "
         "cache, sequence-level, on-policy; a student cut from the teacher)",
         train=_train,
-        evaluate=_evaluate,
+        evaluate=evaluate_language_model,
         text=generation_text,
         sections={"distill": DistillConfig},
         finish=_finish,

@@ -11,7 +11,9 @@ def _train(cfg, progress: bool) -> dict:
     return sft.run(cfg, progress=progress)
 
 
-def _evaluate(cfg, request: EvalRequest) -> dict:
+def evaluate_language_model(cfg, request: EvalRequest) -> dict:
+    """`tunesmith eval` of a run whose model is a language model (sft, distill): loss and
+    generation scores of the adapter (or, with --base, the model alone)."""
     from ..recipes import evaluate
 
     if request.base_only and request.adapter:
@@ -26,7 +28,7 @@ register_task(
         name="sft",
         help="language modelling / instruction tuning (loss on the responses)",
         train=_train,
-        evaluate=_evaluate,
+        evaluate=evaluate_language_model,
         text=generation_text,
     )
 )
