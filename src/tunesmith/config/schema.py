@@ -6,7 +6,8 @@ from typing import Optional, Union
 
 from ..errors import ConfigError
 from ..utils.hardware import has_native_bf16
-from .fields import opt
+from .distributed import DistributedConfig
+from .fields import check_choice, opt
 
 log = logging.getLogger(__name__)
 
@@ -161,37 +162,6 @@ class DataConfig:
         ):
             raise ConfigError(
                 f"data.split must be three non-negative fractions summing to 1, got {self.split}"
-            )
-
-
-@dataclass
-class DistributedConfig:
-    """torch.distributed settings; used when the run is launched with torchrun (WORLD_SIZE > 1)."""
-
-    strategy: str = opt(
-        "auto",
-        "ddp (replicated model, gradients all-reduced once per optimizer step), fsdp "
-        "(parameters, gradients and optimizer state sharded with FSDP2 fully_shard) or auto (ddp)",
-    )
-    backend: str = opt(
-        "auto", "process-group backend: gloo, nccl or auto (nccl for a model on a GPU, else gloo)"
-    )
-    timeout: float = opt(
-        600.0,
-        "seconds a rank waits for the others in a collective before the run stops with an error "
-        "(a rank that failed or stalled)",
-    )
-    threads: int = opt(
-        0, "torch threads per rank; 0 = the machine's cores divided by the ranks on this machine"
-    )
-
-    def __post_init__(self):
-        _choice("train.distributed.strategy", self.strategy, ("auto", "ddp", "fsdp"))
-        _choice("train.distributed.backend", self.backend, ("auto", "gloo", "nccl"))
-        if self.timeout <= 0 or self.threads < 0:
-            raise ConfigError(
-                f"train.distributed.timeout must be > 0 and train.distributed.threads >= 0, got "
-                f"{self.timeout}, {self.threads}"
             )
 
 
@@ -357,8 +327,8 @@ class TaskConfig:
     icl_candidates: Optional[int] = opt(None, _ALIAS.format("icl.candidates"))
 
     def __post_init__(self):
-        _choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
-        _choice("task.trainable", self.trainable, TRAINABLE)
+        check_choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
+        check_choice("task.trainable", self.trainable, TRAINABLE)
         if "{answer}" not in self.template or "{text}" not in self.template:
             raise ConfigError(
                 f"task.template must contain the input slot {{text}} and the answer slot {{answer}}, "
@@ -371,11 +341,6 @@ class TaskConfig:
             )
         self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
         self.labels = [str(x) for x in self.labels]
-
-
-def _choice(key: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass
