@@ -9,7 +9,15 @@ from ..tasks import EvalRequest, get_task, load_config, task_names
 from ..training.distributed import distributed_run
 from ..utils.distributed import is_main_process
 from . import launch, report
-from .export import cmd_export, export_args
+from .export import (
+    cmd_export,
+    cmd_merge,
+    cmd_quantize,
+    export_args,
+    merge_args,
+    quantize_arg,
+    quantize_args,
+)
 from .keys_help import config_keys_help
 
 
@@ -157,73 +165,7 @@ def _generate_args(p):
     p.add_argument(
         "--raw", action="store_true", help="use the prompt as is, without the chat template"
     )
-    _quantize_arg(p, "quantize the base's linear layers first (as for a QLoRA adapter)")
-
-
-def cmd_merge(args) -> int:
-    from ..api import merge_to_directory, merge_to_quantized_directory, merged_model_class
-
-    if args.keep_quantized:
-        path, err = merge_to_quantized_directory(
-            args.model, args.adapter, args.output, args.quantize
-        )
-        print(
-            f"merged and re-quantized model written to {path} (load it with --model {path}); re-quantizing "
-            f"{err['layers']} layers changed their weights by at most {err['max_abs']:.3g} "
-            f"(relative Frobenius error {err['relative']:.3g})"
-        )
-        return 0
-    path = merge_to_directory(args.model, args.adapter, args.output, args.quantize)
-    print(
-        f"merged model written to {path} (load it with transformers."
-        f"{merged_model_class(path)}.from_pretrained)"
-    )
-    return 0
-
-
-def _merge_args(p):
-    p.add_argument("--model", default="default", help="base model")
-    p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--output", required=True, help="directory for the merged transformers model")
-    _quantize_arg(
-        p,
-        "quantize the base as in training (QLoRA) before merging; the result is float32 "
-        "unless --keep-quantized",
-    )
-    p.add_argument(
-        "--keep-quantized",
-        action="store_true",
-        help="re-quantize the merged layers and write a quantized model directory, reporting the error",
-    )
-
-
-def _quantize_arg(p, help_text: str) -> None:
-    p.add_argument("--quantize", choices=["none", "nf4", "int8"], default="none", help=help_text)
-
-
-def cmd_quantize(args) -> int:
-    from ..api import quantize_to_directory
-
-    result = quantize_to_directory(args.model, args.scheme, args.output, args.block_size)
-    print(
-        f"quantized {result['layers']} linear layers to {args.scheme}: {result['bytes_before']:,} -> "
-        f"{result['bytes_after']:,} bytes; written to {result['path']} (use it as --model or model.name)"
-    )
-    return 0
-
-
-def _quantize_args(p):
-    p.add_argument("--model", default="default", help="base model to quantize")
-    p.add_argument(
-        "--scheme",
-        choices=["nf4", "int8"],
-        default="nf4",
-        help="nf4 (with double quantization) or int8",
-    )
-    p.add_argument(
-        "--block-size", type=int, default=64, help="weights per absmax scale (even; 64 as in QLoRA)"
-    )
-    p.add_argument("--output", required=True, help="directory for the quantized model")
+    quantize_arg(p, "quantize the base's linear layers first (as for a QLoRA adapter)")
 
 
 def cmd_info(args) -> int:
@@ -258,7 +200,7 @@ def _info_args(p):
     p.add_argument("overrides", nargs="*", help="dotted overrides for the config")
     p.add_argument("--model", default="default", help="base model when no config is given")
     p.add_argument("--adapter", help="adapter directory to apply")
-    _quantize_arg(
+    quantize_arg(
         p, "quantize the base's linear layers (default: none, or model.quantize of the config)"
     )
 
@@ -368,7 +310,7 @@ COMMANDS = {
     "generate": (cmd_generate, _generate_args, "generate text from a prompt (argument or stdin)"),
     "merge": (
         cmd_merge,
-        _merge_args,
+        merge_args,
         "merge an adapter into the base and save a transformers directory",
     ),
     "info": (
@@ -378,7 +320,7 @@ COMMANDS = {
     ),
     "quantize": (
         cmd_quantize,
-        _quantize_args,
+        quantize_args,
         "quantize a base model (nf4/int8) into a directory that loads as is",
     ),
     "methods": (cmd_methods, lambda p: None, "list the registered fine-tuning methods"),
