@@ -96,6 +96,38 @@ def set_lora_weights(model, seed: int) -> int:
     return done
 
 
+class StepClock:
+    """Seconds of each optimizer step of a tunesmith run: from the run's first collate (or the end
+    of the previous step) to the end of optimizer.step. A step may collate several times (a
+    micro-batch run as several passes), so step ends come from an optimizer hook."""
+
+    def __init__(self):
+        self.start, self.ends = None, []
+
+    def timed(self, collate):
+        def timed_collate(items):
+            if self.start is None:
+                self.start = time.perf_counter()
+            return collate(items)
+
+        return timed_collate
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.hook = register_optimizer_step_post_hook(
+            lambda *_: self.ends.append(time.perf_counter())
+        )
+        return self
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+
+    def times(self) -> list[float]:
+        marks = [self.start, *self.ends]
+        return [b - a for a, b in zip(marks, marks[1:])]
+
+
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -13,6 +13,7 @@ AdamW, constant lr, no weight decay, clip 1.0, batch 4 pairs = 8 rows):
 - tunesmith-bf16w: the same with bf16 weights (model.dtype=bfloat16).
 - tunesmith-bf16w-ckpt: bf16 weights and train.activation_checkpointing=true (each block's
   activations recomputed in the backward, as TRL's default gradient checkpointing does).
+- tunesmith-whole: train.tokens_per_pass=0 (each micro-batch in one pass, never split).
 - tunesmith-noprecompute: dpo.precompute_reference=false (a reference forward every step).
 - *-fp32: fp32 throughout, for CPUs without native bf16 instructions.
 
@@ -26,7 +27,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from common import TARGETS, set_lora_weights
+from common import TARGETS, StepClock, set_lora_weights
 
 CONFIGS = [
     "trl",
@@ -35,6 +36,7 @@ CONFIGS = [
     "tunesmith",
     "tunesmith-bf16w",
     "tunesmith-bf16w-ckpt",
+    "tunesmith-whole",
     "tunesmith-noprecompute",
     "trl-fp32",
     "trl-nogc-fp32",
@@ -62,6 +64,7 @@ def run(config: str, pairs: list, batches: list[list[int]], hyper) -> dict:
         precision="fp32" if fp32 else "bf16",
         precompute=config != "tunesmith-noprecompute",
         checkpointing=config.endswith("-ckpt"),
+        tokens_per_pass=0 if config.endswith("-whole") else "auto",
     )
 
 
@@ -151,7 +154,14 @@ def _trl(pairs, batches, hyper, bf16: bool, checkpointing: bool, precompute: boo
 
 
 def _tunesmith(
-    pairs, batches, hyper, dtype: str, precision: str, precompute: bool, checkpointing: bool
+    pairs,
+    batches,
+    hyper,
+    dtype: str,
+    precision: str,
+    precompute: bool,
+    checkpointing: bool,
+    tokens_per_pass,
 ) -> dict:
     """tunesmith.recipes.dpo's pieces, in its order: build_model, attach_reference, train."""
     import tunesmith
@@ -184,6 +194,7 @@ def _tunesmith(
                 f"train.seed={hyper.seed}",
                 "train.resume=false",
                 f"train.activation_checkpointing={str(checkpointing).lower()}",
+                f"train.tokens_per_pass={tokens_per_pass}",
                 f"output.dir={out}",
             ],
         )
@@ -194,22 +205,17 @@ def _tunesmith(
         if precompute:
             dpo.attach_reference(model, pairs, cfg, pad, Path(out) / dpo.REFERENCE_FILE)
         precompute_s = time.perf_counter() - start
-        starts = []
-        collate = partial(collate_with_reference, pad_id=pad)
-
-        def timed_collate(items):  # one micro-batch per step: each step starts with its collate
-            starts.append(time.perf_counter())
-            return collate(items)
-
-        objective = Objective(timed_collate, partial(dpo.pair_loss, cfg=cfg))
+        clock = StepClock()
+        collate = clock.timed(partial(collate_with_reference, pad_id=pad))
+        objective = Objective(collate, partial(dpo.pair_loss, cfg=cfg), splittable=True)
         # train() draws epoch_order(len(pairs), batch, seed): the batches given to TRL
-        train(model, pairs, cfg.train, Path(out), objective)
-        ends = starts + [time.perf_counter()]
+        with clock:
+            train(model, pairs, cfg.train, Path(out), objective)
         records = [
             json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()
         ]
     return {
-        "times": [b - a for a, b in zip(ends, ends[1:])],
+        "times": clock.times(),
         "losses": [r["loss"] for r in records if "loss" in r],
         "precompute_s": precompute_s,
     }

@@ -9,7 +9,8 @@ Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, con
   (model.dtype, model.attention, data.packing, train.precision); the loss runs the output head
   only where labels are (objectives.sft).
 - tunesmith-<option>-...: the same with options changed: bf16w / fp32w (weights dtype), pack /
-  nopack, sdpa / eager (attention), fp32 (no autocast), e.g. tunesmith-fp32w-sdpa-nopack.
+  nopack, sdpa / eager (attention), fp32 (no autocast), whole (train.tokens_per_pass=0: every
+  micro-batch in one pass), e.g. tunesmith-fp32w-sdpa-nopack.
 """
 
 import json
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import TARGETS, Hyper, set_lora_weights
+from common import TARGETS, Hyper, StepClock, set_lora_weights
 
 OPTIONS = {
     "bf16w": ("dtype", "bfloat16"),
@@ -28,6 +29,7 @@ OPTIONS = {
     "sdpa": ("attention", "sdpa"),
     "eager": ("attention", "eager"),
     "fp32": ("precision", "fp32"),
+    "whole": ("tokens_per_pass", 0),
 }
 
 
@@ -40,6 +42,7 @@ def tunesmith_settings(config: str) -> dict:
         "attention": ModelConfig().attention,
         "packing": DataConfig().packing,
         "precision": TrainConfig().precision,
+        "tokens_per_pass": TrainConfig().tokens_per_pass,
     }
     for option in config.split("-")[1:]:
         if option not in OPTIONS:
@@ -158,7 +161,14 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool) -> dict:
 
 
 def _tunesmith(
-    examples, batches, hyper: Hyper, dtype: str, precision: str, packing: bool, attention: str
+    examples,
+    batches,
+    hyper: Hyper,
+    dtype: str,
+    precision: str,
+    packing: bool,
+    attention: str,
+    tokens_per_pass,
 ) -> dict:
     import tunesmith
     from tunesmith.config.schema import DataConfig, TrainConfig
@@ -182,26 +192,21 @@ def _tunesmith(
         seed=hyper.seed,
         resume=False,
         max_grad_norm=1.0,
+        tokens_per_pass=tokens_per_pass,
     )
     weights_for_training(model, dtype, cfg.precision)  # as the recipes do before training
     data = DataConfig(packing=packing, max_length=hyper.max_length)
     objective = sft_objective(
         tokenizer.pad_token_id, **batching(data, examples, tokenizer.pad_token_id)
     )
-    starts, collate = [], objective.collate
-
-    def timed_collate(items):  # one micro-batch per step here, so each step starts with its collate
-        starts.append(time.perf_counter())
-        return collate(items)
-
-    objective.collate = timed_collate
-    with tempfile.TemporaryDirectory() as out:
+    clock = StepClock()
+    objective.collate = clock.timed(objective.collate)
+    with tempfile.TemporaryDirectory() as out, clock:
         train(model, examples, cfg, Path(out), objective)
-        ends = starts + [time.perf_counter()]
         records = [
             json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()
         ]
     return {
-        "times": [b - a for a, b in zip(ends, ends[1:])],
+        "times": clock.times(),
         "losses": [r["loss"] for r in records if "loss" in r],
     }

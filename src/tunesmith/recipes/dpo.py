@@ -53,7 +53,9 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     if cfg.dpo.uses_reference and cfg.dpo.precompute_reference:
         pairs = [*splits.train, *splits.eval, *splits.test]
         attach_reference(model, pairs, cfg, pad, out / REFERENCE_FILE)
-    objective = Objective(partial(collate_with_reference, pad_id=pad), partial(pair_loss, cfg=cfg))
+    objective = Objective(
+        partial(collate_with_reference, pad_id=pad), partial(pair_loss, cfg=cfg), splittable=True
+    )
     return train_and_report(
         cfg,
         model,

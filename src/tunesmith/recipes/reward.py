@@ -57,7 +57,9 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     model, tokenizer = build_reward_model(cfg)
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
-    objective = Objective(partial(collate_pairs, pad_id=pad), partial(pair_loss, cfg=cfg))
+    objective = Objective(
+        partial(collate_pairs, pad_id=pad), partial(pair_loss, cfg=cfg), splittable=True
+    )
     return train_and_report(
         cfg,
         model,

@@ -56,7 +56,10 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig
     """Read a run config (YAML file or None for defaults, plus dotted overrides) against every
     registry: method sections, task types and the tasks' own sections are all checked."""
     cfg = _load_config(path, overrides, config_types())
-    finish = get_task(cfg.task.type).finish
+    task = get_task(cfg.task.type)
+    if cfg.train.tokens_per_pass == "auto":
+        cfg.train.tokens_per_pass = task.tokens_per_pass
+    finish = task.finish
     if finish is not None:
         finish(cfg)
     return cfg

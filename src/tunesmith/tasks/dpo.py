@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from ..config.fields import opt
 from ..errors import ConfigError
 from ..objectives.preference import DPO_LOSSES
-from .registry import EvalRequest, TaskSpec, register_task
+from .registry import PAIR_TOKENS_PER_PASS, EvalRequest, TaskSpec, register_task
 from .text import metrics_text
 
 REFERENCE_FREE = ("orpo", "simpo")  # losses that never look at a reference model
@@ -82,6 +82,7 @@ register_task(
         train=_train,
         evaluate=_evaluate,
         text=metrics_text,
+        tokens_per_pass=PAIR_TOKENS_PER_PASS,
         sections={"dpo": DpoConfig},
     )
 )

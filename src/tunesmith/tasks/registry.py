@@ -9,6 +9,9 @@ from typing import Callable, Optional
 
 from ..errors import ConfigError
 
+# train.tokens_per_pass: auto for tasks on chosen/rejected pairs (measured in training/passes.py)
+PAIR_TOKENS_PER_PASS = 512
+
 
 @dataclass(frozen=True)
 class EvalRequest:
@@ -37,6 +40,8 @@ class TaskSpec:
     # merge_export(adapter_dir) -> None, or save(lm, tokenizer, out_dir) when `tunesmith merge` of
     # a run of this task must write more than the merged causal LM (reward: a sequence classifier)
     merge_export: Optional[Callable] = None
+    # what train.tokens_per_pass: auto means for this task (training/passes.py; 0: whole micro-batches)
+    tokens_per_pass: int = 0
 
     def sections_for(self, task_cfg) -> list[str]:
         if self.active_sections is not None:

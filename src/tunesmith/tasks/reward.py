@@ -9,7 +9,7 @@ from typing import Optional
 
 from ..config.fields import opt
 from ..errors import ConfigError
-from .registry import EvalRequest, TaskSpec, register_task
+from .registry import PAIR_TOKENS_PER_PASS, EvalRequest, TaskSpec, register_task
 from .text import metrics_text
 
 
@@ -96,6 +96,7 @@ register_task(
         train=_train,
         evaluate=_evaluate,
         text=metrics_text,
+        tokens_per_pass=PAIR_TOKENS_PER_PASS,
         sections={"reward": RewardConfig},
         merge_export=_merge_export,
     )

@@ -28,6 +28,10 @@ class Objective:
     gradients off; the loop switches to train mode for each update. None: one update of the
     collated micro-batches. updates_per_step must match, for the learning-rate schedule.
 
+    splittable: the loss is a mean over terms that do not depend on each other's batch (SFT, DPO,
+    reward, classification), so the loop may run a large micro-batch as several passes
+    (training/passes.py). False for losses that couple a batch's examples (KTO, PPO).
+
     state: what the objective carries from one step to the next (PPO's adaptive KL coefficient),
     an object with state_dict() -> plain JSON values and load_state_dict(dict). The loop saves it
     in every checkpoint as it stood before the step and restores it on resume. None: stateless.
@@ -39,6 +43,7 @@ class Objective:
     updates: Optional[Callable[[object, list], Iterable[list]]] = field(default=None, repr=False)
     updates_per_step: int = 1
     state: Optional[object] = field(default=None, repr=False)
+    splittable: bool = False
 
     @staticmethod
     def tokens(batch: dict) -> int:
@@ -85,4 +90,6 @@ def sft_objective(
     pad_id: int, collate_fn: Optional[Callable] = None, lengths: Optional[list[int]] = None
 ) -> Objective:
     """Language modelling on `Example`s: padded batches (or collate_fn, e.g. packed rows)."""
-    return Objective(collate_fn or partial(collate, pad_id=pad_id), sft_loss, lengths)
+    return Objective(
+        collate_fn or partial(collate, pad_id=pad_id), sft_loss, lengths, splittable=True
+    )

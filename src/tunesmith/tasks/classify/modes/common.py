@@ -151,7 +151,9 @@ def fit(
             f"choose head, last_block, last_two_blocks, all or method"
         )
     start = time.perf_counter()
-    objective = Objective(collate_fn, loss_fn, lengths if cfg.data.group_by_length else None)
+    objective = Objective(
+        collate_fn, loss_fn, lengths if cfg.data.group_by_length else None, splittable=True
+    )
     result = train(model, examples, cfg.train, out, objective, evaluate=evaluate, progress=progress)
     return {
         "steps": result.steps,

@@ -1,0 +1,35 @@
+"""A micro-batch too large for one forward/backward pass runs as several: same update, less memory.
+
+The loop back-propagates each batch's loss times its term count and divides the summed gradients
+by all the terms of the update, so cutting a micro-batch's examples into consecutive chunks gives
+the update of the whole micro-batch (up to float rounding) with the activations of one chunk.
+Objectives whose loss couples the examples of a batch (KTO's batch KL estimate, PPO's advantage
+whitening) do not declare `Objective.splittable` and always run whole.
+
+What `train.tokens_per_pass: auto` means is the task's choice (TaskSpec.tokens_per_pass), by
+measurement: LoRA DPO on SmolLM2-135M with 4 pairs per micro-batch (8 rows, ~780 padded tokens)
+peaked at 1,505 MB RSS in one pass and 1,224 MB in passes of 512 tokens, 5 % faster per step (each
+half pads less); LoRA SFT on packed rows of 4 x 256 tokens kept its peak RSS in passes of 512
+tokens and ran 18 % slower, so SFT keeps whole micro-batches.
+"""
+
+import math
+
+
+def passes_needed(padded_tokens: int, examples: int, tokens_per_pass: int) -> int:
+    """How many chunks a micro-batch of `examples` examples and `padded_tokens` tokens runs in
+    (tokens_per_pass 0: one)."""
+    if tokens_per_pass <= 0 or padded_tokens <= tokens_per_pass:
+        return 1
+    return min(examples, math.ceil(padded_tokens / tokens_per_pass))
+
+
+def split_examples(indices: list, passes: int) -> list[list]:
+    """`indices` cut into `passes` consecutive chunks of near-equal size, none empty."""
+    size, extra = divmod(len(indices), passes)
+    chunks, start = [], 0
+    for i in range(passes):
+        end = start + size + (1 if i < extra else 0)
+        chunks.append(list(indices[start:end]))
+        start = end
+    return chunks
