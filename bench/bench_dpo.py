@@ -40,8 +40,7 @@ DEFAULT = (
         "trl-nogc",
         "trl-precompute",
         "tunesmith",
-        "tunesmith-bf16w",
-        "tunesmith-bf16w-ckpt",
+        "tunesmith-nockpt",
     ]
     if NATIVE_BF16
     else ["trl-fp32", "trl-nogc-fp32", "tunesmith-fp32"]

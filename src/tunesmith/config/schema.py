@@ -197,10 +197,11 @@ class TrainConfig:
     )
     log_every: int = opt(10, "write metrics every N steps")
     resume: bool = opt(True, "continue from output.dir/checkpoints/last when it exists")
-    activation_checkpointing: bool = opt(
-        False,
+    activation_checkpointing: Union[bool, str] = opt(
+        "auto",
         "keep only each transformer block's input in the forward and recompute the rest in "
-        "the backward: activation memory of one block instead of all, ~30 % more time per step",
+        "the backward: activation memory of one block instead of all, 30-80 % more time per "
+        "step; auto: the task's measured choice (dpo, reward: true; the others false)",
     )
     tokens_per_pass: Union[int, str] = opt(
         "auto",
@@ -232,6 +233,11 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        if self.activation_checkpointing not in (True, False, "auto"):
+            raise ConfigError(
+                f"train.activation_checkpointing must be true, false or auto, got "
+                f"{self.activation_checkpointing!r}"
+            )
         if self.tokens_per_pass != "auto" and (
             isinstance(self.tokens_per_pass, (bool, str)) or self.tokens_per_pass < 0
         ):

@@ -59,6 +59,8 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig
     task = get_task(cfg.task.type)
     if cfg.train.tokens_per_pass == "auto":
         cfg.train.tokens_per_pass = task.tokens_per_pass
+    if cfg.train.activation_checkpointing == "auto":
+        cfg.train.activation_checkpointing = task.activation_checkpointing
     finish = task.finish
     if finish is not None:
         finish(cfg)

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from ..config.fields import opt
 from ..errors import ConfigError
 from ..objectives.preference import DPO_LOSSES
-from .registry import PAIR_TOKENS_PER_PASS, EvalRequest, TaskSpec, register_task
+from .registry import (
+    PAIR_ACTIVATION_CHECKPOINTING,
+    PAIR_TOKENS_PER_PASS,
+    EvalRequest,
+    TaskSpec,
+    register_task,
+)
 from .text import metrics_text
 
 REFERENCE_FREE = ("orpo", "simpo")  # losses that never look at a reference model
@@ -83,6 +89,7 @@ register_task(
         evaluate=_evaluate,
         text=metrics_text,
         tokens_per_pass=PAIR_TOKENS_PER_PASS,
+        activation_checkpointing=PAIR_ACTIVATION_CHECKPOINTING,
         sections={"dpo": DpoConfig},
     )
 )

@@ -9,7 +9,13 @@ from typing import Optional
 
 from ..config.fields import opt
 from ..errors import ConfigError
-from .registry import PAIR_TOKENS_PER_PASS, EvalRequest, TaskSpec, register_task
+from .registry import (
+    PAIR_ACTIVATION_CHECKPOINTING,
+    PAIR_TOKENS_PER_PASS,
+    EvalRequest,
+    TaskSpec,
+    register_task,
+)
 from .text import metrics_text
 
 
@@ -97,6 +103,7 @@ register_task(
         evaluate=_evaluate,
         text=metrics_text,
         tokens_per_pass=PAIR_TOKENS_PER_PASS,
+        activation_checkpointing=PAIR_ACTIVATION_CHECKPOINTING,
         sections={"reward": RewardConfig},
         merge_export=_merge_export,
     )

@@ -108,7 +108,7 @@ def train(
     """
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("nothing to train: the method left no parameter with requires_grad")
-    if cfg.activation_checkpointing:
+    if cfg.activation_checkpointing is True:  # "auto" unresolved (a direct API call): off
         enable_activation_checkpointing(model)
     par = parallel_for(model, objective, cfg)  # FSDP replaces the parameters
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}

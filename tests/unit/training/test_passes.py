@@ -67,11 +67,16 @@ def test_an_objective_that_is_not_splittable_runs_whole(tmp_path):
 
 
 def test_auto_is_the_tasks_choice_and_bad_values_are_config_errors():
-    assert load_config(None, ["task.type=dpo"]).train.tokens_per_pass == 512
-    assert load_config(None, ["task.type=sft"]).train.tokens_per_pass == 0
+    dpo, sft = load_config(None, ["task.type=dpo"]).train, load_config(None, []).train
+    assert (dpo.tokens_per_pass, dpo.activation_checkpointing) == (512, True)
+    assert (sft.tokens_per_pass, sft.activation_checkpointing) == (0, False)
+    explicit = load_config(None, ["task.type=dpo", "train.activation_checkpointing=false"])
+    assert explicit.train.activation_checkpointing is False
     assert (
         load_config(None, ["task.type=dpo", "train.tokens_per_pass=0"]).train.tokens_per_pass == 0
     )
     for bad in ("-1", "many"):
         with pytest.raises(ConfigError, match="tokens_per_pass"):
             load_config(None, [f"train.tokens_per_pass={bad}"])
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        load_config(None, ["train.activation_checkpointing=sometimes"])
