@@ -9,13 +9,12 @@ AdamW, constant lr, no weight decay, clip 1.0, batch 4 pairs = 8 rows):
 - tunesmith: tunesmith's dpo defaults: model.dtype=auto (frozen weights stored in bf16 under bf16
   autocast), model.attention=auto, train.precision=auto (bf16 autocast on a CPU with native bf16),
   precomputed reference log-probs, one forward over chosen + rejected, the output head only at
-  the response tokens, activation checkpointing and passes of at most 512 padded tokens
-  (train.activation_checkpointing and train.tokens_per_pass at auto: the dpo task's choices).
+  the response tokens, activation checkpointing (train.activation_checkpointing: auto, which is
+  on for dpo).
 - tunesmith-bf16w: the same with bf16 weights (model.dtype=bfloat16).
 - tunesmith-bf16w-ckpt: bf16 weights and train.activation_checkpointing=true (each block's
   activations recomputed in the backward, as TRL's default gradient checkpointing does).
 - tunesmith-nockpt: train.activation_checkpointing=false (the dpo default is true).
-- tunesmith-nockpt-whole: also train.tokens_per_pass=0 (each micro-batch in one pass).
 - tunesmith-noprecompute: dpo.precompute_reference=false (a reference forward every step).
 - *-fp32: fp32 throughout, for CPUs without native bf16 instructions.
 
@@ -39,7 +38,6 @@ CONFIGS = [
     "tunesmith-bf16w",
     "tunesmith-bf16w-ckpt",
     "tunesmith-nockpt",
-    "tunesmith-nockpt-whole",
     "tunesmith-noprecompute",
     "trl-fp32",
     "trl-nogc-fp32",
@@ -69,7 +67,6 @@ def run(config: str, pairs: list, batches: list[list[int]], hyper) -> dict:
         checkpointing="true"
         if config.endswith("-ckpt")
         else ("false" if "nockpt" in config else "auto"),
-        tokens_per_pass=0 if config.endswith("-whole") else "auto",
     )
 
 
@@ -166,7 +163,6 @@ def _tunesmith(
     precision: str,
     precompute: bool,
     checkpointing: str,
-    tokens_per_pass,
 ) -> dict:
     """tunesmith.recipes.dpo's pieces, in its order: build_model, attach_reference, train."""
     import tunesmith
@@ -199,7 +195,6 @@ def _tunesmith(
                 f"train.seed={hyper.seed}",
                 "train.resume=false",
                 f"train.activation_checkpointing={checkpointing}",
-                f"train.tokens_per_pass={tokens_per_pass}",
                 f"output.dir={out}",
             ],
         )

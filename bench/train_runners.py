@@ -9,8 +9,7 @@ Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, con
   (model.dtype, model.attention, data.packing, train.precision); the loss runs the output head
   only where labels are (objectives.sft).
 - tunesmith-<option>-...: the same with options changed: bf16w / fp32w (weights dtype), pack /
-  nopack, sdpa / eager (attention), fp32 (no autocast), whole (train.tokens_per_pass=0: every
-  micro-batch in one pass), e.g. tunesmith-fp32w-sdpa-nopack.
+  nopack, sdpa / eager (attention), fp32 (no autocast), e.g. tunesmith-fp32w-sdpa-nopack.
 """
 
 import json
@@ -29,7 +28,6 @@ OPTIONS = {
     "sdpa": ("attention", "sdpa"),
     "eager": ("attention", "eager"),
     "fp32": ("precision", "fp32"),
-    "whole": ("tokens_per_pass", 0),
 }
 
 
@@ -42,7 +40,6 @@ def tunesmith_settings(config: str) -> dict:
         "attention": ModelConfig().attention,
         "packing": DataConfig().packing,
         "precision": TrainConfig().precision,
-        "tokens_per_pass": TrainConfig().tokens_per_pass,
     }
     for option in config.split("-")[1:]:
         if option not in OPTIONS:
@@ -168,7 +165,6 @@ def _tunesmith(
     precision: str,
     packing: bool,
     attention: str,
-    tokens_per_pass,
 ) -> dict:
     import tunesmith
     from tunesmith.config.schema import DataConfig, TrainConfig
@@ -192,7 +188,6 @@ def _tunesmith(
         seed=hyper.seed,
         resume=False,
         max_grad_norm=1.0,
-        tokens_per_pass=tokens_per_pass,
     )
     weights_for_training(model, dtype, cfg.precision)  # as the recipes do before training
     data = DataConfig(packing=packing, max_length=hyper.max_length)

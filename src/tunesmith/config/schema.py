@@ -203,11 +203,11 @@ class TrainConfig:
         "the backward: activation memory of one block instead of all, 30-80 % more time per "
         "step; auto: the task's measured choice (dpo, reward: true; the others false)",
     )
-    tokens_per_pass: Union[int, str] = opt(
-        "auto",
+    tokens_per_pass: int = opt(
+        0,
         "most padded tokens one forward/backward pass holds: a larger micro-batch runs as several "
-        "passes whose gradients add up to the same update (less activation memory); auto: the "
-        "task's measured choice (dpo, reward: 512; the others whole); 0: never split",
+        "passes whose gradients add up to the same update (less activation memory for large "
+        "batches); 0: each micro-batch in one pass",
     )
     optimizer: str = opt(
         "adamw",
@@ -238,12 +238,9 @@ class TrainConfig:
                 f"train.activation_checkpointing must be true, false or auto, got "
                 f"{self.activation_checkpointing!r}"
             )
-        if self.tokens_per_pass != "auto" and (
-            isinstance(self.tokens_per_pass, (bool, str)) or self.tokens_per_pass < 0
-        ):
+        if self.tokens_per_pass < 0:
             raise ConfigError(
-                f"train.tokens_per_pass must be auto or a number of tokens >= 0, got "
-                f"{self.tokens_per_pass!r}"
+                f"train.tokens_per_pass must be a number of tokens >= 0, got {self.tokens_per_pass}"
             )
         for key in ("batch_size", "grad_accum"):
             if getattr(self, key) < 1:

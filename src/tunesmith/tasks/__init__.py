@@ -57,8 +57,6 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig
     registry: method sections, task types and the tasks' own sections are all checked."""
     cfg = _load_config(path, overrides, config_types())
     task = get_task(cfg.task.type)
-    if cfg.train.tokens_per_pass == "auto":
-        cfg.train.tokens_per_pass = task.tokens_per_pass
     if cfg.train.activation_checkpointing == "auto":
         cfg.train.activation_checkpointing = task.activation_checkpointing
     finish = task.finish

@@ -8,7 +8,6 @@ from ..errors import ConfigError
 from ..objectives.preference import DPO_LOSSES
 from .registry import (
     PAIR_ACTIVATION_CHECKPOINTING,
-    PAIR_TOKENS_PER_PASS,
     EvalRequest,
     TaskSpec,
     register_task,
@@ -88,7 +87,6 @@ register_task(
         train=_train,
         evaluate=_evaluate,
         text=metrics_text,
-        tokens_per_pass=PAIR_TOKENS_PER_PASS,
         activation_checkpointing=PAIR_ACTIVATION_CHECKPOINTING,
         sections={"dpo": DpoConfig},
     )

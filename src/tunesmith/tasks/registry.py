@@ -9,11 +9,9 @@ from typing import Callable, Optional
 
 from ..errors import ConfigError
 
-# train.tokens_per_pass: auto for tasks on chosen/rejected pairs (measured in training/passes.py)
-PAIR_TOKENS_PER_PASS = 512
-# train.activation_checkpointing: auto for them: LoRA DPO on SmolLM2-135M (4 pairs a step, one
-# core) peaked at 1,499 MB RSS without it and 1,250 MB with it (TRL's DPOTrainer: 2,157 MB), at
-# 1.86 s per step instead of 1.23 (TRL: 5.23); SFT keeps its speed (bench/results/dpo.md).
+# train.activation_checkpointing: auto for tasks on chosen/rejected pairs: LoRA DPO on
+# SmolLM2-135M (4 pairs a step, one core) peaked at 1,577 MB RSS without it and 1,206 MB with it
+# (TRL's DPOTrainer: 2,129 MB), at 1.52 s per step instead of 1.05 (TRL: 4.36); bench/README.md.
 PAIR_ACTIVATION_CHECKPOINTING = True
 
 
@@ -44,8 +42,6 @@ class TaskSpec:
     # merge_export(adapter_dir) -> None, or save(lm, tokenizer, out_dir) when `tunesmith merge` of
     # a run of this task must write more than the merged causal LM (reward: a sequence classifier)
     merge_export: Optional[Callable] = None
-    # what train.tokens_per_pass: auto means for this task (training/passes.py; 0: whole micro-batches)
-    tokens_per_pass: int = 0
     # what train.activation_checkpointing: auto means for this task
     activation_checkpointing: bool = False
 

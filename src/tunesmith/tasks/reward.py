@@ -11,7 +11,6 @@ from ..config.fields import opt
 from ..errors import ConfigError
 from .registry import (
     PAIR_ACTIVATION_CHECKPOINTING,
-    PAIR_TOKENS_PER_PASS,
     EvalRequest,
     TaskSpec,
     register_task,
@@ -102,7 +101,6 @@ register_task(
         train=_train,
         evaluate=_evaluate,
         text=metrics_text,
-        tokens_per_pass=PAIR_TOKENS_PER_PASS,
         activation_checkpointing=PAIR_ACTIVATION_CHECKPOINTING,
         sections={"reward": RewardConfig},
         merge_export=_merge_export,

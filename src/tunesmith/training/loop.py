@@ -230,9 +230,7 @@ class _Loop:
         self.seconds, self.tokens = 0.0, 0
         # Splitting is for the loop's own updates; on-policy objectives cut their rollouts themselves.
         splittable = objective.splittable and objective.updates is None
-        # "auto" left unresolved (no task to ask: a direct API call) keeps micro-batches whole.
-        tokens = cfg.tokens_per_pass if isinstance(cfg.tokens_per_pass, int) else 0
-        self.pass_tokens = tokens if splittable else 0
+        self.pass_tokens = cfg.tokens_per_pass if splittable else 0
         self.updated_in_step = False
         self.last_loss = self.window_loss = float("nan")
 

@@ -1,5 +1,6 @@
 """train.tokens_per_pass: a micro-batch run as several passes gives the update of the whole one;
-objectives that couple a batch's examples always run whole; auto is the task's choice."""
+objectives that couple a batch's examples always run whole; train.activation_checkpointing: auto
+is the task's choice."""
 
 import dataclasses
 
@@ -66,15 +67,13 @@ def test_an_objective_that_is_not_splittable_runs_whole(tmp_path):
     assert calls == [8, 8]
 
 
-def test_auto_is_the_tasks_choice_and_bad_values_are_config_errors():
+def test_checkpointing_auto_is_the_tasks_choice_and_bad_values_are_config_errors():
     dpo, sft = load_config(None, ["task.type=dpo"]).train, load_config(None, []).train
-    assert (dpo.tokens_per_pass, dpo.activation_checkpointing) == (512, True)
+    assert (dpo.tokens_per_pass, dpo.activation_checkpointing) == (0, True)
     assert (sft.tokens_per_pass, sft.activation_checkpointing) == (0, False)
     explicit = load_config(None, ["task.type=dpo", "train.activation_checkpointing=false"])
     assert explicit.train.activation_checkpointing is False
-    assert (
-        load_config(None, ["task.type=dpo", "train.tokens_per_pass=0"]).train.tokens_per_pass == 0
-    )
+    assert load_config(None, ["train.tokens_per_pass=300"]).train.tokens_per_pass == 300
     for bad in ("-1", "many"):
         with pytest.raises(ConfigError, match="tokens_per_pass"):
             load_config(None, [f"train.tokens_per_pass={bad}"])
