@@ -6,6 +6,7 @@ from . import (
     full,  # noqa: F401  (registers "full")
     ia3,  # noqa: F401  (registers "ia3")
     llama_adapter,  # noqa: F401  (registers "llama_adapter")
+    loha,  # noqa: F401  (registers "loha")
     lora,  # noqa: F401  (registers "lora")
     p_tuning,  # noqa: F401  (registers "p_tuning")
     prefix_tuning,  # noqa: F401  (registers "prefix_tuning")

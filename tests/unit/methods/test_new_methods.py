@@ -1,0 +1,64 @@
+"""LoHa, LoKr, VeRA, LN tuning and FourierFT specifics the matrix does not cover: config checks,
+the update's formula on one layer, dropout in training only, refusing wrapped layers."""
+
+import pytest
+import torch
+from torch import nn
+
+from tests.tiny import tiny_llama
+from tunesmith.config.loader import load_config
+from tunesmith.errors import ConfigError
+from tunesmith.methods import apply_method, config_classes, method_names
+from tunesmith.methods.loha import LohaConfig, LohaLinear
+from tunesmith.methods.lora import LoraConfig
+
+NEW = ["loha"]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_registered_and_unknown_keys_are_refused(name):
+    assert name in method_names()
+    with pytest.raises(ConfigError, match=r"unknown key .*(did you mean|allowed)"):
+        load_config(None, [f"method.name={name}", "method.rr=4"], types=config_classes())
+
+
+@pytest.mark.parametrize("cfg", [dict(r=0), dict(rank_dropout=1.0), dict(target_modules=[])])
+def test_loha_config_checks(cfg):
+    with pytest.raises(ConfigError):
+        LohaConfig(**cfg)
+
+
+def _layer(layer_cls, cfg, seed=0):
+    torch.manual_seed(seed)
+    layer = layer_cls(nn.Linear(8, 6))
+    layer.add_adapter("default", cfg)
+    with torch.no_grad():
+        for p in layer.adapter_parameters("default").values():
+            p.normal_()
+    return layer.eval()
+
+
+def test_loha_update_is_the_scaled_hadamard_product():
+    layer = _layer(LohaLinear, LohaConfig(r=2, alpha=3))
+    w1 = layer.hada_w1_a["default"] @ layer.hada_w1_b["default"]
+    w2 = layer.hada_w2_a["default"] @ layer.hada_w2_b["default"]
+    x = torch.randn(3, 8)
+    expected = layer.base_layer(x) + x @ (w1 * w2 * 1.5).T  # alpha / r = 3 / 2
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_loha_dropout_acts_in_training_only():
+    layer = _layer(LohaLinear, LohaConfig(r=2, rank_dropout=0.5, module_dropout=0.3))
+    x = torch.randn(3, 8)
+    evaluated = layer(x)
+    torch.testing.assert_close(layer(x), evaluated)  # eval: deterministic, nothing dropped
+    layer.train()
+    torch.manual_seed(0)
+    trained = [layer(x) for _ in range(8)]
+    assert any(not torch.allclose(t, evaluated) for t in trained)
+
+
+def test_a_layer_wrapped_by_another_method_is_refused():
+    model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ConfigError, match="already holds a LoraLinear"):
+        apply_method(model, LohaConfig(target_modules=["q_proj"]), "second")
