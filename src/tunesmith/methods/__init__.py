@@ -7,6 +7,7 @@ from . import (
     ia3,  # noqa: F401  (registers "ia3")
     llama_adapter,  # noqa: F401  (registers "llama_adapter")
     loha,  # noqa: F401  (registers "loha")
+    lokr,  # noqa: F401  (registers "lokr")
     lora,  # noqa: F401  (registers "lora")
     p_tuning,  # noqa: F401  (registers "p_tuning")
     prefix_tuning,  # noqa: F401  (registers "prefix_tuning")

@@ -10,9 +10,10 @@ from tunesmith.config.loader import load_config
 from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method, config_classes, method_names
 from tunesmith.methods.loha import LohaConfig, LohaLinear
+from tunesmith.methods.lokr import LokrConfig, LokrLinear
 from tunesmith.methods.lora import LoraConfig
 
-NEW = ["loha"]
+NEW = ["loha", "lokr"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -47,8 +48,35 @@ def test_loha_update_is_the_scaled_hadamard_product():
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_loha_dropout_acts_in_training_only():
-    layer = _layer(LohaLinear, LohaConfig(r=2, rank_dropout=0.5, module_dropout=0.3))
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(r=0), dict(decompose_factor=0), dict(init_weights="zeros"), dict(module_dropout=-0.1)],
+)
+def test_lokr_config_checks(cfg):
+    with pytest.raises(ConfigError):
+        LokrConfig(**cfg)
+
+
+def test_lokr_update_is_the_scaled_kronecker_product():
+    # 6 = 2 * 3 rows and 8 = 2 * 4 columns: W1 (2, 2), W2 (3, 4), full at r = 2.
+    layer = _layer(LokrLinear, LokrConfig(r=2, alpha=1))
+    w1, w2 = layer.lokr_w1["default"], layer.lokr_w2["default"]
+    assert w1.shape == (2, 2) and w2.shape == (3, 4)
+    blocks = [[w1[i, j] * w2 for j in range(2)] for i in range(2)]
+    delta = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0) * 0.5  # alpha / r
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), layer.base_layer(x) + x @ delta.T)
+
+
+@pytest.mark.parametrize(
+    "layer_cls,cfg",
+    [
+        (LohaLinear, LohaConfig(r=2, rank_dropout=0.5, module_dropout=0.3)),
+        (LokrLinear, LokrConfig(r=2, rank_dropout=0.5, rank_dropout_scale=True)),
+    ],
+)
+def test_dropout_acts_in_training_only(layer_cls, cfg):
+    layer = _layer(layer_cls, cfg)
     x = torch.randn(3, 8)
     evaluated = layer(x)
     torch.testing.assert_close(layer(x), evaluated)  # eval: deterministic, nothing dropped

@@ -20,6 +20,7 @@ from tunesmith.methods import apply_method, get_method, merge_adapters
 from tunesmith.methods.base import adapter_layers
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.methods.loha import LohaConfig
+from tunesmith.methods.lokr import LokrConfig, factorization
 
 peft = pytest.importorskip("peft")
 
@@ -65,6 +66,29 @@ PAIRS = [
         LohaConfig(r=2, alpha=3, target_modules=BERT),
         "LoHaConfig",
         dict(r=2, alpha=3, target_modules=BERT),
+        noise=0.3,
+    ),
+    # r = 1: W2 is a rank-1 product; decompose_factor 8 with decompose_both: W1 is one too.
+    Pair(
+        "lokr",
+        "llama",
+        LokrConfig(r=1, alpha=2, target_modules=LLAMA),
+        "LoKrConfig",
+        dict(r=1, alpha=2, target_modules=LLAMA),
+    ),
+    Pair(
+        "lokr-both",
+        "llama",
+        LokrConfig(r=1, decompose_both=True, decompose_factor=8, target_modules=LLAMA),
+        "LoKrConfig",
+        dict(r=1, decompose_both=True, decompose_factor=8, target_modules=LLAMA),
+    ),
+    Pair(
+        "lokr-lycoris",
+        "bert",
+        LokrConfig(r=4, alpha=2, init_weights="lycoris", target_modules=BERT),
+        "LoKrConfig",
+        dict(r=4, alpha=2, init_weights="lycoris", target_modules=BERT),
         noise=0.3,
     ),
 ]
@@ -154,8 +178,22 @@ def test_merge_matches_peft_merge(pair, tmp_path):
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=str)
-def test_init_and_gradients_match_peft(pair):
-    # Same init where it is not random; then PEFT's tensors copied into ours give PEFT's gradients.
+def test_deterministic_init_matches_peft(pair):
+    # Tensors PEFT starts at a constant (zeros, d_initial) start at the same value in ours.
+    base = BUILDERS[pair.arch]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = _trainable(peft.get_peft_model(copy.deepcopy(base), pair.peft_config()))
+    ours = _trainable(apply_method(copy.deepcopy(base), copy.deepcopy(pair.ours)))
+    constant = [n for n, p in theirs.items() if torch.all(p == p.flatten()[0])]
+    assert constant, "every method here starts some tensor at a constant"
+    for name in constant:
+        assert torch.equal(ours[name], theirs[name]), name
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=str)
+def test_gradients_match_peft(pair):
+    # PEFT's (perturbed) tensors copied into ours give PEFT's gradients.
     base = BUILDERS[pair.arch]()
     theirs = _peft(pair, base)
     ours = apply_method(copy.deepcopy(base), copy.deepcopy(pair.ours))
@@ -183,6 +221,8 @@ def _saved_with(tmp_path, pair, **changes):
 UNSUPPORTED = [
     (PAIRS[0], {"rank_pattern": {"q_proj": 2}}),
     (PAIRS[0], {"modules_to_save": ["lm_head"]}),
+    (PAIRS[2], {"alpha_pattern": {"q_proj": 2}}),
+    (PAIRS[2], {"layers_to_transform": [0]}),
 ]
 
 
@@ -197,3 +237,11 @@ def test_unsupported_peft_option_is_refused_by_name(pair, changes, tmp_path):
         spec.from_peft_config(peft_cfg)
     with pytest.raises(CheckpointError, match=option):
         load_adapter(BUILDERS[pair.arch](), _saved_with(tmp_path, pair, **changes))
+
+
+def test_lokr_factorization_matches_peft():
+    from peft.tuners.lokr.layer import factorization as peft_factorization
+
+    for factor in (-1, 1, 2, 3, 4, 8, 16):
+        for dim in range(1, 300):
+            assert factorization(dim, factor) == peft_factorization(dim, factor), (dim, factor)
