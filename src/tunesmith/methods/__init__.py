@@ -14,6 +14,7 @@ from . import (
     prompt_tuning,  # noqa: F401  (registers "prompt_tuning")
     selected,  # noqa: F401  (registers "selected")
     sparse,  # noqa: F401  (registers "sparse")
+    vera,  # noqa: F401  (registers "vera")
 )
 from .base import (
     AdapterLayer,

@@ -9,11 +9,13 @@ from tests.tiny import tiny_llama
 from tunesmith.config.loader import load_config
 from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method, config_classes, method_names
+from tunesmith.methods.io import save_adapter
 from tunesmith.methods.loha import LohaConfig, LohaLinear
 from tunesmith.methods.lokr import LokrConfig, LokrLinear
 from tunesmith.methods.lora import LoraConfig
+from tunesmith.methods.vera import VeraConfig, VeraLinear
 
-NEW = ["loha", "lokr"]
+NEW = ["loha", "lokr", "vera"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -90,3 +92,32 @@ def test_a_layer_wrapped_by_another_method_is_refused():
     model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(ConfigError, match="already holds a LoraLinear"):
         apply_method(model, LohaConfig(target_modules=["q_proj"]), "second")
+
+
+def test_vera_layers_share_one_projection_and_slice_it():
+    model = apply_method(tiny_llama(), VeraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    layers = [m for m in model.modules() if isinstance(m, VeraLinear)]
+    assert len({id(layer.projection) for layer in layers}) == 1
+    a = layers[0].projection.vera_A["default"]  # (r, largest in): down_proj's 32
+    assert a.shape == (4, 32)
+    q = layers[0]  # q_proj: 16 -> 16 uses the first 16 columns of A and rows of B
+    with torch.no_grad():
+        q.vera_lambda_b["default"].normal_()
+    b = q.projection.vera_B["default"][:16]
+    expected = (q.vera_lambda_b["default"][:, None] * b) @ (
+        q.vera_lambda_d["default"][:, None] * a[:, :16]
+    )
+    torch.testing.assert_close(q.delta_weight("default"), expected)
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(q(x), q.base_layer(x) + x @ expected.T)
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_vera_file_holds_the_projection_only_with_save_projection(save, tmp_path):
+    from safetensors.torch import load_file
+
+    model = apply_method(tiny_llama(), VeraConfig(r=4, save_projection=save))
+    save_adapter(model, tmp_path)
+    keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
+    assert ({"base_model.vera_A", "base_model.vera_B"} <= keys) == save
+    assert len([k for k in keys if "vera_lambda" in k]) == 8  # 2 layers x (q, v) x (b, d)

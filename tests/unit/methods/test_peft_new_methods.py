@@ -21,6 +21,7 @@ from tunesmith.methods.base import adapter_layers
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.methods.loha import LohaConfig
 from tunesmith.methods.lokr import LokrConfig, factorization
+from tunesmith.methods.vera import VeraConfig
 
 peft = pytest.importorskip("peft")
 
@@ -29,6 +30,7 @@ INPUT = torch.tensor([[5, 9, 13, 40, 41, 42, 7, 8], [6, 10, 14, 50, 51, 52, 9, 0
 MASK = torch.tensor([[1] * 8, [1] * 7 + [0]])
 LLAMA = ["q_proj", "v_proj", "down_proj"]
 BERT = ["query", "value", "intermediate.dense"]
+GPT2 = ["c_attn", "c_proj"]  # attn.c_proj and mlp.c_proj too (Conv1D, transposed weights)
 
 
 @dataclass
@@ -90,6 +92,32 @@ PAIRS = [
         "LoKrConfig",
         dict(r=4, alpha=2, init_weights="lycoris", target_modules=BERT),
         noise=0.3,
+    ),
+    # VeRA's lambda_b starts at zero: a larger change so that the adapter shows in the logits.
+    Pair(
+        "vera",
+        "llama",
+        VeraConfig(r=8, target_modules=LLAMA),
+        "VeraConfig",
+        dict(r=8, target_modules=LLAMA),
+        noise=0.5,
+    ),
+    Pair(
+        "vera",
+        "gpt2",
+        VeraConfig(r=4, projection_prng_key=3, d_initial=0.2, target_modules=GPT2),
+        "VeraConfig",
+        dict(r=4, projection_prng_key=3, d_initial=0.2, target_modules=GPT2),
+        noise=0.5,
+    ),
+    # A and B not in the file: both sides regenerate them from the seed.
+    Pair(
+        "vera-regenerated",
+        "llama",
+        VeraConfig(r=6, save_projection=False, projection_prng_key=11, target_modules="all-linear"),
+        "VeraConfig",
+        dict(r=6, save_projection=False, projection_prng_key=11, target_modules="all-linear"),
+        noise=0.5,
     ),
 ]
 
@@ -223,6 +251,8 @@ UNSUPPORTED = [
     (PAIRS[0], {"modules_to_save": ["lm_head"]}),
     (PAIRS[2], {"alpha_pattern": {"q_proj": 2}}),
     (PAIRS[2], {"layers_to_transform": [0]}),
+    (PAIRS[5], {"bias": "all"}),
+    (PAIRS[5], {"layers_pattern": "layers"}),
 ]
 
 
@@ -245,3 +275,20 @@ def test_lokr_factorization_matches_peft():
     for factor in (-1, 1, 2, 3, 4, 8, 16):
         for dim in range(1, 300):
             assert factorization(dim, factor) == peft_factorization(dim, factor), (dim, factor)
+
+
+@pytest.mark.parametrize("key", [0, 5])
+def test_vera_projections_equal_peft(key):
+    # The seeded A and B, sized for the largest targeted layer (down_proj: in 32; up_proj: out 32).
+    base = BUILDERS["llama"]()
+    targets = ["q_proj", "up_proj", "down_proj"]
+    ours = apply_method(
+        copy.deepcopy(base), VeraConfig(r=8, projection_prng_key=key, target_modules=targets)
+    )
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.VeraConfig(r=8, projection_prng_key=key, target_modules=targets)
+    )
+    projection = next(layer.projection for _, layer in adapter_layers(ours))
+    assert projection.vera_A["default"].shape == (8, 32)
+    assert torch.equal(projection.vera_A["default"], theirs.base_model.vera_A["default"])
+    assert torch.equal(projection.vera_B["default"], theirs.base_model.vera_B["default"])
