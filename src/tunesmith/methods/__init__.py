@@ -6,6 +6,7 @@ from . import (
     full,  # noqa: F401  (registers "full")
     ia3,  # noqa: F401  (registers "ia3")
     llama_adapter,  # noqa: F401  (registers "llama_adapter")
+    ln_tuning,  # noqa: F401  (registers "ln_tuning")
     loha,  # noqa: F401  (registers "loha")
     lokr,  # noqa: F401  (registers "lokr")
     lora,  # noqa: F401  (registers "lora")

@@ -7,15 +7,24 @@ from torch import nn
 
 from tests.tiny import tiny_llama
 from tunesmith.config.loader import load_config
-from tunesmith.errors import ConfigError
-from tunesmith.methods import apply_method, config_classes, method_names
+from tunesmith.errors import ConfigError, UnsupportedModuleError
+from tunesmith.methods import (
+    adapter_configs,
+    apply_method,
+    config_classes,
+    merge_adapters,
+    method_names,
+    set_active_adapter,
+    unmerge_adapters,
+)
 from tunesmith.methods.io import save_adapter
+from tunesmith.methods.ln_tuning import LnTuningConfig, LnTuningLayer
 from tunesmith.methods.loha import LohaConfig, LohaLinear
 from tunesmith.methods.lokr import LokrConfig, LokrLinear
 from tunesmith.methods.lora import LoraConfig
 from tunesmith.methods.vera import VeraConfig, VeraLinear
 
-NEW = ["loha", "lokr", "vera"]
+NEW = ["loha", "lokr", "vera", "ln_tuning"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -121,3 +130,41 @@ def test_vera_file_holds_the_projection_only_with_save_projection(save, tmp_path
     keys = set(load_file(str(tmp_path / "adapter_model.safetensors")))
     assert ({"base_model.vera_A", "base_model.vera_B"} <= keys) == save
     assert len([k for k in keys if "vera_lambda" in k]) == 8  # 2 layers x (q, v) x (b, d)
+
+
+def test_ln_tuning_default_targets_every_norm_and_is_recorded():
+    model = apply_method(tiny_llama(), LnTuningConfig())
+    assert adapter_configs(model)["default"].target_modules == [
+        "input_layernorm",
+        "norm",
+        "post_attention_layernorm",
+    ]
+    assert sum(isinstance(m, LnTuningLayer) for m in model.modules()) == 5
+
+
+def test_ln_tuning_refuses_a_layer_that_is_no_norm():
+    with pytest.raises(UnsupportedModuleError, match="q_proj.*not a normalisation layer"):
+        apply_method(tiny_llama(), LnTuningConfig(target_modules=["q_proj"]))
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[5, 9, 13, 40, 41]])).logits
+
+
+def test_ln_tuning_adapters_switch_and_merge_exactly():
+    model = apply_method(tiny_llama(), LnTuningConfig(target_modules=["norm"]))
+    apply_method(model, LnTuningConfig(target_modules=["norm"]), "other")
+    norm = model.model.norm
+    with torch.no_grad():
+        norm.ln_tuning_layers["other"].weight.mul_(3.0)
+    original = norm.base_layer.weight.clone()
+    other = _logits(model)
+    set_active_adapter(model, "default")
+    assert not torch.allclose(_logits(model), other)  # "default" is still the base norm
+    set_active_adapter(model, "other")
+    merge_adapters(model)
+    torch.testing.assert_close(norm.base_layer.weight, original * 3.0)
+    torch.testing.assert_close(_logits(model), other)
+    unmerge_adapters(model)
+    assert torch.equal(norm.base_layer.weight, original)

@@ -19,6 +19,7 @@ from tunesmith.errors import CheckpointError, ConfigError
 from tunesmith.methods import apply_method, get_method, merge_adapters
 from tunesmith.methods.base import adapter_layers
 from tunesmith.methods.io import load_adapter, save_adapter
+from tunesmith.methods.ln_tuning import LnTuningConfig
 from tunesmith.methods.loha import LohaConfig
 from tunesmith.methods.lokr import LokrConfig, factorization
 from tunesmith.methods.vera import VeraConfig
@@ -118,6 +119,17 @@ PAIRS = [
         "VeraConfig",
         dict(r=6, save_projection=False, projection_prng_key=11, target_modules="all-linear"),
         noise=0.5,
+    ),
+    # Our default (every norm) is PEFT's default for Llama and GPT-2; PEFT has none for BERT.
+    Pair("ln_tuning", "llama", LnTuningConfig(), "LNTuningConfig"),
+    Pair("ln_tuning", "gpt2", LnTuningConfig(), "LNTuningConfig"),
+    Pair(
+        "ln_tuning",
+        "bert",
+        LnTuningConfig(),
+        "LNTuningConfig",
+        dict(target_modules=["LayerNorm"]),
+        noise=0.3,
     ),
 ]
 
@@ -253,6 +265,8 @@ UNSUPPORTED = [
     (PAIRS[2], {"layers_to_transform": [0]}),
     (PAIRS[5], {"bias": "all"}),
     (PAIRS[5], {"layers_pattern": "layers"}),
+    (PAIRS[8], {"exclude_modules": ["norm"]}),
+    (PAIRS[8], {"modules_to_save": ["lm_head"]}),
 ]
 
 
