@@ -3,6 +3,7 @@
 from . import (
     adapter,  # noqa: F401  (registers "adapter")
     bitfit,  # noqa: F401  (registers "bitfit")
+    fourierft,  # noqa: F401  (registers "fourierft")
     full,  # noqa: F401  (registers "full")
     ia3,  # noqa: F401  (registers "ia3")
     llama_adapter,  # noqa: F401  (registers "llama_adapter")

@@ -17,6 +17,8 @@ from tunesmith.methods import (
     set_active_adapter,
     unmerge_adapters,
 )
+from tunesmith.methods.base import adapter_layers
+from tunesmith.methods.fourierft import FourierFTConfig, FourierFTLinear
 from tunesmith.methods.io import save_adapter
 from tunesmith.methods.ln_tuning import LnTuningConfig, LnTuningLayer
 from tunesmith.methods.loha import LohaConfig, LohaLinear
@@ -24,7 +26,7 @@ from tunesmith.methods.lokr import LokrConfig, LokrLinear
 from tunesmith.methods.lora import LoraConfig
 from tunesmith.methods.vera import VeraConfig, VeraLinear
 
-NEW = ["loha", "lokr", "vera", "ln_tuning"]
+NEW = ["loha", "lokr", "vera", "ln_tuning", "fourierft"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -168,3 +170,27 @@ def test_ln_tuning_adapters_switch_and_merge_exactly():
     torch.testing.assert_close(_logits(model), other)
     unmerge_adapters(model)
     assert torch.equal(norm.base_layer.weight, original)
+
+
+def test_fourierft_update_is_the_scaled_inverse_dft_of_the_sparse_spectrum():
+    layer = _layer(FourierFTLinear, FourierFTConfig(n_frequency=5, scaling=20.0))
+    rows, cols = layer.indices["default"]
+    assert len({(int(r), int(c)) for r, c in zip(rows, cols)}) == 5  # distinct entries
+    dense = torch.zeros(6, 8, dtype=torch.complex64)
+    dense[rows, cols] = layer.fourierft_spectrum["default"].detach().to(torch.complex64)
+    j, k = torch.arange(6)[:, None], torch.arange(8)[None, :]
+    delta = torch.zeros(6, 8)
+    for u, v in zip(rows.tolist(), cols.tolist()):  # the IDFT written out, 1 / (6 * 8) normalised
+        phase = 2 * torch.pi * (u * j / 6 + v * k / 8)
+        delta += (dense[u, v] * torch.exp(1j * phase)).real / 48
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), layer.base_layer(x) + x @ (20.0 * delta).T)
+
+
+def test_fourierft_refuses_more_frequencies_than_weights_before_changing_the_model():
+    model = tiny_llama()
+    with pytest.raises(
+        ConfigError, match="n_frequency=200 exceeds the 8 x 16 = 128 weights of .*v_proj"
+    ):
+        apply_method(model, FourierFTConfig(n_frequency=200, target_modules=["q_proj", "v_proj"]))
+    assert not list(adapter_layers(model))

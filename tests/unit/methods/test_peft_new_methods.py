@@ -18,6 +18,7 @@ from tests.unit.methods.matrix_support import BUILDERS
 from tunesmith.errors import CheckpointError, ConfigError
 from tunesmith.methods import apply_method, get_method, merge_adapters
 from tunesmith.methods.base import adapter_layers
+from tunesmith.methods.fourierft import FourierFTConfig
 from tunesmith.methods.io import load_adapter, save_adapter
 from tunesmith.methods.ln_tuning import LnTuningConfig
 from tunesmith.methods.loha import LohaConfig
@@ -44,6 +45,7 @@ class Pair:
     peft_cls: str
     peft_kwargs: dict = field(default_factory=dict)
     noise: float = 0.05  # random change of the adapter tensors before comparing
+    random_init: bool = False  # every trained tensor starts random (FourierFT's default)
 
     def __str__(self):
         return f"{self.id}-{self.arch}"
@@ -131,6 +133,31 @@ PAIRS = [
         dict(target_modules=["LayerNorm"]),
         noise=0.3,
     ),
+    # PEFT's default init: a random spectrum; the frequency entries are regenerated from the seed.
+    Pair(
+        "fourierft",
+        "llama",
+        FourierFTConfig(n_frequency=64, target_modules=LLAMA),
+        "FourierFTConfig",
+        dict(n_frequency=64, target_modules=LLAMA),
+        random_init=True,
+    ),
+    Pair(
+        "fourierft",
+        "gpt2",
+        FourierFTConfig(n_frequency=50, scaling=100.0, random_loc_seed=5, target_modules=GPT2),
+        "FourierFTConfig",
+        dict(n_frequency=50, scaling=100.0, random_loc_seed=5, target_modules=GPT2),
+        random_init=True,
+    ),
+    Pair(
+        "fourierft-zeros",
+        "bert",
+        FourierFTConfig(n_frequency=100, init_weights=True, target_modules=BERT),
+        "FourierFTConfig",
+        dict(n_frequency=100, init_weights=True, target_modules=BERT),
+        noise=1.0,
+    ),
 ]
 
 
@@ -217,7 +244,7 @@ def test_merge_matches_peft_merge(pair, tmp_path):
     assert _max_diff(_logits(ours), _logits(theirs)) <= TOL
 
 
-@pytest.mark.parametrize("pair", PAIRS, ids=str)
+@pytest.mark.parametrize("pair", [p for p in PAIRS if not p.random_init], ids=str)
 def test_deterministic_init_matches_peft(pair):
     # Tensors PEFT starts at a constant (zeros, d_initial) start at the same value in ours.
     base = BUILDERS[pair.arch]()
@@ -267,6 +294,8 @@ UNSUPPORTED = [
     (PAIRS[5], {"layers_pattern": "layers"}),
     (PAIRS[8], {"exclude_modules": ["norm"]}),
     (PAIRS[8], {"modules_to_save": ["lm_head"]}),
+    (PAIRS[11], {"n_frequency_pattern": {"q_proj": 10}}),
+    (PAIRS[11], {"bias": "fourier_only"}),
 ]
 
 
@@ -306,3 +335,16 @@ def test_vera_projections_equal_peft(key):
     assert projection.vera_A["default"].shape == (8, 32)
     assert torch.equal(projection.vera_A["default"], theirs.base_model.vera_A["default"])
     assert torch.equal(projection.vera_B["default"], theirs.base_model.vera_B["default"])
+
+
+@pytest.mark.parametrize("seed", [777, 1])
+def test_fourierft_frequency_entries_equal_peft(seed):
+    base = BUILDERS["llama"]()
+    cfg = dict(n_frequency=30, random_loc_seed=seed, target_modules=["k_proj", "up_proj"])
+    ours = apply_method(copy.deepcopy(base), FourierFTConfig(**cfg))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.FourierFTConfig(**cfg))
+    theirs_layers = {
+        _key(n): m for n, m in theirs.named_modules() if hasattr(m, "fourierft_spectrum")
+    }
+    for path, layer in adapter_layers(ours):
+        assert torch.equal(layer.indices["default"], theirs_layers[path].indices["default"]), path
