@@ -3,15 +3,20 @@
 from . import (
     adapter,  # noqa: F401  (registers "adapter")
     bitfit,  # noqa: F401  (registers "bitfit")
+    fourierft,  # noqa: F401  (registers "fourierft")
     full,  # noqa: F401  (registers "full")
     ia3,  # noqa: F401  (registers "ia3")
     llama_adapter,  # noqa: F401  (registers "llama_adapter")
+    ln_tuning,  # noqa: F401  (registers "ln_tuning")
+    loha,  # noqa: F401  (registers "loha")
+    lokr,  # noqa: F401  (registers "lokr")
     lora,  # noqa: F401  (registers "lora")
     p_tuning,  # noqa: F401  (registers "p_tuning")
     prefix_tuning,  # noqa: F401  (registers "prefix_tuning")
     prompt_tuning,  # noqa: F401  (registers "prompt_tuning")
     selected,  # noqa: F401  (registers "selected")
     sparse,  # noqa: F401  (registers "sparse")
+    vera,  # noqa: F401  (registers "vera")
 )
 from .base import (
     AdapterLayer,
