@@ -1,6 +1,7 @@
 """Fine-tuning methods. Importing this package registers every method folder."""
 
 from . import (
+    adalora,  # noqa: F401  (registers "adalora")
     adapter,  # noqa: F401  (registers "adapter")
     bitfit,  # noqa: F401  (registers "bitfit")
     full,  # noqa: F401  (registers "full")
