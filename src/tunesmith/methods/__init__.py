@@ -8,6 +8,7 @@ from . import (
     ia3,  # noqa: F401  (registers "ia3")
     llama_adapter,  # noqa: F401  (registers "llama_adapter")
     lora,  # noqa: F401  (registers "lora")
+    multitask_prompt_tuning,  # noqa: F401  (registers "multitask_prompt_tuning")
     oft,  # noqa: F401  (registers "oft")
     p_tuning,  # noqa: F401  (registers "p_tuning")
     prefix_tuning,  # noqa: F401  (registers "prefix_tuning")

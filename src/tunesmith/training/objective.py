@@ -79,8 +79,9 @@ def sft_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
         batch["input_ids"],
         batch["attention_mask"],
         batch["labels"],
-        position_ids=batch.get("position_ids"),
-    )  # position_ids: a packed batch
+        position_ids=batch.get("position_ids"),  # a packed batch
+        model_kwargs={"task_ids": batch["task_ids"]} if "task_ids" in batch else None,
+    )
 
 
 def sft_objective(
