@@ -125,6 +125,11 @@ class DataConfig:
         None, "classification: field holding an optional second text (pairs)"
     )
     label_field: str = opt("label", "classification: field holding the label")
+    task_field: str = opt(
+        "task_ids",
+        "field holding an example's task id (an int), given to the model as task_ids "
+        "(multitask prompt tuning); examples without it are task 0",
+    )
     replay: Optional[str] = opt(
         None,
         "file of general or earlier-task data (any data.train format, e.g. a .txt of general "

@@ -71,6 +71,7 @@ def load_splits(cfg: DataConfig, tokenizer, seed: int) -> Splits:
                 cfg.max_length,
                 cfg.completion_only,
                 cfg.system_prompt,
+                cfg.task_field,
             )
             if records
             else ([], EncodeStats())

@@ -15,4 +15,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if any(e.task_id is not None for e in examples):  # task 0 for rows without one
+        batch["task_ids"] = torch.tensor([e.task_id or 0 for e in examples], dtype=torch.long)
+    return batch

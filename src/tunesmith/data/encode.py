@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..errors import DataError
 from .formats import detect_format, plain_text, to_messages
@@ -18,6 +19,7 @@ class Example:
     labels: list[int]
     prompt_messages: list = field(default_factory=list)  # for generation-based evaluation
     reference: str = ""
+    task_id: Optional[int] = None  # from data.task_field, for multitask methods
 
 
 @dataclass
@@ -37,13 +39,17 @@ def encode_records(
     max_length: int,
     completion_only: bool = True,
     system_prompt=None,
+    task_field: Optional[str] = None,
 ) -> tuple[list[Example], EncodeStats]:
-    """Encode every record; fmt 'auto' detects the format from the first record's fields."""
+    """Encode every record; fmt 'auto' detects the format from the first record's fields.
+    task_field: the field holding a record's task id (Example.task_id), when present."""
     if fmt == "auto":
         fmt = detect_format(records[0])
     stats, examples = EncodeStats(), []
     for record in records:
         ex = encode_record(record, tokenizer, fmt, completion_only, system_prompt)
+        if task_field and record.get(task_field) is not None:
+            ex.task_id = _task_id(record, task_field)
         stats.total += 1
         if len(ex.input_ids) > max_length:
             stats.truncated += 1
@@ -106,3 +112,13 @@ def _segments(tokenizer, messages: list[dict], source: str):
 
 def _eos(tokenizer) -> list[int]:
     return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _task_id(record: dict, task_field: str) -> int:
+    value = record[task_field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(
+            f"{record.get(SOURCE, 'a record')}: {task_field}={value!r} is not a task id; give an "
+            f"int >= 0 (or set data.task_field to the field that holds one)"
+        )
+    return value

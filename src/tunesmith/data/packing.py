@@ -11,7 +11,7 @@ from functools import partial
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .encode import IGNORE, Example
 
 
@@ -41,6 +41,11 @@ def collate_packed(
     the model must get attention_mask=None and the position_ids: objectives.sft.causal_lm_loss
     does that when given position_ids).
     """
+    if any(e.task_id is not None for e in examples):
+        raise DataError(
+            "data.packing puts examples of different tasks in one row, but the data has task ids "
+            "(data.task_field): set data.packing=false"
+        )
     rows = pack_rows([len(e.input_ids) for e in examples], max_length)
     width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

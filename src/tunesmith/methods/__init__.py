@@ -1,6 +1,7 @@
 """Fine-tuning methods. Importing this package registers every method folder."""
 
 from . import (
+    adalora,  # noqa: F401  (registers "adalora")
     adapter,  # noqa: F401  (registers "adapter")
     bitfit,  # noqa: F401  (registers "bitfit")
     fourierft,  # noqa: F401  (registers "fourierft")
@@ -11,6 +12,8 @@ from . import (
     loha,  # noqa: F401  (registers "loha")
     lokr,  # noqa: F401  (registers "lokr")
     lora,  # noqa: F401  (registers "lora")
+    multitask_prompt_tuning,  # noqa: F401  (registers "multitask_prompt_tuning")
+    oft,  # noqa: F401  (registers "oft")
     p_tuning,  # noqa: F401  (registers "p_tuning")
     prefix_tuning,  # noqa: F401  (registers "prefix_tuning")
     prompt_tuning,  # noqa: F401  (registers "prompt_tuning")

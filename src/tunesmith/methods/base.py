@@ -74,6 +74,15 @@ class MethodSpec:
     resolve: Optional[Callable] = (
         None  # resolve(model, cfg) -> cfg: model-dependent defaults (step 1)
     )
+    # Training hooks (registry.py runs them for every loaded adapter; the loop calls those):
+    on_train_begin: Optional[Callable] = None  # (model, adapter_name, total_updates) before step 1
+    # (model, adapter_name, update): after each optimizer update (from 1), gradients still set
+    on_update: Optional[Callable] = None
+    regularizer: Optional[Callable] = None  # (model, adapter_name) -> tensor added to the loss
+    # Method state a resume needs (e.g. importance averages): (model, adapter_name) -> {key:
+    # tensor}, and load_state(model, adapter_name, {key: tensor}); saved in each checkpoint.
+    state_dict: Optional[Callable] = None
+    load_state: Optional[Callable] = None
 
 
 def inject_adapter(

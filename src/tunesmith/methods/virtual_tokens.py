@@ -172,13 +172,13 @@ def fold_virtual_tokens(model: nn.Module, adapter_name: str = "default") -> None
 
 
 def prepend_embeddings(backbone: nn.Module, kwargs: dict, prompts: torch.Tensor) -> int:
-    """First-pass injection of embedding-level prompts: put `prompts` (n, H) in front of the
-    input embeddings in the backbone's kwargs; returns n."""
+    """First-pass injection of embedding-level prompts: put `prompts` (n, H), or one row's each
+    (B, n, H), in front of the input embeddings in the backbone's kwargs; returns n."""
     embeds = kwargs.pop("inputs_embeds", None)
     if embeds is None:
         embeds = backbone.get_input_embeddings()(kwargs["input_ids"])  # (B, T, H)
     kwargs["input_ids"] = None
-    batch, n = embeds.shape[0], prompts.shape[0]
+    batch, n = embeds.shape[0], prompts.shape[-2]
     kwargs["inputs_embeds"] = torch.cat(
         [prompts.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1
     )

@@ -5,6 +5,8 @@ chunks, so memory stays at one chunk of logits: a plain bias-free linear head co
 gradients during the forward pass (head_loss.py); other heads recompute each chunk in backward.
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,14 +18,20 @@ IGNORE = -100
 
 
 def causal_lm_loss(
-    model, input_ids, attention_mask, labels, chunk_size: int = 256, position_ids=None
+    model,
+    input_ids,
+    attention_mask,
+    labels,
+    chunk_size: int = 256,
+    position_ids=None,
+    model_kwargs: Optional[dict] = None,
 ) -> tuple[torch.Tensor, int]:
     """(mean next-token cross-entropy over label positions, number of such positions).
 
     With `position_ids` (a packed batch, see data.packing) the model gets no 2D attention mask:
     the restarting position_ids confine attention to each example.
     """
-    inputs = _inputs(input_ids, attention_mask, position_ids)
+    inputs = {**_inputs(input_ids, attention_mask, position_ids), **(model_kwargs or {})}
     if not supports_hidden_path(model):
         return _full_logits_loss(model, inputs, labels)
     hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)

@@ -3,8 +3,9 @@
 A checkpoint directory holds three files:
 - trainable.safetensors: the trainable parameters, by name.
 - state.safetensors: every other tensor: optimizer state as "optimizer.state.<i>.<name>" (dtypes
-  kept, e.g. the 8-bit optimizer's int8/uint8 codes) and RNG states as "rng.*" (in a run of
-  several processes, rank r's as "rank<r>.rng.*" for r >= 1).
+  kept, e.g. the 8-bit optimizer's int8/uint8 codes), RNG states as "rng.*" (in a run of
+  several processes, rank r's as "rank<r>.rng.*" for r >= 1) and the methods' own state (AdaLoRA's
+  importance averages) as "method.<adapter>/<key>".
 - state.json: the rest (param groups, per-parameter numbers, scheduler state, loop position, RNG
   numbers, the objective's own state when it has one, e.g. PPO's adaptive KL coefficient) and a
   manifest (dtype, shape) of the tensors in state.safetensors.
@@ -27,7 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TunesmithError
 from ..utils.files import fsync_dir, fsync_file, replace_dir, write_synced
 from ..utils.seeding import (
     join_rng_state,
@@ -53,6 +54,7 @@ from .checkpoint_checks import (  # noqa: F401  (FILES, FORMAT ... are this modu
 )
 
 log = logging.getLogger(__name__)
+METHOD = "method."  # prefix in state.safetensors of the methods' own state (e.g. AdaLoRA's)
 
 # ---- save ----------------------------------------------------------------------------------------
 
@@ -65,17 +67,26 @@ def save_checkpoint(
     position: dict,
     rng=None,
     objective_state: dict | None = None,
+    method_state=None,
 ) -> None:
     """Write a checkpoint to `path`; when `path` is checkpoints/last, the old one becomes previous/.
 
     position: the loop position (plain JSON values); rng: the RNG state to restore on resume
     (default: the current one), or a list of them, one per rank; objective_state: the objective's state_dict() (plain JSON values),
-    if it has one. Raises CheckpointError when a file cannot be written (disk full:
+    if it has one; method_state: an object whose state_dict() gives tensors (registry.MethodStates). Raises CheckpointError when a file cannot be written (disk full:
     the previous checkpoint stays loadable) or a state value would need pickle.
     """
     state, tensors = _to_plain(path, optimizer, scheduler, position, rng or rng_state())
     if objective_state is not None:
         state["objective"] = _plain(objective_state, path, "objective")
+    if method_state is not None:  # the methods' own tensors (registry.MethodStates)
+        extra = {
+            f"{METHOD}{k}": v.detach().contiguous() for k, v in method_state.state_dict().items()
+        }
+        tensors.update(extra)
+        state["tensors"].update(
+            {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in extra.items()}
+        )
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +218,13 @@ def _write_failure(path: Path, e: Exception) -> str:
 
 
 def load_checkpoint(
-    path: Path, named_params: dict, optimizer, scheduler, objective_state=None, rank: int = 0
+    path: Path,
+    named_params: dict,
+    optimizer,
+    scheduler,
+    objective_state=None,
+    rank: int = 0,
+    method_state=None,
 ) -> dict:
     """Restore everything saved by save_checkpoint; returns the loop position. objective_state:
     the objective's state object (load_state_dict(dict)), when it has one. rank: whose RNG state
@@ -241,6 +258,11 @@ def load_checkpoint(
             f"checkpoint {path} holds no objective state (it was written by another task); use "
             f"another output.dir or train.resume=false"
         )
+    if method_state is not None:  # checks its keys before it sets anything
+        try:
+            method_state.load_state_dict(ckpt["method"])
+        except TunesmithError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
     position = _apply(ckpt, named_params, optimizer, scheduler, rank)
     if objective_state is not None:
         objective_state.load_state_dict(ckpt["objective"])
@@ -311,6 +333,7 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
         "rank_rngs": rank_rngs,
         "position": state["position"],
         "objective": state.get("objective"),
+        "method": _prefixed(tensors, METHOD),
     }
 
 

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -22,13 +23,19 @@ import torch
 from ..config.schema import TrainConfig
 from ..data.sampling import epoch_order
 from ..errors import ConfigError, TrainingError
-from ..methods.registry import method_reports, run_step_hooks
+from ..methods.registry import (
+    MethodStates,
+    method_reports,
+    run_step_hooks,
+    run_train_begin_hooks,
+    run_update_hooks,
+)
 from ..utils.hardware import autocast
 from ..utils.modules import enable_activation_checkpointing
 from ..utils.seeding import rng_state
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import SingleProcess, global_slice, parallel_for
-from .objective import Objective, WeightedMeans
+from .objective import Objective, WeightedMeans, with_method_regularizers
 from .optim import build_optimizer, build_scheduler
 from .passes import passes_needed, split_examples
 from .sinks import default_sinks
@@ -110,15 +117,18 @@ def train(
         raise ConfigError("nothing to train: the method left no parameter with requires_grad")
     if cfg.activation_checkpointing is True:  # "auto" unresolved (a direct API call): off
         enable_activation_checkpointing(model)
+    objective = with_method_regularizers(objective, model)
     par = parallel_for(model, objective, cfg)  # FSDP replaces the parameters
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     steps = total_steps(len(examples), cfg, par.world)
     optimizer = build_optimizer(list(params.values()), cfg)
     scheduler = build_scheduler(optimizer, cfg, steps * objective.updates_per_step)
+    run_train_begin_hooks(model, steps * objective.updates_per_step)
     position = LoopPosition(global_batch=cfg.batch_size * par.world)
     ckpt = find_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
-        saved = par.load(ckpt, params, optimizer, scheduler, objective.state, load_checkpoint)
+        load = partial(load_checkpoint, method_state=MethodStates(model))
+        saved = par.load(ckpt, params, optimizer, scheduler, objective.state, load)
         position = _rebased(LoopPosition(**saved), position.global_batch, ckpt)
         log.info("resuming from %s at step %d", ckpt, position.step)
     resumed_from = position.step
@@ -306,8 +316,9 @@ class _Loop:
         batches = [batch for idx in mine for batch in self.passes(idx)]
         totals = _StepTotals()
         self.updated_in_step = False
-        for micro_batches in self.planned_updates(batches):
-            self.update(micro_batches, step, totals)
+        ups = self.objective.updates_per_step
+        for k, micro_batches in enumerate(self.planned_updates(batches)):
+            self.update(micro_batches, step, totals, step * ups + k + 1)
             self.updated_in_step = True
         if self.par.world > 1:
             totals = _StepTotals.summed(self.par.gather(totals))
@@ -336,9 +347,10 @@ class _Loop:
         with self.par.full_weights(), torch.no_grad(), autocast(self.cfg.precision):
             return list(self.objective.updates(self.model, batches))  # rollouts: whole weights
 
-    def update(self, batches: list[dict], step: int, totals: "_StepTotals") -> None:
-        """One optimizer update: each micro-batch's summed loss is back-propagated, then gradients
-        are divided by the update's term count, clipped and applied."""
+    def update(self, batches: list[dict], step: int, totals: "_StepTotals", index: int) -> None:
+        """Optimizer update `index` (from 1): each micro-batch's summed loss is back-propagated,
+        then gradients are divided by the update's term count, clipped and applied; the methods'
+        update hooks see them before they are cleared."""
         self.model.train()
         n_terms = 0
         self.par.check_same(len(batches), "the micro-batches of an update")
@@ -369,6 +381,7 @@ class _Loop:
             )
         self.optimizer.step()
         self.scheduler.step()
+        run_update_hooks(self.model, index)  # AdaLoRA's importance scores need the gradients
         self.optimizer.zero_grad(set_to_none=True)
 
     def run_eval(self, position: LoopPosition, evaluate, on_best) -> None:
@@ -388,7 +401,7 @@ class _Loop:
 
     def save(self, out_dir: Path, position: LoopPosition, rng=None, objective_state=None) -> None:
         self.par.save(
-            save_checkpoint,
+            partial(save_checkpoint, method_state=MethodStates(self.model)),
             out_dir / "checkpoints" / "last",
             self.params,
             self.optimizer,

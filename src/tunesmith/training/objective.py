@@ -4,6 +4,7 @@ Every task (SFT, classification, preference tuning, distillation ...) hands `tra
 the loop owns everything else (order, accumulation, clipping, schedules, checkpoints, hooks).
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, Optional
@@ -11,6 +12,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from ..data.collate import collate
+from ..methods.registry import has_regularizers, method_regularizer
 from ..objectives.sft import causal_lm_loss
 
 
@@ -82,8 +84,9 @@ def sft_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
         batch["input_ids"],
         batch["attention_mask"],
         batch["labels"],
-        position_ids=batch.get("position_ids"),
-    )  # position_ids: a packed batch
+        position_ids=batch.get("position_ids"),  # a packed batch
+        model_kwargs={"task_ids": batch["task_ids"]} if "task_ids" in batch else None,
+    )
 
 
 def sft_objective(
@@ -93,3 +96,24 @@ def sft_objective(
     return Objective(
         collate_fn or partial(collate, pad_id=pad_id), sft_loss, lengths, splittable=True
     )
+
+
+def with_method_regularizers(objective: Objective, model) -> Objective:
+    """objective, its training loss plus the loaded methods' regularisers (AdaLoRA's orthogonality
+    penalty), logged as `method_regularizer`; unchanged when no loaded method has one.
+
+    Added to each micro-batch's mean loss: the loop weights micro-batches by their term counts,
+    so the update's gradient is that of (mean loss + regulariser), as in PEFT.
+    """
+    if not has_regularizers(model):
+        return objective
+
+    def loss(m, batch: dict):
+        mean, n, *extra = objective.loss(m, batch)
+        reg = method_regularizer(m)
+        if reg is None:  # e.g. a zero penalty weight
+            return (mean, n, *extra)
+        metrics = {**(extra[0] if extra else {}), "method_regularizer": float(reg.detach())}
+        return mean + reg.to(mean.dtype), n, metrics
+
+    return dataclasses.replace(objective, loss=loss)
