@@ -74,6 +74,9 @@ class MethodSpec:
     resolve: Optional[Callable] = (
         None  # resolve(model, cfg) -> cfg: model-dependent defaults (step 1)
     )
+    # combine(model, adapters, weights, new_name, options) -> cfg of the new adapter (combine.py)
+    combine: Optional[Callable] = None
+    combinations: tuple = ()  # the combination names `combine` accepts (methods/combine.py)
 
 
 def inject_adapter(
