@@ -76,6 +76,13 @@ class MethodConfig:
     name: str = opt("lora", "registered method name (see `tunesmith methods`)")
 
 
+# data.balance: the first three need no imblearn; the rest are data/resampling.py's RESAMPLERS
+BALANCE_CHOICES = (
+    "none", "undersample", "oversample", "random_oversample", "random_undersample", "rose",
+    "smote", "adasyn", "cluster_centroids", "tomek", "enn", "renn",
+)  # fmt: skip
+
+
 @dataclass
 class DataConfig:
     train: Optional[str] = opt(
@@ -130,7 +137,10 @@ class DataConfig:
     balance: str = opt(
         "none",
         "classification: none; undersample (drop majority records at random before splitting, "
-        "so every split is balanced); oversample (repeat minority training records after splitting)",
+        "so every split is balanced); oversample (repeat minority training records after splitting); "
+        "or an imbalanced-learn sampler on the training split: random_oversample, random_undersample "
+        "(any mode), rose, smote, adasyn, cluster_centroids, tomek, enn, renn (feature space: "
+        "task.mode=features)",
     )
 
     def __post_init__(self):
@@ -138,9 +148,9 @@ class DataConfig:
             raise ConfigError(
                 f"data.file_type must be auto, jsonl, json, csv, tsv, parquet or txt, got {self.file_type!r}"
             )
-        if self.balance not in ("none", "undersample", "oversample"):
+        if self.balance not in BALANCE_CHOICES:
             raise ConfigError(
-                f"data.balance must be none, undersample or oversample, got {self.balance!r}"
+                f"data.balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}"
             )
         if not 0 <= self.replay_ratio < 1:
             raise ConfigError(f"data.replay_ratio must be in [0, 1), got {self.replay_ratio}")
