@@ -76,6 +76,8 @@ class MethodConfig:
     name: str = opt("lora", "registered method name (see `tunesmith methods`)")
 
 
+# eval.metrics: evaluation/metrics.py's GENERATION_METRICS
+GENERATION_METRICS = ("exact_match", "contains", "rouge", "bleu", "chrf")
 # data.balance: the first three need no imblearn; the rest are data/resampling.py's RESAMPLERS
 BALANCE_CHOICES = (
     "none", "undersample", "oversample", "random_oversample", "random_undersample", "rose",
@@ -274,6 +276,19 @@ class EvalConfig:
     )
     general_limit: int = opt(200, "texts of eval.general_data scored (the first N non-empty)")
     general_max_length: int = opt(256, "token limit per text of eval.general_data")
+    metrics: list = opt(
+        ["exact_match", "contains", "rouge"],
+        "generation metrics: exact_match, contains, rouge (ROUGE-1/2/L as rouge-score), bleu and "
+        "chrf (sacrebleu, 0-100; pip install 'tunesmith[metrics]')",
+    )
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in GENERATION_METRICS]
+        if unknown or not self.metrics:
+            raise ConfigError(
+                f"eval.metrics must be a non-empty list of {', '.join(GENERATION_METRICS)}; "
+                f"got {self.metrics!r}"
+            )
 
 
 TRAINABLE = ("head", "last_block", "last_two_blocks", "all", "method", "none")
