@@ -30,16 +30,30 @@ def load_model(
     quant_block_size: int = 64,
 ):
     """(model, tokenizer): a transformers causal LM (a torch module returning `.logits`), with the
-    adapter in `adapter` (tunesmith or PEFT layout) applied when given.
+    adapter in `adapter` (tunesmith or PEFT layout) applied when given. A list of several adapter
+    directories stacks them: all active at once, named adapter_0, adapter_1, ... (see
+    docs/methods/composition.md for which stacks are well defined).
 
     quantize: "none", "nf4" or "int8" quantizes the base's linear layers first (QLoRA adapters were
     trained on that); a directory written by `quantize_to_directory` loads quantized as saved.
     """
     model, tokenizer = load_base_model(name_or_path, dtype, quantize, quant_block_size)
-    if adapter:
-        load_adapter(model, adapter)
+    if isinstance(adapter, (list, tuple)) and len(adapter) > 1:
+        _stack_adapters(model, list(adapter))
+    elif adapter:
+        load_adapter(model, adapter if isinstance(adapter, str) else adapter[0])
     model.eval()
     return model, tokenizer
+
+
+def _stack_adapters(model, adapters: list) -> None:
+    from .methods import set_active_adapters
+
+    names = [f"adapter_{i}" for i in range(len(adapters))]
+    for name, path in zip(names, adapters):
+        load_adapter(model, path, name)
+    set_active_adapters(model, names)
+    log.info("stacked %d adapters, all active: %s", len(adapters), ", ".join(adapters))
 
 
 def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str = "none") -> Path:

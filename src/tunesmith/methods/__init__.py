@@ -22,6 +22,7 @@ from .base import (
     merge_adapters,
     merge_and_unload,
     set_active_adapter,
+    set_active_adapters,
     unmerge_adapters,
 )
 from .registry import (
@@ -45,6 +46,7 @@ __all__ = [
     "method_names",
     "register_method",
     "set_active_adapter",
+    "set_active_adapters",
     "unmerge_adapters",
 ]
 
