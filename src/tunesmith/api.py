@@ -30,16 +30,30 @@ def load_model(
     quant_block_size: int = 64,
 ):
     """(model, tokenizer): a transformers causal LM (a torch module returning `.logits`), with the
-    adapter in `adapter` (tunesmith or PEFT layout) applied when given.
+    adapter in `adapter` (tunesmith or PEFT layout) applied when given. A list of several adapter
+    directories stacks them: all active at once, named adapter_0, adapter_1, ... (see
+    docs/methods/composition.md for which stacks are well defined).
 
     quantize: "none", "nf4" or "int8" quantizes the base's linear layers first (QLoRA adapters were
     trained on that); a directory written by `quantize_to_directory` loads quantized as saved.
     """
     model, tokenizer = load_base_model(name_or_path, dtype, quantize, quant_block_size)
-    if adapter:
-        load_adapter(model, adapter)
+    if isinstance(adapter, (list, tuple)) and len(adapter) > 1:
+        _stack_adapters(model, list(adapter))
+    elif adapter:
+        load_adapter(model, adapter if isinstance(adapter, str) else adapter[0])
     model.eval()
     return model, tokenizer
+
+
+def _stack_adapters(model, adapters: list) -> None:
+    from .methods import set_active_adapters
+
+    names = [f"adapter_{i}" for i in range(len(adapters))]
+    for name, path in zip(names, adapters):
+        load_adapter(model, path, name)
+    set_active_adapters(model, names)
+    log.info("stacked %d adapters, all active: %s", len(adapters), ", ".join(adapters))
 
 
 def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str = "none") -> Path:
@@ -64,6 +78,52 @@ def merge_to_directory(model_name: str, adapter: str, output: str, quantize: str
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     log.info("merged %s into %s -> %s", adapter, model_name, out)
+    return out
+
+
+def combine_to_directory(
+    model_name: str,
+    adapters: list,
+    weights: list,
+    output: str,
+    opts=None,
+    into_base: bool = False,
+    quantize: str = "none",
+) -> Path:
+    """Combine saved adapters (methods/combine.py: linear, cat, svd, ties, dare_*, ...) and save
+    the result: a PEFT-layout adapter in `output`, or with `into_base` the base model with it
+    merged in (a plain transformers directory). opts is a CombineOptions.
+
+    Raises ConfigError when the adapters name different base models or cannot be combined,
+    CheckpointError when one does not fit model_name.
+    """
+    from .methods.combine import combine_adapters
+    from .methods.io import save_adapter
+
+    bases = {a: read_adapter_config(a).get("base_model_name_or_path") for a in adapters}
+    if len({b for b in bases.values() if b}) > 1:
+        listed = "; ".join(f"{a}: {b}" for a, b in bases.items())
+        raise ConfigError(
+            f"the adapters were trained on different base models ({listed}); combine adapters "
+            f"of one base only"
+        )
+    out = ensure_output_dir(output, "output")
+    model, tokenizer = load_base_model(model_name, "float32", quantize)
+    names = [f"source_{i}" for i in range(len(adapters))]
+    for name, adapter in zip(names, adapters):
+        load_adapter(model, adapter, name)
+    combine_adapters(model, names, weights, "combined", opts)
+    if not into_base:
+        save_adapter(model, out, "combined", base_model=model_name)
+        log.info("combined %s -> adapter %s", ", ".join(adapters), out)
+        return out
+    if not get_method(adapter_configs(model)["combined"].name).can_merge:
+        raise ConfigError("the combined adapter's method cannot be merged into the weights")
+    merge_and_unload(model)  # the combined adapter is the active one
+    dequantize_model(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info("combined %s and merged into %s -> %s", ", ".join(adapters), model_name, out)
     return out
 
 

@@ -157,7 +157,12 @@ def _generate_args(p):
         default="default",
         help="base model (default: the embedded SmolLM2-135M-Instruct)",
     )
-    p.add_argument("--adapter", help="adapter directory to apply")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        help="adapter directory to apply; repeat it to stack adapters of different methods "
+        "(e.g. prompt tuning + LoRA), all active at once",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)

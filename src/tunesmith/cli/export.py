@@ -1,5 +1,7 @@
-"""The commands that write a model: `merge` (adapter into the base), `quantize` (nf4/int8
-directory) and `export` (GGUF for llama.cpp and Ollama)."""
+"""The commands that write a model: `merge` (adapter into the base, or several adapters
+combined), `quantize` (nf4/int8 directory) and `export` (GGUF for llama.cpp and Ollama)."""
+
+from ..errors import ConfigError
 
 
 def cmd_export(args) -> int:
@@ -26,6 +28,15 @@ def export_args(p) -> None:
 def cmd_merge(args) -> int:
     from ..api import merge_to_directory, merge_to_quantized_directory, merged_model_class
 
+    if len(args.adapter) > 1 or args.weights is not None:
+        return _cmd_combine(args)
+    args.adapter = args.adapter[0]
+    if args.into_base or _combine_flags(args):
+        raise ConfigError(
+            f"{', '.join(['--into-base'] * args.into_base + _combine_flags(args))} combine several "
+            f"adapters: give two or more --adapter and --weights (one adapter is merged into the "
+            f"base as it is)"
+        )
     if args.keep_quantized:
         path, err = merge_to_quantized_directory(
             args.model, args.adapter, args.output, args.quantize
@@ -44,10 +55,89 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def _combine_flags(args) -> list:
+    flags = ("combination", "density", "svd_rank", "svd_clamp", "majority_sign", "seed")
+    return [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f) is not None]
+
+
+def _cmd_combine(args) -> int:
+    from ..api import combine_to_directory
+    from ..methods.combine import CombineOptions
+
+    if args.weights is None:
+        raise ConfigError(
+            f"{len(args.adapter)} adapters need --weights, one per adapter "
+            f"(e.g. --weights {','.join(['0.5'] * len(args.adapter))})"
+        )
+    if args.keep_quantized:
+        raise ConfigError("--keep-quantized merges one adapter; combined adapters merge in fp32")
+    given = {k: getattr(args, k) for k in ("density", "svd_rank", "svd_clamp", "majority_sign")}
+    opts = CombineOptions(
+        combination=args.combination or "svd",
+        seed=args.seed if args.seed is not None else 0,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    path = combine_to_directory(
+        args.model,
+        args.adapter,
+        _weights(args.weights),
+        args.output,
+        opts,
+        args.into_base,
+        args.quantize,
+    )
+    what = "model with the combined adapter merged in" if args.into_base else "combined adapter"
+    print(f"{opts.combination} {what} written to {path}")
+    return 0
+
+
+def _weights(text: str) -> list:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--weights must be numbers separated by commas (e.g. 0.7,0.3), got {text!r}"
+        ) from None
+
+
 def merge_args(p):
+    from ..methods.combine import COMBINATIONS, SIGN_METHODS
+
     p.add_argument("--model", default="default", help="base model")
-    p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--output", required=True, help="directory for the merged transformers model")
+    p.add_argument(
+        "--adapter",
+        required=True,
+        action="append",
+        help="adapter directory; repeat it to combine several adapters (with --weights)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="directory for the merged transformers model (several adapters: for the combined "
+        "adapter, unless --into-base)",
+    )
+    p.add_argument("--weights", help="one weight per --adapter, comma-separated, e.g. 0.7,0.3")
+    p.add_argument(
+        "--combination",
+        choices=list(COMBINATIONS),
+        help="how several adapters combine (default svd; docs/methods/composition.md)",
+    )
+    p.add_argument(
+        "--density", type=float, help="fraction kept by ties/dare/magnitude_prune, in (0, 1]"
+    )
+    p.add_argument(
+        "--svd-rank", type=int, help="rank of an svd result (default: the largest input rank)"
+    )
+    p.add_argument("--svd-clamp", type=float, help="quantile at which svd factors are clamped")
+    p.add_argument(
+        "--majority-sign", choices=SIGN_METHODS, help="TIES sign election (default total)"
+    )
+    p.add_argument("--seed", type=int, help="seed of DARE's random drop masks (default 0)")
+    p.add_argument(
+        "--into-base",
+        action="store_true",
+        help="merge the combined adapter into the base and write a transformers directory",
+    )
     quantize_arg(
         p,
         "quantize the base as in training (QLoRA) before merging; the result is float32 "

@@ -82,6 +82,15 @@ class MethodConfig:
     name: str = opt("lora", "registered method name (see `tunesmith methods`)")
 
 
+# eval.metrics: evaluation/metrics.py's GENERATION_METRICS
+GENERATION_METRICS = ("exact_match", "contains", "rouge", "bleu", "chrf")
+# data.balance: the first three need no imblearn; the rest are data/resampling.py's RESAMPLERS
+BALANCE_CHOICES = (
+    "none", "undersample", "oversample", "random_oversample", "random_undersample", "rose",
+    "smote", "adasyn", "cluster_centroids", "tomek", "enn", "renn",
+)  # fmt: skip
+
+
 @dataclass
 class DataConfig:
     train: Optional[str] = opt(
@@ -141,7 +150,10 @@ class DataConfig:
     balance: str = opt(
         "none",
         "classification: none; undersample (drop majority records at random before splitting, "
-        "so every split is balanced); oversample (repeat minority training records after splitting)",
+        "so every split is balanced); oversample (repeat minority training records after splitting); "
+        "or an imbalanced-learn sampler on the training split: random_oversample, random_undersample "
+        "(any mode), rose, smote, adasyn, cluster_centroids, tomek, enn, renn (feature space: "
+        "task.mode=features)",
     )
 
     def __post_init__(self):
@@ -149,9 +161,9 @@ class DataConfig:
             raise ConfigError(
                 f"data.file_type must be auto, jsonl, json, csv, tsv, parquet or txt, got {self.file_type!r}"
             )
-        if self.balance not in ("none", "undersample", "oversample"):
+        if self.balance not in BALANCE_CHOICES:
             raise ConfigError(
-                f"data.balance must be none, undersample or oversample, got {self.balance!r}"
+                f"data.balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}"
             )
         if not 0 <= self.replay_ratio < 1:
             raise ConfigError(f"data.replay_ratio must be in [0, 1), got {self.replay_ratio}")
@@ -291,6 +303,19 @@ class EvalConfig:
     )
     general_limit: int = opt(200, "texts of eval.general_data scored (the first N non-empty)")
     general_max_length: int = opt(256, "token limit per text of eval.general_data")
+    metrics: list = opt(
+        ["exact_match", "contains", "rouge"],
+        "generation metrics: exact_match, contains, rouge (ROUGE-1/2/L as rouge-score), bleu and "
+        "chrf (sacrebleu, 0-100; pip install 'tunesmith[metrics]')",
+    )
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in GENERATION_METRICS]
+        if unknown or not self.metrics:
+            raise ConfigError(
+                f"eval.metrics must be a non-empty list of {', '.join(GENERATION_METRICS)}; "
+                f"got {self.metrics!r}"
+            )
 
 
 TRAINABLE = ("head", "last_block", "last_two_blocks", "all", "method", "none")

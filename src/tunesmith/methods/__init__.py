@@ -30,6 +30,7 @@ from .base import (
     merge_adapters,
     merge_and_unload,
     set_active_adapter,
+    set_active_adapters,
     unmerge_adapters,
 )
 from .registry import (
@@ -53,6 +54,7 @@ __all__ = [
     "method_names",
     "register_method",
     "set_active_adapter",
+    "set_active_adapters",
     "unmerge_adapters",
 ]
 

@@ -83,6 +83,9 @@ class MethodSpec:
     # tensor}, and load_state(model, adapter_name, {key: tensor}); saved in each checkpoint.
     state_dict: Optional[Callable] = None
     load_state: Optional[Callable] = None
+    # combine(model, adapters, weights, new_name, options) -> cfg of the new adapter (combine.py)
+    combine: Optional[Callable] = None
+    combinations: tuple = ()  # the combination names `combine` accepts (methods/combine.py)
 
 
 def inject_adapter(
@@ -108,6 +111,9 @@ class AdapterLayer(nn.Module, abc.ABC):
     Subclasses implement the abstract hooks (adapter_parameters, merge, unmerge, delete_adapter,
     _adapter_names); one that misses any fails at construction with a TypeError naming it.
     """
+
+    # how many of this layer's adapters can be active at once (None: any number, applied in turn)
+    max_active: Optional[int] = None
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -196,6 +202,29 @@ def set_active_adapter(model: nn.Module, name: str) -> None:
         )
     for _, layer in adapter_layers(model):
         layer.set_active([name])
+
+
+def set_active_adapters(model: nn.Module, names: list[str]) -> None:
+    """Make several adapters active at once (stacking, e.g. prompt tuning + LoRA): each layer runs
+    those of `names` it holds. Raises ConfigError for an unknown name, or when one layer would run
+    more adapters than it can (two prompt-based adapters share one prompt layer)."""
+    loaded = adapter_configs(model)
+    unknown = [n for n in names if n not in loaded]
+    if unknown:
+        raise ConfigError(
+            f"no adapter named {', '.join(unknown)}; loaded: {', '.join(loaded) or 'none'}"
+        )
+    layers = list(adapter_layers(model))
+    for path, layer in layers:  # check all before changing any
+        held = [n for n in names if n in layer.adapter_names]
+        if layer.max_active is not None and len(held) > layer.max_active:
+            raise ConfigError(
+                f"adapters {', '.join(held)} all act on {path or 'the model'} ({type(layer).__name__}), "
+                f"which runs {layer.max_active} at a time: stack adapters that act on different "
+                f"layers (e.g. one prompt-based method with LoRA), see docs/methods/composition.md"
+            )
+    for _, layer in layers:
+        layer.set_active(names)
 
 
 @contextlib.contextmanager

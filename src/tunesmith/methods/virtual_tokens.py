@@ -48,6 +48,8 @@ class VirtualTokenLayer(AdapterLayer):
     see the same sequence. Subclasses implement `num_virtual_tokens` and `inject`.
     """
 
+    max_active = 1  # one set of virtual tokens in front of the sequence
+
     def __init__(self):
         super().__init__(nn.Identity())  # no base module: the layer acts through the hooks
         self.encoders = nn.ModuleDict()

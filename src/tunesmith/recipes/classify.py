@@ -15,6 +15,7 @@ from typing import Sequence
 from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
+from ..data.resampling import RESAMPLERS, resample_examples
 from ..errors import CheckpointError, DataError
 from ..evaluation.classification import classification_metrics, plot_confusion
 from ..tasks.classify.modes import get_mode, resolve
@@ -39,7 +40,11 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     out = ensure_output_dir(cfg.output.dir, "output.dir")
     save_config(cfg, out / "config.yaml")
     splits = load_labelled_splits(cfg.data, cfg.train.seed, cfg.task.labels)
-    predictor, info = get_mode(cfg.task.mode).fit(cfg, splits, out, progress)
+    mode = get_mode(cfg.task.mode)
+    if cfg.data.balance in RESAMPLERS and not mode.feature_space:
+        # a feature-space mode re-samples its vectors itself (no texts to embed again)
+        splits.train = resample_examples(cfg.data.balance, splits.train, cfg.train.seed)
+    predictor, info = mode.fit(cfg, splits, out, progress)
     if is_main_process():
         atomic_write_text(
             out / LABELS_FILE,

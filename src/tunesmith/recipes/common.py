@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..config.loader import save_config
 from ..config.schema import RunConfig
-from ..evaluation import contains_match, exact_match, generate, rouge_l
+from ..evaluation import generate
+from ..evaluation.metrics import check_available, generation_metrics
 from ..methods import apply_method
 from ..models.frozen_weights import weights_for_training
 from ..models.loading import load_configured_model
@@ -60,8 +61,10 @@ def training_summary(result, model) -> dict:
 
 
 def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple[dict, list[dict]]:
-    """Exact-match and contains accuracy of generations on examples that have a reference answer."""
+    """The eval.metrics (exact match, contains, ROUGE, BLEU, chrF) of generations on examples that
+    have a reference answer."""
     examples = [e for e in examples if e.prompt_messages][: cfg.eval.limit]
+    check_available(cfg.eval.metrics)  # before minutes of generation
     if not examples:
         return {}, []
     preds = generate(
@@ -79,12 +82,7 @@ def generation_scores(model, tokenizer, examples: list, cfg: RunConfig) -> tuple
         {"prompt": e.prompt_messages[-1]["content"], "reference": r, "prediction": p}
         for e, r, p in zip(examples, refs, preds)
     ]
-    scores = {
-        "exact_match": exact_match(preds, refs),
-        "contains": contains_match(preds, refs),
-        "rouge_l": rouge_l(preds, refs),
-        "n": len(refs),
-    }
+    scores = {**generation_metrics(cfg.eval.metrics, preds, refs), "n": len(refs)}
     return scores, samples
 
 

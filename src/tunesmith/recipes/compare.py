@@ -27,6 +27,8 @@ COLUMNS = [
     "train_seconds",
     "peak_rss_mb",
 ]
+# generation metrics (eval.metrics) shown beside the chosen one when a run's metrics.json has them
+GENERATION_COLUMNS = ["exact_match", "rouge1", "rouge2", "rouge_l", "bleu", "chrf"]
 
 
 def run(
@@ -103,6 +105,7 @@ def _run_one(
         "trainable_pct": round(100 * trainable / m["total_params"], 4),
         "train_seconds": m["train_seconds"],
         "peak_rss_mb": round(m["peak_rss_mb"]),
+        **{k: m[k] for k in GENERATION_COLUMNS if k in m and k != metric},
     }
 
 
@@ -120,7 +123,7 @@ def _method_config(config_path: str, method: str, run_dir: Path) -> Path:
 def write_report(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "compare.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + _generation_columns(rows))
         writer.writeheader()
         writer.writerows(rows)
     (out / "compare.md").write_text(markdown_table(rows))
@@ -129,9 +132,11 @@ def write_report(rows: list[dict], out: Path) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     metric = rows[0]["metric"] if rows else "metric"
+    extra = _generation_columns(rows)
     lines = [
-        f"| method | {metric} | trainable params | % of total | train time (s) | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| method | {metric} | trainable params | % of total | train time (s) | peak RSS (MiB) |"
+        + "".join(f" {c} |" for c in extra),
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra),
     ]
     for r in rows:
         value = f"{r['value']:.4f}" if isinstance(r["value"], float) else str(r["value"])
@@ -141,8 +146,17 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {value} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
             f"{r['train_seconds']:.0f} | {r['peak_rss_mb']:,} |"
+            + "".join(f" {_fmt(r.get(c))} |" for c in extra)
         )
     return "\n".join(lines) + "\n"
+
+
+def _generation_columns(rows: list[dict]) -> list[str]:
+    return [c for c in GENERATION_COLUMNS if any(c in r for r in rows)]
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def failed(row: dict) -> bool:

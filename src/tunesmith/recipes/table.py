@@ -5,7 +5,7 @@ keys to show, and an output directory; `tunesmith table SPEC.yaml` reproduces th
 
     config: examples/sms_head.yaml
     output: runs/sms_head_table
-    columns: [train_accuracy, val_accuracy, test_accuracy, train_seconds]
+    columns: [train_accuracy, val_accuracy, test_accuracy, train_seconds]  # per_class.spam.recall: nested
     overrides: [train.epochs=3]          # for every row (optional)
     rows:
       - {name: last token + last block, overrides: [task.pooling=last, task.trainable=last_block]}
@@ -87,7 +87,7 @@ def run(
                 shutil.rmtree(row_dir)  # stale checkpoints would otherwise be resumed
             log.info("table row %r -> %s", row["name"], row_dir)
             metrics = RUNNERS[cfg.task.type](cfg, progress=progress)
-        rows.append({"name": row["name"], **{c: metrics.get(c) for c in spec["columns"]}})
+        rows.append({"name": row["name"], **{c: _lookup(metrics, c) for c in spec["columns"]}})
     write(rows, spec, out)
     return rows
 
@@ -121,13 +121,27 @@ def _finished(row_dir: Path, cfg, columns: Sequence[str]):
     if yaml.safe_load(config_path.read_text()) != config_to_dict(cfg):
         return None
     metrics = json.loads(metrics_path.read_text())
-    return metrics if all(c in metrics for c in columns) else None
+    return metrics if all(_lookup(metrics, c) is not None for c in columns) else None
+
+
+def _lookup(metrics: dict, column: str):
+    """metrics[column], or for a dotted column a nested value (per_class.spam.recall); None if absent."""
+    if column in metrics:
+        return metrics[column]
+    value = metrics
+    for key in column.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
 
 
 def _fmt(column: str, value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and ("accuracy" in column or "f1" in column):
+    if isinstance(value, float) and any(
+        k in column for k in ("accuracy", "f1", "recall", "precision")
+    ):
         return f"{100 * value:.1f}%"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"

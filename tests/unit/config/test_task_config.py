@@ -53,7 +53,7 @@ def test_task_section_defaults_keep_sft_and_parse_classification_keys(tmp_path):
             "task.type=classify features.layer=2",
             "section 'features' does not apply to task.type=classify task.mode=head",
         ),
-        ("data.balance=smote", "data.balance must be none, undersample or oversample"),
+        ("data.balance=smoot", "data.balance must be one of none, undersample, oversample"),
         ("data.file_type=xls", "data.file_type must be"),
     ],
 )

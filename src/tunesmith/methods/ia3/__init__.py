@@ -11,6 +11,7 @@ from ...errors import ConfigError
 from ...utils.modules import replace_module
 from ..base import MethodSpec, find_target_linears
 from ..registry import register_method
+from .combine import COMBINATION_NAMES, combine_ia3
 from .config import Ia3Config, from_peft_config, resolve_defaults, to_peft_config
 from .layers import Ia3Linear
 
@@ -76,5 +77,7 @@ register_method(
         peft_type="IA3",
         to_peft_config=to_peft_config,
         from_peft_config=from_peft_config,
+        combine=combine_ia3,
+        combinations=COMBINATION_NAMES,
     )
 )

@@ -8,6 +8,7 @@ from torch import nn
 from ...utils.modules import replace_module
 from ..base import MethodSpec, find_target_linears
 from ..registry import register_method
+from .combine import COMBINATION_NAMES, combine_lora
 from .config import LoraConfig, from_peft_config, to_peft_config
 from .convert import save_pissa_as_lora
 from .layers import LoraLinear, check_quantized_variant
@@ -50,5 +51,7 @@ register_method(
         peft_type="LORA",
         to_peft_config=to_peft_config,
         from_peft_config=from_peft_config,
+        combine=combine_lora,
+        combinations=COMBINATION_NAMES,
     )
 )

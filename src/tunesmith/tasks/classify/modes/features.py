@@ -19,6 +19,7 @@ import numpy as np
 from ....config.fields import opt
 from ....config.schema import RunConfig
 from ....data.classification import LabelledSplits
+from ....data.resampling import RESAMPLERS, resample_features
 from ....errors import CheckpointError, ConfigError
 from ....models.embeddings import Embedder
 from ....utils.distributed import is_main_process
@@ -119,6 +120,11 @@ def fit_features(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bo
     start = time.perf_counter()
     x = embedder.embed(texts_of(splits.train))  # (N, F)
     y = np.array([splits.labels.index(e.label) for e in splits.train])
+    resampled = {}
+    if cfg.data.balance in RESAMPLERS:  # in feature space, after the (cached) embedding
+        x, y = resample_features(cfg.data.balance, x, y, cfg.train.seed)
+        resampled = {"resampled_train": {splits.labels[k]: int(n) for k, n in _counts(y)}}
+        log.info("data.balance=%s: training counts now %s", cfg.data.balance, resampled)
     fit_start = time.perf_counter()
     classifier = build_classifier(cfg).fit(x, y)
     fit_seconds = time.perf_counter() - fit_start
@@ -130,6 +136,7 @@ def fit_features(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bo
         "embeddings_from_cache": embedder.cache_hits > 0,
         "trainable_params": int(sum(np.size(c) for c in _coefficients(classifier))),
         "feature_dim": x.shape[1],
+        **resampled,
     }
     log.info(
         "features: %d x %d, %s fitted in %.2f s", *x.shape, cfg.features.classifier, fit_seconds
@@ -272,6 +279,11 @@ def _plain(params: dict) -> dict:
     return plain
 
 
+def _counts(y: np.ndarray) -> list:
+    classes, counts = np.unique(y, return_counts=True)
+    return list(zip(classes.tolist(), counts.tolist()))
+
+
 def _coefficients(pipeline) -> list:
     head = pipeline[-1]
     if hasattr(head, "coef_"):
@@ -287,6 +299,7 @@ register_mode(
         load=load_features,
         section=("features", FeaturesConfig),
         trains=False,
+        feature_space=True,
         aliases={"feature_layer": "layer", "feature_classifier": "classifier", "feature_c": "c"},
     )
 )

@@ -24,6 +24,8 @@ class ModeSpec:
     load: Callable  # load(cfg, out, labels) -> predictor, from what fit saved in out
     section: Optional[tuple] = None  # (section name, dataclass) of the mode's own settings
     trains: bool = True  # can train model weights: task.trainable (and a method section) apply
+    # fits on one feature vector per example, so feature-space re-sampling (SMOTE ...) applies
+    feature_space: bool = False
     # older flat task keys that fill the section: task key -> section field (e.g. feature_c -> c)
     aliases: dict = field(default_factory=dict)
 
@@ -69,6 +71,21 @@ def resolve(cfg) -> None:
     spec = get_mode(cfg.task.mode)
     _move_aliases(cfg, spec)
     _check_method(cfg, spec)
+    _check_balance(cfg, spec)
+
+
+def _check_balance(cfg, spec: ModeSpec) -> None:
+    from ....data.resampling import needs_features
+
+    if spec.feature_space or not needs_features(cfg.data.balance):
+        return
+    accepting = [s.name for s in _REGISTRY.values() if s.feature_space]
+    raise ConfigError(
+        f"data.balance={cfg.data.balance} makes or compares feature vectors, so it applies to "
+        f"task.mode={' or '.join(accepting)} only, not to task.mode={spec.name}; with {spec.name} "
+        f"use data.balance=random_oversample, random_undersample, oversample or undersample, "
+        f"or task.class_weights=true"
+    )
 
 
 def _move_aliases(cfg, spec: ModeSpec) -> None:
