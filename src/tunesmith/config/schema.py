@@ -218,7 +218,7 @@ class TrainConfig:
         "auto",
         "keep only each transformer block's input in the forward and recompute the rest in "
         "the backward: activation memory of one block instead of all, 30-80 % more time per "
-        "step; auto: the task's measured choice (dpo, reward: true; the others false)",
+        "step; auto: the task's measured choice (dpo: true; the others false)",
     )
     tokens_per_pass: int = opt(
         0,

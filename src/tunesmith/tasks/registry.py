@@ -9,11 +9,6 @@ from typing import Callable, Optional
 
 from ..errors import ConfigError
 
-# train.activation_checkpointing: auto for tasks on chosen/rejected pairs: LoRA DPO on
-# SmolLM2-135M (4 pairs a step, one core) peaked at 1,577 MB RSS without it and 1,206 MB with it
-# (TRL's DPOTrainer: 2,129 MB), at 1.52 s per step instead of 1.05 (TRL: 4.36); bench/README.md.
-PAIR_ACTIVATION_CHECKPOINTING = True
-
 
 @dataclass(frozen=True)
 class EvalRequest:

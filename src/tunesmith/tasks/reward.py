@@ -10,7 +10,6 @@ from typing import Optional
 from ..config.fields import opt
 from ..errors import ConfigError
 from .registry import (
-    PAIR_ACTIVATION_CHECKPOINTING,
     EvalRequest,
     TaskSpec,
     register_task,
@@ -101,7 +100,6 @@ register_task(
         train=_train,
         evaluate=_evaluate,
         text=metrics_text,
-        activation_checkpointing=PAIR_ACTIVATION_CHECKPOINTING,
         sections={"reward": RewardConfig},
         merge_export=_merge_export,
     )
