@@ -8,6 +8,7 @@ from typing import Union
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 from ...errors import ConfigError
+from ..peft_options import check_targets, peft_targets, refuse_options, used_options
 
 PEFT_TYPE = "FOURIERFT"
 # PEFT options tunesmith does not implement: a PEFT adapter that sets one is refused on load.
@@ -35,21 +36,17 @@ class FourierFTConfig(MethodConfig):
     def __post_init__(self):
         if self.n_frequency < 1:
             raise ConfigError(f"method.n_frequency must be >= 1, got {self.n_frequency}")
-        if not self.target_modules:
-            raise ConfigError(
-                "method.target_modules is empty; give layer names, a regex or 'all-linear'"
-            )
+        check_targets(self.target_modules)
 
 
 def to_peft_config(cfg: FourierFTConfig) -> dict:
     """The keys Hugging Face PEFT's FourierFTConfig reads from adapter_config.json."""
-    targets = cfg.target_modules
     return {
         "peft_type": PEFT_TYPE,
         "n_frequency": cfg.n_frequency,
         "scaling": cfg.scaling,
         "random_loc_seed": cfg.random_loc_seed,
-        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "target_modules": peft_targets(cfg.target_modules),
         "init_weights": cfg.init_weights,
         "fan_in_fan_out": False,  # PEFT sets it per layer (true for GPT-2's Conv1D)
         "bias": "none",
@@ -64,16 +61,10 @@ def to_peft_config(cfg: FourierFTConfig) -> dict:
 def from_peft_config(d: dict) -> FourierFTConfig:
     """A FourierFTConfig from PEFT's keys; fan_in_fan_out is ignored (the layer type decides, as
     PEFT overrides it too)."""
-    unsupported = [k for k in UNSUPPORTED if d.get(k)]
-    if d.get("bias", "none") != "none":
-        unsupported.append(f"bias={d['bias']!r}")
+    unsupported = used_options(d, UNSUPPORTED, bias=True)
     if d.get("random_loc_seed", 777) is None:
         unsupported.append("random_loc_seed=null")
-    if unsupported:
-        raise ConfigError(
-            f"this PEFT FourierFT adapter uses {', '.join(unsupported)}, which tunesmith does "
-            f"not support; save it again without that option"
-        )
+    refuse_options(unsupported, "FourierFT")
     return FourierFTConfig(
         n_frequency=d["n_frequency"],
         scaling=d.get("scaling", 150.0),

@@ -8,6 +8,7 @@ from typing import Optional, Union
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 from ...errors import ConfigError
+from ..peft_options import peft_targets, refuse_options, used_options
 
 PEFT_TYPE = "LN_TUNING"
 UNSUPPORTED = ("modules_to_save", "exclude_modules")  # refused on load
@@ -40,22 +41,15 @@ def with_targets(cfg: LnTuningConfig, names: list) -> LnTuningConfig:
 def to_peft_config(cfg: LnTuningConfig) -> dict:
     """The keys Hugging Face PEFT's LNTuningConfig reads (cfg resolved when saved: None only for
     a config not yet applied, which PEFT reads as its architecture default)."""
-    targets = cfg.target_modules
     return {
         "peft_type": PEFT_TYPE,
-        "target_modules": targets
-        if targets is None or isinstance(targets, str)
-        else sorted(targets),
+        "target_modules": peft_targets(cfg.target_modules),
         "exclude_modules": None,
         "modules_to_save": None,
     }
 
 
 def from_peft_config(d: dict) -> LnTuningConfig:
-    unsupported = [k for k in UNSUPPORTED if d.get(k)]
-    if unsupported:
-        raise ConfigError(
-            f"this PEFT LN tuning adapter uses {', '.join(unsupported)}, which tunesmith does "
-            f"not support; save it again without that option"
-        )
+    unsupported = used_options(d, UNSUPPORTED)
+    refuse_options(unsupported, "LN tuning")
     return LnTuningConfig(target_modules=d.get("target_modules"))

@@ -7,6 +7,7 @@ from typing import Union
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 from ...errors import ConfigError
+from ..peft_options import check_targets, peft_targets, refuse_options, used_options
 
 PEFT_TYPE = "LOHA"
 # PEFT options tunesmith does not implement: a PEFT adapter that sets one is refused on load.
@@ -34,10 +35,7 @@ class LohaConfig(MethodConfig):
         for key in ("rank_dropout", "module_dropout"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"method.{key} must be in [0, 1), got {getattr(self, key)}")
-        if not self.target_modules:
-            raise ConfigError(
-                "method.target_modules is empty; give layer names, a regex or 'all-linear'"
-            )
+        check_targets(self.target_modules)
 
     @property
     def scaling(self) -> float:
@@ -46,14 +44,13 @@ class LohaConfig(MethodConfig):
 
 def to_peft_config(cfg: LohaConfig) -> dict:
     """The keys Hugging Face PEFT's LoHaConfig reads from adapter_config.json."""
-    targets = cfg.target_modules
     return {
         "peft_type": PEFT_TYPE,
         "r": cfg.r,
         "alpha": cfg.alpha,
         "rank_dropout": cfg.rank_dropout,
         "module_dropout": cfg.module_dropout,
-        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "target_modules": peft_targets(cfg.target_modules),
         "init_weights": cfg.init_weights,
         "use_effective_conv2d": False,
         "exclude_modules": None,
@@ -68,12 +65,8 @@ def to_peft_config(cfg: LohaConfig) -> dict:
 def from_peft_config(d: dict) -> LohaConfig:
     """A LohaConfig from PEFT's keys. use_effective_conv2d only concerns convolutions, so it is
     accepted and has no effect (as in PEFT on linear layers)."""
-    unsupported = [k for k in UNSUPPORTED if d.get(k)]
-    if unsupported:
-        raise ConfigError(
-            f"this PEFT LoHa adapter uses {', '.join(unsupported)}, which tunesmith does not "
-            f"support; save it again without that option"
-        )
+    unsupported = used_options(d, UNSUPPORTED)
+    refuse_options(unsupported, "LoHa")
     return LohaConfig(
         r=d["r"],
         alpha=d.get("alpha", 8),

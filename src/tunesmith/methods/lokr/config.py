@@ -7,6 +7,7 @@ from typing import Union
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 from ...errors import ConfigError
+from ..peft_options import check_targets, peft_targets, refuse_options, used_options
 
 PEFT_TYPE = "LOKR"
 # PEFT options tunesmith does not implement: a PEFT adapter that sets one is refused on load.
@@ -50,10 +51,7 @@ class LokrConfig(MethodConfig):
             raise ConfigError(
                 f"method.init_weights must be true, false or 'lycoris', got {self.init_weights!r}"
             )
-        if not self.target_modules:
-            raise ConfigError(
-                "method.target_modules is empty; give layer names, a regex or 'all-linear'"
-            )
+        check_targets(self.target_modules)
 
     @property
     def scaling(self) -> float:
@@ -62,7 +60,6 @@ class LokrConfig(MethodConfig):
 
 def to_peft_config(cfg: LokrConfig) -> dict:
     """The keys Hugging Face PEFT's LoKrConfig reads from adapter_config.json."""
-    targets = cfg.target_modules
     return {
         "peft_type": PEFT_TYPE,
         "r": cfg.r,
@@ -72,7 +69,7 @@ def to_peft_config(cfg: LokrConfig) -> dict:
         "rank_dropout_scale": cfg.rank_dropout_scale,
         "decompose_both": cfg.decompose_both,
         "decompose_factor": cfg.decompose_factor,
-        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "target_modules": peft_targets(cfg.target_modules),
         "init_weights": cfg.init_weights,
         "use_effective_conv2d": False,
         "exclude_modules": None,
@@ -86,12 +83,8 @@ def to_peft_config(cfg: LokrConfig) -> dict:
 
 def from_peft_config(d: dict) -> LokrConfig:
     """A LokrConfig from PEFT's keys; use_effective_conv2d only concerns convolutions (ignored)."""
-    unsupported = [k for k in UNSUPPORTED if d.get(k)]
-    if unsupported:
-        raise ConfigError(
-            f"this PEFT LoKr adapter uses {', '.join(unsupported)}, which tunesmith does not "
-            f"support; save it again without that option"
-        )
+    unsupported = used_options(d, UNSUPPORTED)
+    refuse_options(unsupported, "LoKr")
     return LokrConfig(
         r=d["r"],
         alpha=d.get("alpha", 8),

@@ -7,6 +7,7 @@ from typing import Union
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 from ...errors import ConfigError
+from ..peft_options import check_targets, peft_targets, refuse_options, used_options
 
 PEFT_TYPE = "VERA"
 # PEFT options tunesmith does not implement: a PEFT adapter that sets one is refused on load.
@@ -35,19 +36,15 @@ class VeraConfig(MethodConfig):
             raise ConfigError(f"method.r must be >= 1, got {self.r}")
         if not 0 <= self.vera_dropout < 1:
             raise ConfigError(f"method.vera_dropout must be in [0, 1), got {self.vera_dropout}")
-        if not self.target_modules:
-            raise ConfigError(
-                "method.target_modules is empty; give layer names, a regex or 'all-linear'"
-            )
+        check_targets(self.target_modules)
 
 
 def to_peft_config(cfg: VeraConfig) -> dict:
     """The keys Hugging Face PEFT's VeraConfig reads from adapter_config.json."""
-    targets = cfg.target_modules
     return {
         "peft_type": PEFT_TYPE,
         "r": cfg.r,
-        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "target_modules": peft_targets(cfg.target_modules),
         "projection_prng_key": cfg.projection_prng_key,
         "save_projection": cfg.save_projection,
         "vera_dropout": cfg.vera_dropout,
@@ -64,14 +61,8 @@ def to_peft_config(cfg: VeraConfig) -> dict:
 def from_peft_config(d: dict) -> VeraConfig:
     """A VeraConfig from PEFT's keys. fan_in_fan_out is ignored: the layer type tells (as PEFT,
     which overrides it for nn.Linear and Conv1D alike)."""
-    unsupported = [k for k in UNSUPPORTED if d.get(k)]
-    if d.get("bias", "none") != "none":
-        unsupported.append(f"bias={d['bias']!r}")
-    if unsupported:
-        raise ConfigError(
-            f"this PEFT VeRA adapter uses {', '.join(unsupported)}, which tunesmith does not "
-            f"support; save it again without that option"
-        )
+    unsupported = used_options(d, UNSUPPORTED, bias=True)
+    refuse_options(unsupported, "VeRA")
     return VeraConfig(
         r=d["r"],
         target_modules=d["target_modules"],
