@@ -37,7 +37,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import SingleProcess, global_slice, parallel_for
 from .objective import Objective, WeightedMeans, with_method_regularizers
 from .optim import build_optimizer, build_scheduler
-from .passes import passes_needed, split_examples
+from .passes import collated_passes
 from .sinks import default_sinks
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,13 @@ class _Loop:
         terms, real tokens, task metrics). Usually one optimizer update; an on-policy objective
         (Objective.updates) makes its rollouts here and takes several."""
         mine = [global_slice(idx, self.par.rank, self.par.world) for idx in groups]
-        batches = [batch for idx in mine for batch in self.passes(idx)]
+        batches = [
+            batch
+            for idx in mine
+            for batch in collated_passes(
+                self.objective, self.examples, idx, self.pass_tokens, self.par
+            )
+        ]
         totals = _StepTotals()
         self.updated_in_step = False
         ups = self.objective.updates_per_step
@@ -323,22 +329,6 @@ class _Loop:
         if self.par.world > 1:
             totals = _StepTotals.summed(self.par.gather(totals))
         return totals.loss / max(totals.terms, 1), totals.terms, totals.tokens, totals.metrics
-
-    def passes(self, indices: list[int]) -> list[dict]:
-        """The collated batches one micro-batch runs as: itself, or consecutive chunks of it when it
-        holds more padded tokens than train.tokens_per_pass (training/passes.py). Every rank
-        takes the largest count of any rank, so all run the same number of backward passes."""
-        batch = self.objective.collate([self.examples[i] for i in indices])
-        ids = batch.get("input_ids")
-        padded = ids.numel() if isinstance(ids, torch.Tensor) else 0
-        count = passes_needed(padded, len(indices), self.pass_tokens)
-        if self.par.world > 1:  # ranks' slices differ by one example at most: no empty chunk
-            counts, sizes = zip(*self.par.gather((count, len(indices))))
-            count = max(1, min(max(counts), min(sizes)))
-        if count == 1:
-            return [batch]
-        chunks = split_examples(indices, count)
-        return [self.objective.collate([self.examples[i] for i in chunk]) for chunk in chunks]
 
     def planned_updates(self, batches: list[dict]) -> list[list[dict]]:
         if self.objective.updates is None:

@@ -15,6 +15,8 @@ micro-batches far larger than these, where one pass would not fit.
 
 import math
 
+import torch
+
 
 def passes_needed(padded_tokens: int, examples: int, tokens_per_pass: int) -> int:
     """How many chunks a micro-batch of `examples` examples and `padded_tokens` tokens runs in
@@ -33,3 +35,22 @@ def split_examples(indices: list, passes: int) -> list[list]:
         chunks.append(list(indices[start:end]))
         start = end
     return chunks
+
+
+def collated_passes(objective, examples: list, indices: list[int], tokens_per_pass: int, par):
+    """The collated batches the micro-batch of `indices` runs as: itself, or consecutive chunks of
+    it when it holds more padded tokens than tokens_per_pass. Under torchrun every rank takes the
+    largest count of any rank, so all run the same number of backward passes."""
+    batch = objective.collate([examples[i] for i in indices])
+    if tokens_per_pass <= 0:  # the same setting on every rank: no need to agree on a count
+        return [batch]
+    ids = batch.get("input_ids")
+    padded = ids.numel() if isinstance(ids, torch.Tensor) else 0
+    count = passes_needed(padded, len(indices), tokens_per_pass)
+    if par.world > 1:  # ranks' slices differ by one example at most: no empty chunk
+        counts, sizes = zip(*par.gather((count, len(indices))))
+        count = max(1, min(max(counts), min(sizes)))
+    if count == 1:
+        return [batch]
+    chunks = split_examples(indices, count)
+    return [objective.collate([examples[i] for i in chunk]) for chunk in chunks]

@@ -81,6 +81,6 @@ def test_auto_precision_is_bf16_only_with_native_bf16(monkeypatch, native):
 
 
 def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog):
-    monkeypatch.setattr("tunesmith.config.schema.has_native_bf16", lambda: False)
+    monkeypatch.setattr("tunesmith.config.fields.has_native_bf16", lambda: False)
     assert TrainConfig(precision="bf16").precision == "bf16"
     assert "no native bf16 instructions" in caplog.text
