@@ -27,10 +27,9 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        x32 = x.float()
-        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        rstd = _inverse_rms(x, eps)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * (x32 * rstd).to(x.dtype)
+        return weight * (x.float() * rstd).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -66,12 +65,24 @@ class SwiGLUFunction(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+def _inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+
+
+# Without gradients (decoding, evaluation) the same ops run outside the autograd Function, whose
+# bookkeeping costs more than the ops themselves on one decode row (measured ~25 us a call).
 def rms_norm_forward(self, hidden_states):
-    return RMSNormFunction.apply(hidden_states, self.weight, _epsilon(self))
+    if torch.is_grad_enabled():
+        return RMSNormFunction.apply(hidden_states, self.weight, _epsilon(self))
+    x = hidden_states
+    return self.weight * (x.float() * _inverse_rms(x, _epsilon(self))).to(x.dtype)
 
 
 def swiglu_mlp_forward(self, x):
-    return self.down_proj(SwiGLUFunction.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if torch.is_grad_enabled():
+        return self.down_proj(SwiGLUFunction.apply(gate, up))
+    return self.down_proj(F.silu(gate) * up)
 
 
 def fuse_modules(model: nn.Module, fused_ops: str = "auto") -> int:

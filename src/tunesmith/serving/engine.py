@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..methods.lora import mixed_adapters
 from ..models.compat import cache_kwarg
 from .errors import ApiError, timed_out
 from .kv import check_dynamic, concat_rows, keep_rows
+from .lean import LeanDecoder
 from .text import TextTracker
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class Engine:
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._batches: dict[int, _Batch] = {}
+        self._lean = weakref.WeakKeyDictionary()  # model -> LeanDecoder or None (probe failed)
         self._wake = threading.Event()
         self._stop = False
         self._thread: Optional[threading.Thread] = None
@@ -229,7 +232,10 @@ class Engine:
         positions = batch.mask.sum(1, keepdim=True)  # (B, 1): real tokens so far
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(keep), 1))], dim=1)
         rows = [r.target.row for r in batch.rows]
-        batch.logits = self._forward(batch.target, rows, ids, batch.mask, batch.cache, positions)
+        lean = self._lean_decoder(batch.target)
+        batch.logits = self._forward(
+            batch.target, rows, ids, batch.mask, batch.cache, positions, lean
+        )
 
     def _advance(self, req: GenRequest, token: int, length: int) -> bool:
         """Emit token's text; False when req is finished (and told so)."""
@@ -267,13 +273,34 @@ class Engine:
             req.emit(event)
         return False
 
-    def _forward(self, target: Target, rows, ids, mask, cache, positions) -> torch.Tensor:
+    def _forward(self, target: Target, rows, ids, mask, cache, positions, lean=None):
+        """Logits (B, V) at the last position: the lean step for one new token where it fits
+        the model, else the model's forward."""
         kwargs = {cache_kwarg(target.model): cache, "use_cache": True}
         if _keeps_logits(target.model):  # the head on the last position only: (B, 1, V)
             kwargs["logits_to_keep"] = 1
         with mixed_adapters(target.model, rows) if target.mixed else nullcontext():
+            if lean is not None:
+                return lean.decode(ids, mask, cache, positions)
             out = target.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
-        return out.logits[:, -1].float()  # (B, V)
+        return out.logits[:, -1].float()
+
+    def _lean_decoder(self, target: Target) -> Optional[LeanDecoder]:
+        """The model's lean decode step, probed once against its forward (None: it does not fit)."""
+        if target.model not in self._lean:
+            lean = LeanDecoder.build(target.model)
+            if lean is not None:
+                rows = [None, None]  # the probe's two rows, base weights
+
+                def forward(*args):
+                    return self._forward(target, rows, *args)
+
+                def decode(*args):
+                    return self._forward(target, rows, *args, lean=lean)
+
+                lean = lean if lean.fits(forward, decode) else None
+            self._lean[target.model] = lean
+        return self._lean[target.model]
 
     def _abort_all(self) -> None:
         stopping = ApiError(503, "the server is stopping", "server_stopping", "server_error")

@@ -103,3 +103,14 @@ def test_only_matching_modules_are_fused():
     assert fuse_modules(tiny_llama(), "none") == 0
     with pytest.raises(ConfigError, match="fused_ops"):
         fuse_modules(tiny_llama(), "always")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_gradients_the_fused_model_gives_the_same_logits(dtype):
+    # Decoding and evaluation skip the autograd Functions: the same ops, so bit-equal output.
+    plain = tiny_llama().to(dtype)
+    fused = copy.deepcopy(plain)
+    fuse_modules(fused)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.inference_mode():
+        assert torch.equal(fused(input_ids=ids).logits, plain(input_ids=ids).logits)
