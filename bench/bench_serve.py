@@ -44,6 +44,40 @@ def hf_generate(model, tokenizer, n: int) -> tuple[float, float]:
     return (out.shape[1] - ids.shape[1]) / elapsed, first
 
 
+def llama_cpp_generate(n: int) -> tuple[float, float] | None:
+    """(tokens/s, seconds to the first token) of llama.cpp (llama-cpp-python) on the embedded
+    model's own GGUF file, batch 1, greedy, end-of-turn suppressed; None when not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama-cpp-python is not installed: no llama.cpp row", file=sys.stderr)
+        return None
+    from tunesmith.models.loading import embedded_gguf_path
+
+    llm = Llama(
+        str(embedded_gguf_path()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False
+    )
+    no_end = {llm.token_eos(): -1e9}
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def run(tokens: int) -> tuple[float, float, int]:
+        start, first, count = time.perf_counter(), None, 0
+        stream = llm.create_chat_completion(
+            messages, max_tokens=tokens, temperature=0, stream=True, logit_bias=no_end
+        )
+        for chunk in stream:
+            if chunk["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter() - start
+                count += 1
+        return first, time.perf_counter() - start, count
+
+    run(8)  # warm-up
+    first, total, _ = run(1)
+    _, total, count = run(n)
+    llm.reset()
+    return count / total, first
+
+
 async def one_stream(client, n: int) -> tuple[float, float, int]:
     """(seconds to the first token, total seconds, completion tokens) of one streamed chat."""
     start = time.perf_counter()
@@ -107,6 +141,12 @@ def main() -> None:
     del model
     rows = [["HF generate (fp32), batch 1", hf_first * 1000, hf_rate, hf_rate, 1.0]]
     print(f"HF generate: {hf_rate:.1f} tok/s", file=sys.stderr)
+    llama = llama_cpp_generate(args.tokens)
+    if llama is not None:
+        rows[0].append(hf_rate / llama[0])
+        rows.append(["llama.cpp (Q4_1 GGUF), batch 1", llama[1] * 1000, llama[0], llama[0]])
+        rows[-1] += [llama[0] / hf_rate, 1.0]
+        print(f"llama.cpp: {llama[0]:.1f} tok/s", file=sys.stderr)
     streams = [int(s) for s in args.streams.split(",")]
     limits = Limits(max_queue=max(streams) * 2, timeout=1200)
     for dtype in args.dtypes.split(","):
@@ -118,6 +158,8 @@ def main() -> None:
             name, first, per_stream, aggregate = asyncio.run(concurrent(url, n, args.tokens))
             rows.append([f"serve --dtype {dtype}, {name}", first, per_stream, aggregate])
             rows[-1].append(aggregate / hf_rate)
+            if llama is not None:
+                rows[-1].append(aggregate / llama[0])
             print(f"{rows[-1][0]}: {aggregate:.1f} tok/s aggregate", file=sys.stderr)
         server.should_exit = True
         time.sleep(1)
@@ -136,6 +178,7 @@ def main() -> None:
                 "tok/s per stream",
                 "tok/s aggregate",
                 "x HF generate fp32",
+                *(["x llama.cpp batch 1"] if llama is not None else []),
             ],
             rows,
         ),
