@@ -113,6 +113,29 @@ async def concurrent(url: str, streams: int, n: int) -> list:
     return [f"{streams} streams", ttft * 1000, per_stream, tokens / wall]
 
 
+def engine_rate(model, tokenizer, n: int, rows: int) -> float:
+    """Aggregate tokens/s of the server's engine driven in-process (no HTTP, no client): `rows`
+    requests of n tokens prefilled together, then stepped until all are done."""
+    from tunesmith.serving.engine import Engine, GenRequest, Sampling, Target
+
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True
+    )
+    ids = ids["input_ids"] if hasattr(ids, "keys") else list(ids)
+    engine = Engine(tokenizer, max_batch=rows)
+    for _ in range(rows):
+        sampling = Sampling(n, temperature=0, ignore_eos=True)
+        engine.submit(GenRequest(ids, sampling, Target(model), lambda event: None))
+    with torch.inference_mode():
+        engine._admit()
+        start, steps = time.perf_counter(), 0
+        while engine._batches:
+            for key in list(engine._batches):
+                engine._step(key)
+            steps += 1
+    return steps * rows / (time.perf_counter() - start)
+
+
 def start_server(app):
     import uvicorn
 
@@ -151,6 +174,11 @@ def main() -> None:
     limits = Limits(max_queue=max(streams) * 2, timeout=1200)
     for dtype in args.dtypes.split(","):
         model, tokenizer = load_for_serving("default", dtype)
+        engine_rate(model, tokenizer, 8, 1)  # warm-up (and the lean step's probe)
+        for n in (1, max(streams)):
+            rate = engine_rate(model, tokenizer, args.tokens, n)
+            rows.append([f"engine in-process --dtype {dtype}, {n} rows", "-", rate / n, rate])
+            rows[-1] += [rate / hf_rate] + ([rate / llama[0]] if llama is not None else [])
         app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
         server, url = start_server(app)
         asyncio.run(concurrent(url, 1, 8))  # warm-up

@@ -38,16 +38,7 @@ class MatmulAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, keep, scale):
         q = q * scale  # scaling the (rows x D) queries is cheaper than the (rows x keys) scores
-        scores = torch.matmul(q, k.transpose(-1, -2))
-        if keep is not None:
-            # A finite floor, not -inf: a query row with nothing to attend to (left padding) gets
-            # uniform weights instead of NaN, as in transformers' eager attention.
-            batch, kv_heads, rows, keys = scores.shape
-            grouped = scores.view(batch, kv_heads, -1, keep.shape[-2], keys)
-            grouped.masked_fill_(~keep, torch.finfo(scores.dtype).min)
-        # Softmax in the scores' own dtype: the CPU kernel accumulates in fp32 either way, and
-        # asking for a different output dtype takes a path measured 5-10x slower.
-        probs = torch.softmax(scores, dim=-1)
+        probs = _probabilities(q, k, keep)
         out = torch.matmul(probs, v)
         ctx.save_for_backward(q, k, v, probs)
         ctx.scale = scale
@@ -63,6 +54,28 @@ class MatmulAttention(torch.autograd.Function):
         grad_q = torch.matmul(grad_scores, k) * ctx.scale
         grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
         return grad_q, grad_k, grad_v, None, None
+
+
+def _probabilities(q, k, keep):
+    """softmax(q k^T, masked) for queries already scaled."""
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    if keep is not None:
+        # A finite floor, not -inf: a query row with nothing to attend to (left padding) gets
+        # uniform weights instead of NaN, as in transformers' eager attention.
+        batch, kv_heads, rows, keys = scores.shape
+        grouped = scores.view(batch, kv_heads, -1, keep.shape[-2], keys)
+        grouped.masked_fill_(~keep, torch.finfo(scores.dtype).min)
+    # Softmax in the scores' own dtype: the CPU kernel accumulates in fp32 either way, and
+    # asking for a different output dtype takes a path measured 5-10x slower.
+    return torch.softmax(scores, dim=-1)
+
+
+def matmul_attention(q, k, v, keep, scale):
+    """MatmulAttention's forward; without gradients it runs outside the autograd Function, whose
+    bookkeeping costs more than the ops on a decode step's one query row."""
+    if torch.is_grad_enabled():
+        return MatmulAttention.apply(q, k, v, keep, scale)
+    return torch.matmul(_probabilities(q * scale, k, keep), v)
 
 
 def _keep_mask(mask, q_len: int, kv_len: int, causal: bool, device):
@@ -115,7 +128,7 @@ def cpu_attention_forward(
     scale = scaling if scaling is not None else dim**-0.5
     dtype = _compute_dtype(query)
     with torch.autocast(query.device.type, enabled=False):  # dtypes are explicit in here
-        out = MatmulAttention.apply(stacked.to(dtype), key.to(dtype), value.to(dtype), keep, scale)
+        out = matmul_attention(stacked.to(dtype), key.to(dtype), value.to(dtype), keep, scale)
     return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
 
 
