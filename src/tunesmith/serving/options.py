@@ -19,9 +19,10 @@ def add_serve_args(p) -> None:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on every API request")
     p.add_argument(
         "--dtype",
-        choices=["auto", "float32", "bfloat16", "int8"],
+        choices=["auto", "float32", "bfloat16", "int8", "int4"],
         default="auto",
         help="weights: auto (bfloat16 on CPUs with native bf16, else float32), float32, bfloat16, "
-        "or int8 (linear weights int8 per output row, weight-only: the fastest decoding)",
+        "int8 (linear weights int8 per output row, weight-only) or int4 (the blocks' linear "
+        "weights in groups of 32 with step and minimum, the embedded file's own Q4_1 layout)",
     )
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")

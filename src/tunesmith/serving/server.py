@@ -56,12 +56,15 @@ def load_for_serving(model_name: str, dtype: str):
     from ..utils.hardware import has_native_bf16
 
     compute = "bfloat16" if has_native_bf16() else "float32"
-    # int8 quantizes from the float32 weights, so its rounding is the only one
-    load_dtype = {"auto": compute, "int8": "float32"}.get(dtype, dtype)
+    bits = {"int8": 8, "int4": 4}.get(dtype)
+    # int8/int4 quantize from the float32 weights, so their rounding is the only one
+    load_dtype = "float32" if bits else (compute if dtype == "auto" else dtype)
     model, tokenizer = load_base_model(model_name, load_dtype)
-    if dtype == "int8":
-        layers = quantize_for_decoding(model, getattr(torch, compute))
-        log.info("int8 weight-only decoding: %d linear layers, %s activations", layers, compute)
+    if bits:
+        layers = quantize_for_decoding(model, getattr(torch, compute), bits)
+        log.info(
+            "%s weight-only decoding: %d linear layers, %s activations", dtype, layers, compute
+        )
     return model, tokenizer
 
 

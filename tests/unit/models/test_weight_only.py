@@ -1,4 +1,4 @@
-"""Int8 weight-only linear layers for decoding: the kernel equals the dequantized matmul, the
+"""Int8 and int4 weight-only linear layers for decoding: the kernel equals the dequantized matmul, the
 rounding stays within half a step, and a quantized model keeps its greedy tokens close."""
 
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 
 from tests.tiny import tiny_llama
 from tunesmith.errors import ConfigError
-from tunesmith.models.weight_only import Int8WeightLinear, quantize_for_decoding
+from tunesmith.models.weight_only import Int4WeightLinear, Int8WeightLinear, quantize_for_decoding
 
 
 def _linear(seed=0, bias=True):
@@ -49,3 +49,49 @@ def test_merging_into_an_int8_layer_is_refused_with_the_fix():
     q = Int8WeightLinear(_linear(), torch.float32)
     with pytest.raises(ConfigError, match="tunesmith merge"):
         q.set_weight(torch.zeros(40, 24))
+
+
+def _int4_linear(seed=0, bias=True):
+    torch.manual_seed(seed)
+    return nn.Linear(64, 32, bias=bias)  # in: two groups of 32; out: a multiple of 16
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int4_output_equals_the_dequantized_weight_matmul(bias):
+    linear = _int4_linear(bias=bias)
+    q = Int4WeightLinear(linear, torch.float32)
+    x = torch.randn(3, 5, 64)
+    expected = x @ q.dequantized_weight().T + (linear.bias.detach() if bias else 0)
+    assert q(x).shape == (3, 5, 32)
+    assert (q(x) - expected).abs().max() < 1e-5
+
+
+def test_int4_rounding_is_at_most_half_a_group_step():
+    linear = _int4_linear()
+    w = linear.weight.detach()
+    groups = w.view(32, 2, 32)
+    step = (groups.amax(dim=2) - groups.amin(dim=2)) / 15  # (out, groups)
+    error = (Int4WeightLinear(linear, torch.float32).dequantized_weight() - w).view(32, 2, 32)
+    assert (error.abs() <= step[..., None] / 2 + 1e-6).all()
+
+
+def test_int4_weights_that_are_on_the_grid_come_back_exactly():
+    # Q4_1-style weights (step * q + minimum per group of 32), as the embedded file stores them.
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randint(0, 16, (32, 2, 32), generator=gen).float()
+    q[..., 0], q[..., 1] = 0, 15  # each group spans the grid, as Q4_1's own rounding makes it
+    step, low = torch.rand(32, 2, 1, generator=gen) / 8, torch.randn(32, 2, 1, generator=gen)
+    linear = nn.Linear(64, 32, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_((q * step + low).view(32, 64))
+    back = Int4WeightLinear(linear, torch.float32).dequantized_weight()
+    torch.testing.assert_close(back, linear.weight.detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_bits_4_keeps_the_output_head_and_odd_shapes_int8():
+    model = tiny_llama(hidden_size=32, intermediate_size=48)  # 48 inputs: not whole groups
+    quantize_for_decoding(model, torch.float32, bits=4)
+    block = model.model.layers[0]
+    assert type(block.self_attn.q_proj) is Int4WeightLinear
+    assert type(block.mlp.down_proj) is Int8WeightLinear  # in_features 48
+    assert type(model.lm_head) is Int8WeightLinear

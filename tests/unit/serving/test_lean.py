@@ -51,7 +51,13 @@ def fused_int8_model():
     return model
 
 
-@pytest.mark.parametrize("make", [tiny_llama, lora_model, ia3_model, fused_int8_model])
+def int4_model():
+    model = tiny_llama(hidden_size=32, intermediate_size=64)  # whole groups of 32: int4 layers
+    quantize_for_decoding(model, torch.float32, bits=4)
+    return model
+
+
+@pytest.mark.parametrize("make", [tiny_llama, lora_model, ia3_model, fused_int8_model, int4_model])
 def test_lean_steps_equal_the_forward_on_a_left_padded_batch(make):
     model = make()
     lean = LeanDecoder.build(model)
