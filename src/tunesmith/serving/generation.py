@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from typing import Optional
 
 from fastapi.responses import StreamingResponse
 
@@ -123,8 +124,10 @@ async def _stream(events: asyncio.Queue, req: GenRequest, entry, meta: _Meta, in
         while True:
             event = await events.get()
             if event[0] == "delta":
-                yield sse(meta.chunk(event[1]))
-                continue
+                text, event = _coalesce(events, event[1])
+                yield sse(meta.chunk(text))
+                if event is None:
+                    continue
             if event[0] == "error":
                 yield sse(event[1].body())
                 break
@@ -137,6 +140,17 @@ async def _stream(events: asyncio.Queue, req: GenRequest, entry, meta: _Meta, in
     finally:
         req.cancelled = True  # the client left mid-stream: the engine drops the row next step
         entry.inflight -= 1
+
+
+def _coalesce(events: asyncio.Queue, text: str) -> tuple[str, Optional[tuple]]:
+    """text joined with the deltas already waiting (a client slower than the decoder gets fewer,
+    longer chunks instead of a growing backlog), and the first waiting non-delta event if any."""
+    while not events.empty():
+        event = events.get_nowait()
+        if event[0] != "delta":
+            return text, event
+        text += event[1]
+    return text, None
 
 
 def _sampling(limits, body) -> Sampling:
