@@ -321,6 +321,11 @@ class TaskConfig:
     label_smoothing: float = opt(
         0.0, "head/prompt modes: cross-entropy label smoothing in [0, 1), e.g. 0.1"
     )
+    score_train: bool = opt(
+        True,
+        "classify: also score the training split after training (train_accuracy); false saves "
+        "a pass over it (minutes for a large split)",
+    )
     temperature_scaling: bool = opt(
         True,
         "fit one temperature on the validation split (LBFGS on the NLL) and apply it to the "

@@ -63,7 +63,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     # training fit to report: they score the test split only (each pass over a split costs minutes).
     trained = info.get("trained", True)
     parts = {
-        "train": splits.train if trained else [],
+        "train": splits.train if trained and cfg.task.score_train else [],
         "val": splits.eval if trained else [],
         "test": splits.test,
     }

@@ -28,8 +28,9 @@ class ModeSpec:
     feature_space: bool = False
     # older flat task keys that fill the section: task key -> section field (e.g. feature_c -> c)
     aliases: dict = field(default_factory=dict)
-    # measured defaults of this mode, {section: {key: value}}, where a config leaves a key unset
-    defaults: dict = field(default_factory=dict)
+    # defaults(raw config) -> {section: {key: value}}: this mode's measured defaults, filled in
+    # where a config leaves a key unset (None: the schema's)
+    defaults: Optional[Callable[[dict], dict]] = None
 
 
 _REGISTRY: dict[str, ModeSpec] = {}
@@ -64,7 +65,7 @@ def mode_defaults(raw: dict) -> dict:
     task = raw.get("task") or {}
     name = task.get("mode", TaskConfig.mode) if isinstance(task, dict) else None
     spec = _REGISTRY.get(name) if isinstance(name, str) else None
-    return spec.defaults if spec is not None else {}
+    return spec.defaults(raw) if spec is not None and spec.defaults is not None else {}
 
 
 def active_sections(task_cfg) -> list[str]:
