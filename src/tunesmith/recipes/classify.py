@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
@@ -170,7 +172,8 @@ def score_probs(probs, examples: list, labels: list, temperature: Optional[float
 
 def _calibrate(cfg, out: Path, val_probs, val: list, labels: list, metrics: dict):
     """Fit the temperature on the validation split; kept (calibration.json, returned) only when it
-    lowers the validation NLL. None without a validation split or with task.temperature_scaling off."""
+    lowers the validation NLL and the validation split has an error. None without a validation
+    split or with task.temperature_scaling off."""
     path = out / CALIBRATION_FILE
     if is_main_process() and path.exists():
         path.unlink()  # a calibration of an earlier run in this directory does not apply
@@ -179,14 +182,18 @@ def _calibrate(cfg, out: Path, val_probs, val: list, labels: list, metrics: dict
     logits, y = log_probs(val_probs), [labels.index(e.label) for e in val]
     temperature = fit_temperature(logits, y)
     before, after = nll(logits, y), nll(logits, y, temperature)
-    applied = after < before
+    # With no validation error the NLL falls towards 0 as T -> 0: that sharpens every prediction
+    # rather than calibrating (measured on SMS spam: T 0.14 raised test ECE from 3.2 % to 3.3 %).
+    errors = int((val_probs.argmax(1) != np.asarray(y)).sum())
+    applied = after < before and errors > 0
     metrics.update(
         temperature=temperature if applied else 1.0,
         val_nll=before,
-        val_nll_calibrated=min(after, before),
+        val_nll_calibrated=after if applied else before,
     )
     if is_main_process():
         record = {
+            "validation_errors": errors,
             "temperature": temperature,
             "applied": applied,
             "val_nll": before,

@@ -57,7 +57,7 @@ def test_run_keeps_the_best_epoch_reports_ece_and_calibrates(task, tmp_path):  #
     assert 0 <= metrics["test_ece"] <= 1 and "ece_uncalibrated" in metrics
     saved = json.loads((out / "calibration.json").read_text())
     assert saved["temperature"] > 0 and saved["applied"] == (
-        saved["val_nll_calibrated"] < saved["val_nll"]
+        saved["val_nll_calibrated"] < saved["val_nll"] and saved["validation_errors"] > 0
     )
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum("eval_accuracy" in r for r in evals) == 3  # one per epoch
@@ -105,3 +105,18 @@ def test_ece_in_metrics_is_computed_from_the_probabilities():
     metrics = classify.score(Fixed(), examples)
     # bins of 0.8 and 0.7: |1 - 0.8| / 2 + |0 - 0.7| / 2
     assert metrics["ece"] == pytest.approx(0.45) and metrics["accuracy"] == 0.5
+
+
+def test_temperature_is_not_applied_when_validation_has_no_error(tmp_path):
+    labels = ["neg", "pos"]
+    val = [classify.LabelledExample("a", "neg"), classify.LabelledExample("b", "pos")]
+    cfg = load_config(None, ["task.type=classify"])
+    perfect = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
+    metrics = {}
+    assert classify._calibrate(cfg, tmp_path, perfect, val, labels, metrics) is None
+    assert metrics["temperature"] == 1.0 and metrics["val_nll_calibrated"] == metrics["val_nll"]
+    assert not json.loads((tmp_path / "calibration.json").read_text())["applied"]
+    overconfident = np.array([[0.99, 0.01], [0.99, 0.01], [0.01, 0.99]], dtype=np.float32)
+    val3 = [*val, classify.LabelledExample("c", "pos")]
+    fitted = classify._calibrate(cfg, tmp_path, overconfident, val3, labels, {})
+    assert fitted is not None and fitted > 1  # one confident error: softened
