@@ -41,10 +41,25 @@ def load_config(
     types: the registries' additions (a plain mapping means method name -> MethodConfig subclass).
     Raises ConfigError listing every unknown key, bad value or unreadable file.
     """
+    return build_config(read_raw(path, overrides), types, source=path or "defaults")
+
+
+def read_raw(path: Optional[str], overrides: Sequence[str] = ()) -> dict:
+    """The YAML file (or {} for None) as nested dicts, with the dotted overrides applied; unchecked."""
     raw = _read_yaml(path) if path else {}
     for item in overrides:
         _apply_override(raw, item)
-    return build_config(raw, types, source=path or "defaults")
+    return raw
+
+
+def fill_defaults(raw: dict, defaults: Mapping[str, Mapping[str, Any]]) -> None:
+    """Put defaults ({section: {key: value}}) into raw where raw does not set the key itself."""
+    for section, values in defaults.items():
+        node = raw.setdefault(section, {})
+        if not isinstance(node, dict):  # reported by build_config
+            continue
+        for key, value in values.items():
+            node.setdefault(key, value)
 
 
 def build_config(

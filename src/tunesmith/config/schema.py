@@ -143,7 +143,24 @@ class TrainConfig:
         "fp32, bf16 (autocast on CPU; weights stay fp32) or auto (bf16 where the CPU "
         "has native bf16 instructions, else fp32; the saved config shows the choice)",
     )
-    eval_every: int = opt(0, "run validation every N steps (0: only at the end)")
+    eval_every: int = opt(
+        0,
+        "run validation every N steps (0: only at the end; at every epoch's end with "
+        "train.keep_best or train.early_stopping_patience)",
+    )
+    keep_best: bool = opt(
+        False,
+        "evaluate on the validation split (each epoch, or every train.eval_every steps) and "
+        "restore the weights of the best evaluation (train.best_metric) at the end",
+    )
+    best_metric: str = opt(
+        "eval_loss",
+        "what train.keep_best and early stopping compare: eval_loss, or another metric the "
+        "evaluation reports (eval_accuracy); a name containing 'loss' is minimised, others maximised",
+    )
+    early_stopping_patience: int = opt(
+        0, "stop after N evaluations in a row without a better train.best_metric (0: never)"
+    )
     save_every: int = opt(
         0, "write a resumable checkpoint every N steps (0: only at eval and the end)"
     )
@@ -214,6 +231,16 @@ class TrainConfig:
         for key in ("l2sp_lambda", "ewc_lambda", "lwf_lambda"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(
+                f"train.early_stopping_patience must be >= 0 evaluations (0: off), got "
+                f"{self.early_stopping_patience}"
+            )
+        if not self.best_metric.startswith("eval_"):
+            raise ConfigError(
+                f"train.best_metric must name a validation metric (eval_loss, eval_accuracy ...), "
+                f"got {self.best_metric!r}"
+            )
         if self.ewc_samples < 1:
             raise ConfigError(f"train.ewc_samples must be >= 1, got {self.ewc_samples}")
         if self.max_steps < 0 or self.epochs <= 0:
@@ -253,7 +280,7 @@ class EvalConfig:
             )
 
 
-TRAINABLE = ("head", "last_block", "last_two_blocks", "all", "method", "none")
+TRAINABLE = ("head", "last_block", "last_two_blocks", "last_blocks", "all", "method", "none")
 # Older flat keys of the classification modes' own sections (features.*, prompt.*, icl.*): still
 # read, moved into the section by the classify task (tunesmith/tasks/classify/modes).
 _ALIAS = "older name of {}; use that"
@@ -279,8 +306,30 @@ class TaskConfig:
     )
     trainable: str = opt(
         "last_block",
-        "head/prompt modes: what trains: head (head only), last_block or last_two_blocks "
-        "(+ final norm + head), all, method (the method section, + head) or none",
+        "head/prompt modes: what trains: head (head only), last_block, last_two_blocks or "
+        "last_blocks (task.last_blocks of them) (+ final norm + head), all, method (the method "
+        "section, + head) or none",
+    )
+    last_blocks: int = opt(
+        4, "task.trainable=last_blocks: how many of the top transformer blocks train (>= 1)"
+    )
+    head_lr_multiplier: float = opt(
+        1.0,
+        "head mode: the new classification head's learning rate is train.lr times this (a "
+        "randomly initialised head learns faster than pretrained weights can), e.g. 10",
+    )
+    label_smoothing: float = opt(
+        0.0, "head/prompt modes: cross-entropy label smoothing in [0, 1), e.g. 0.1"
+    )
+    score_train: bool = opt(
+        True,
+        "classify: also score the training split after training (train_accuracy); false saves "
+        "a pass over it (minutes for a large split)",
+    )
+    temperature_scaling: bool = opt(
+        True,
+        "fit one temperature on the validation split (LBFGS on the NLL) and apply it to the "
+        "predicted probabilities when it lowers the validation NLL (saved in calibration.json)",
     )
     labels: list = opt([], "class order; empty: the sorted labels of the training split")
     class_weights: bool = opt(
@@ -316,6 +365,17 @@ class TaskConfig:
     def __post_init__(self):
         check_choice("task.pooling", self.pooling, ("auto", "last", "first", "mean"))
         check_choice("task.trainable", self.trainable, TRAINABLE)
+        if self.last_blocks < 1:
+            raise ConfigError(f"task.last_blocks must be >= 1, got {self.last_blocks}")
+        if self.head_lr_multiplier <= 0:
+            raise ConfigError(
+                f"task.head_lr_multiplier must be > 0, got {self.head_lr_multiplier}; 1 gives the "
+                f"head train.lr"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"task.label_smoothing must be in [0, 1), got {self.label_smoothing}; e.g. 0.1"
+            )
         if "{answer}" not in self.template or "{text}" not in self.template:
             raise ConfigError(
                 f"task.template must contain the input slot {{text}} and the answer slot {{answer}}, "

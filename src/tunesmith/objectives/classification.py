@@ -16,14 +16,20 @@ from .sft import supports_hidden_path
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
     """(sum_i w[y_i] * CE_i / B, B) for logits (B, K) and labels (B,); w = 1 without weights.
+    label_smoothing: the target puts that mass uniformly over all K classes (as torch's).
 
     Dividing by B (not by the weight sum) keeps micro-batches additive under gradient accumulation.
     """
     w = weight.to(logits.device, torch.float32) if weight is not None else None
-    loss = F.cross_entropy(logits.float(), labels, weight=w, reduction="sum")
+    loss = F.cross_entropy(
+        logits.float(), labels, weight=w, reduction="sum", label_smoothing=label_smoothing
+    )
     return loss / max(len(labels), 1), len(labels)
 
 

@@ -10,13 +10,22 @@ module each, looked up in their registry. A mode's fit(cfg, splits, out, progres
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
+
+import numpy as np
 
 from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..data.classification import LabelledExample, check_known_labels, load_labelled_splits
 from ..data.resampling import RESAMPLERS, resample_examples
 from ..errors import CheckpointError, DataError
+from ..evaluation.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    log_probs,
+    nll,
+)
 from ..evaluation.classification import classification_metrics, plot_confusion
 from ..tasks.classify.modes import get_mode, resolve
 from ..utils.distributed import is_main_process
@@ -26,6 +35,7 @@ from ..utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 LABELS_FILE = "classifier.json"
+CALIBRATION_FILE = "calibration.json"  # the validation-fitted temperature
 
 
 def run(cfg: RunConfig, progress: bool = False) -> dict:
@@ -51,20 +61,21 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
             json.dumps({"mode": cfg.task.mode, "labels": splits.labels}, indent=2),
         )
     metrics = {"mode": cfg.task.mode, **info}
-    scored = {}
     # Untrained modes (zero-shot prompts, icl) have nothing to select on validation data and no
     # training fit to report: they score the test split only (each pass over a split costs minutes).
     trained = info.get("trained", True)
-    parts = (
-        ("train", splits.train if trained else []),
-        ("val", splits.eval if trained else []),
-        ("test", splits.test),
-    )
-    for name, part in parts:
-        if part:
-            scored[name] = score(predictor, part)
-            metrics[f"{name}_accuracy"] = scored[name]["accuracy"]
-            metrics[f"{name}_macro_f1"] = scored[name]["macro_f1"]
+    parts = {
+        "train": splits.train if trained and cfg.task.score_train else [],
+        "val": splits.eval if trained else [],
+        "test": splits.test,
+    }
+    probs = {name: predictor.predict_proba(part) for name, part in parts.items() if part}
+    temperature = _calibrate(cfg, out, probs.get("val"), parts["val"], splits.labels, metrics)
+    scored = {}
+    for name, raw in probs.items():
+        scored[name] = score_probs(raw, parts[name], splits.labels, temperature)
+        for key in ("accuracy", "macro_f1", "ece"):
+            metrics[f"{name}_{key}"] = scored[name][key]
     if not scored:
         raise DataError(
             "nothing to score: the test split is empty; set data.test or data.split fractions that leave one"
@@ -111,7 +122,19 @@ def load_predictor(cfg: RunConfig):
         raise CheckpointError(
             f"{path} is damaged ({type(e).__name__}: {e}); train the classifier again"
         ) from None
-    return get_mode(mode).load(cfg, out, labels)
+    predictor = get_mode(mode).load(cfg, out, labels)
+    temperature = read_temperature(out) if cfg.task.temperature_scaling else None
+    return predictor if temperature is None else TemperatureScaled(predictor, temperature)
+
+
+class TemperatureScaled:
+    """A predictor whose probabilities are softmax(log p / T) of another's (calibration.json)."""
+
+    def __init__(self, predictor, temperature: float):
+        self.inner, self.temperature, self.labels = predictor, temperature, predictor.labels
+
+    def predict_proba(self, examples: list):
+        return apply_temperature(self.inner.predict_proba(examples), self.temperature)
 
 
 def classify_texts(
@@ -130,9 +153,68 @@ def classify_texts(
 
 
 def score(predictor, examples: list) -> dict:
-    probs = predictor.predict_proba(examples)
-    y_true = [predictor.labels.index(e.label) for e in examples]
-    return classification_metrics(y_true, probs.argmax(1).tolist(), predictor.labels)
+    inner, temperature = predictor, None
+    if isinstance(predictor, TemperatureScaled):  # ECE before and after the temperature
+        inner, temperature = predictor.inner, predictor.temperature
+    return score_probs(inner.predict_proba(examples), examples, predictor.labels, temperature)
+
+
+def score_probs(probs, examples: list, labels: list, temperature: Optional[float] = None) -> dict:
+    """Metrics of class probabilities (N, K) for examples: classification_metrics, plus `ece` (of
+    the probabilities after the temperature, if any) and `ece_uncalibrated` (before)."""
+    y_true = [labels.index(e.label) for e in examples]
+    metrics = classification_metrics(y_true, probs.argmax(1).tolist(), labels)
+    scaled = apply_temperature(probs, temperature) if temperature else probs
+    metrics["ece"] = expected_calibration_error(scaled, y_true)
+    metrics["ece_uncalibrated"] = expected_calibration_error(probs, y_true)
+    return metrics
+
+
+def _calibrate(cfg, out: Path, val_probs, val: list, labels: list, metrics: dict):
+    """Fit the temperature on the validation split; kept (calibration.json, returned) only when it
+    lowers the validation NLL and the validation split has an error. None without a validation
+    split or with task.temperature_scaling off."""
+    path = out / CALIBRATION_FILE
+    if is_main_process() and path.exists():
+        path.unlink()  # a calibration of an earlier run in this directory does not apply
+    if not cfg.task.temperature_scaling or val_probs is None:
+        return None
+    logits, y = log_probs(val_probs), [labels.index(e.label) for e in val]
+    temperature = fit_temperature(logits, y)
+    before, after = nll(logits, y), nll(logits, y, temperature)
+    # With no validation error the NLL falls towards 0 as T -> 0: that sharpens every prediction
+    # rather than calibrating (measured on SMS spam: T 0.14 raised test ECE from 3.2 % to 3.3 %).
+    errors = int((val_probs.argmax(1) != np.asarray(y)).sum())
+    applied = after < before and errors > 0
+    metrics.update(
+        temperature=temperature if applied else 1.0,
+        val_nll=before,
+        val_nll_calibrated=after if applied else before,
+    )
+    if is_main_process():
+        record = {
+            "validation_errors": errors,
+            "temperature": temperature,
+            "applied": applied,
+            "val_nll": before,
+            "val_nll_calibrated": after,
+        }
+        atomic_write_text(path, json.dumps(record, indent=2))
+    return temperature if applied else None
+
+
+def read_temperature(out: Path) -> Optional[float]:
+    """The fitted temperature of the run in out, or None (no calibration.json, or not applied)."""
+    path = Path(out) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(read_text(path, CheckpointError))
+        return float(saved["temperature"]) if saved["applied"] else None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is damaged ({type(e).__name__}: {e}); delete it or train again"
+        ) from None
 
 
 def _write(out: Path, metrics: dict, labels: list) -> None:

@@ -3,9 +3,8 @@ knows every registry (methods, tasks and their sections)."""
 
 from typing import Optional, Sequence
 
-from ..config.loader import ConfigTypes
-from ..config.loader import load_config as _load_config
-from ..config.schema import RunConfig
+from ..config.loader import ConfigTypes, build_config, fill_defaults, read_raw
+from ..config.schema import RunConfig, TaskConfig
 from ..methods import config_classes
 from . import (
     classify,  # noqa: F401  (registers "classify")
@@ -54,8 +53,13 @@ def config_types() -> ConfigTypes:
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:
     """Read a run config (YAML file or None for defaults, plus dotted overrides) against every
-    registry: method sections, task types and the tasks' own sections are all checked."""
-    cfg = _load_config(path, overrides, config_types())
+    registry: method sections, task types and the tasks' own sections are all checked.
+
+    A task's measured defaults (TaskSpec.defaults, e.g. classify's learning rate and epochs) fill
+    the keys the file and the overrides leave unset; the saved config.yaml shows them."""
+    raw = read_raw(path, overrides)
+    fill_defaults(raw, _task_defaults(raw))
+    cfg = build_config(raw, config_types(), source=path or "defaults")
     task = get_task(cfg.task.type)
     if cfg.train.activation_checkpointing == "auto":
         cfg.train.activation_checkpointing = task.activation_checkpointing
@@ -63,3 +67,12 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig
     if finish is not None:
         finish(cfg)
     return cfg
+
+
+def _task_defaults(raw: dict) -> dict:
+    """The defaults of the task raw names ({} for an unknown task: build_config reports it)."""
+    task = raw.get("task") or {}
+    name = task.get("type", TaskConfig.type) if isinstance(task, dict) else None
+    if name not in task_names() or get_task(name).defaults is None:
+        return {}
+    return get_task(name).defaults(raw)

@@ -39,6 +39,9 @@ class TaskSpec:
     merge_export: Optional[Callable] = None
     # what train.activation_checkpointing: auto means for this task
     activation_checkpointing: bool = False
+    # defaults(raw config dict) -> {section: {key: value}}: this task's measured defaults, filled in
+    # where the config leaves a key unset (they may depend on raw, e.g. on task.mode)
+    defaults: Optional[Callable[[dict], dict]] = None
 
     def sections_for(self, task_cfg) -> list[str]:
         if self.active_sections is not None:

@@ -66,6 +66,9 @@ class TrainResult:
     method_metrics: dict = field(
         default_factory=dict
     )  # the methods' reports (e.g. sparsity reached)
+    best_step: Optional[int] = None  # step of the best evaluation (train.best_metric)
+    best_value: Optional[float] = None  # its train.best_metric
+    stopped_early: bool = False  # train.early_stopping_patience ended the run
 
 
 def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
@@ -96,6 +99,59 @@ def micro_batches(
         epoch, skip = epoch + 1, 0
 
 
+def steps_per_epoch(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
+    return max(1, math.ceil(math.ceil(n_examples / (cfg.batch_size * world)) / cfg.grad_accum))
+
+
+class _Best:
+    """The best evaluation so far by train.best_metric and, with train.keep_best, a copy of the
+    trained weights it was made with (restored at the end of the run)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.metric, self.keep = cfg.best_metric, cfg.keep_best
+        self.minimise = "loss" in cfg.best_metric
+        self.value: Optional[float] = None
+        self.step: Optional[int] = None
+        self.stale = 0  # evaluations since the best
+        self.weights: Optional[dict] = None
+
+    def update(self, metrics: dict, step: int, params: dict) -> None:
+        if self.metric not in metrics:
+            raise ConfigError(
+                f"train.best_metric={self.metric} is not among the validation metrics "
+                f"({', '.join(sorted(metrics))}); choose one of those"
+            )
+        value = float(metrics[self.metric])
+        better = self.value is None or (value < self.value if self.minimise else value > self.value)
+        if not better:
+            self.stale += 1
+            return
+        self.value, self.step, self.stale = value, step, 0
+        if self.keep:  # only the trained tensors: a few MB for LoRA or a head, the model for `all`
+            self.weights = {n: p.detach().clone() for n, p in params.items()}
+
+    def restore(self, params: dict) -> None:
+        if self.weights is None:
+            return
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.weights[name])
+        log.info("restored the weights of step %d (%s %.4f)", self.step, self.metric, self.value)
+
+
+def _check_selection(cfg: TrainConfig, evaluate, resumed: bool) -> None:
+    if (cfg.keep_best or cfg.early_stopping_patience) and evaluate is None:
+        raise ConfigError(
+            "train.keep_best / train.early_stopping_patience need a validation split to evaluate "
+            "on; set data.eval (or data.split fractions that leave one) or turn them off"
+        )
+    if cfg.keep_best and resumed:
+        log.warning(
+            "train.keep_best: the weights kept before the resume are gone; the best is chosen "
+            "among the evaluations from here on"
+        )
+
+
 def train(
     model,
     examples: list,
@@ -121,7 +177,7 @@ def train(
     par = parallel_for(model, objective, cfg)  # FSDP replaces the parameters
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     steps = total_steps(len(examples), cfg, par.world)
-    optimizer = build_optimizer(list(params.values()), cfg)
+    optimizer = build_optimizer(params, cfg, objective.lr_scale)
     scheduler = build_scheduler(optimizer, cfg, steps * objective.updates_per_step)
     run_train_begin_hooks(model, steps * objective.updates_per_step)
     position = LoopPosition(global_batch=cfg.batch_size * par.world)
@@ -132,6 +188,7 @@ def train(
         position = _rebased(LoopPosition(**saved), position.global_batch, ckpt)
         log.info("resuming from %s at step %d", ckpt, position.step)
     resumed_from = position.step
+    _check_selection(cfg, evaluate, resumed_from > 0)
     sinks = default_sinks(out_dir, resumed_from, steps, progress) if par.rank == 0 else []
     loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, objective, par)
     try:
@@ -139,6 +196,7 @@ def train(
     finally:
         for sink in sinks:
             sink.close()
+    loop.best.restore(params)
     par.finish()
     return TrainResult(
         steps,
@@ -149,6 +207,9 @@ def train(
         loop.tokens,
         resumed_from,
         method_reports(model),
+        loop.best.step,
+        loop.best.value,
+        loop.stopped_early,
     )
 
 
@@ -243,6 +304,12 @@ class _Loop:
         self.pass_tokens = cfg.tokens_per_pass if splittable else 0
         self.updated_in_step = False
         self.last_loss = self.window_loss = float("nan")
+        self.best, self.stopped_early = _Best(cfg), False
+        selecting = cfg.keep_best or cfg.early_stopping_patience > 0
+        # with best-model selection and no train.eval_every: evaluate at every epoch's end
+        self.eval_every = cfg.eval_every or (
+            steps_per_epoch(len(examples), cfg, par.world) if selecting else 0
+        )
 
     def run(self, position: LoopPosition, steps: int, out_dir: Path, evaluate, on_best) -> None:
         cfg = self.cfg
@@ -301,12 +368,24 @@ class _Loop:
                 )
                 window = _Window()
             at_eval = evaluate is not None and (
-                (cfg.eval_every and step % cfg.eval_every == 0) or step == steps
+                (self.eval_every and step % self.eval_every == 0) or step == steps
             )
             if at_eval:
                 self.run_eval(position, evaluate, on_best)
-            if at_eval or step == steps or (cfg.save_every and step % cfg.save_every == 0):
+            stop = at_eval and 0 < cfg.early_stopping_patience <= self.best.stale
+            if at_eval or step == steps or stop or (cfg.save_every and step % cfg.save_every == 0):
                 self.save(out_dir, position)
+            if stop:
+                log.info(
+                    "early stop at step %d: %s not better for %d evaluations (best %.4f at step %d)",
+                    step,
+                    cfg.best_metric,
+                    self.best.stale,
+                    self.best.value,
+                    self.best.step,
+                )
+                self.stopped_early = True
+                break
 
     def step(self, groups: list[list[int]], step: int) -> tuple[float, int, int, WeightedMeans]:
         """One loop step over grad_accum micro-batches: (mean loss over all their loss terms,
@@ -379,6 +458,7 @@ class _Loop:
         with self.par.full_weights(), torch.no_grad(), autocast(self.cfg.precision):
             metrics = evaluate()
         self.emit({"step": position.step, **metrics})
+        self.best.update(metrics, position.step, self.params)
         if position.best_eval_loss is None or metrics["eval_loss"] < position.best_eval_loss:
             position.best_eval_loss = metrics["eval_loss"]
             if on_best is not None:

@@ -37,6 +37,9 @@ class Objective:
     state: what the objective carries from one step to the next (PPO's adaptive KL coefficient),
     an object with state_dict() -> plain JSON values and load_state_dict(dict). The loop saves it
     in every checkpoint as it stood before the step and restores it on resume. None: stateless.
+
+    lr_scale(parameter name) -> multiplier of train.lr for that parameter (one optimizer group per
+    multiplier), e.g. a new classification head learning faster than the pretrained body. None: 1.
     """
 
     collate: Callable[[list], dict]
@@ -46,6 +49,7 @@ class Objective:
     updates_per_step: int = 1
     state: Optional[object] = field(default=None, repr=False)
     splittable: bool = False
+    lr_scale: Optional[Callable[[str], float]] = field(default=None, repr=False)
 
     @staticmethod
     def tokens(batch: dict) -> int:

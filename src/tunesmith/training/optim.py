@@ -1,6 +1,7 @@
 """AdamW (fp32 or 8-bit state) over the trainable parameters and a warm-up + linear/cosine/constant schedule."""
 
 import math
+from typing import Callable, Optional
 
 import torch
 
@@ -8,17 +9,36 @@ from ..config.schema import TrainConfig
 from .optim8bit import AdamW8bit
 
 
-def build_optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm scales (1-D tensors), as is standard.
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def build_optimizer(
+    params, cfg: TrainConfig, lr_scale: Optional[Callable[[str], float]] = None
+) -> torch.optim.Optimizer:
+    """AdamW over params (a list, or a name -> parameter dict when lr_scale is given).
+
+    lr_scale(name) -> multiplier of train.lr for that parameter (e.g. a new classification head
+    learning faster than the pretrained body); one group per (multiplier, decay) pair. The
+    schedule multiplies every group's rate by the same factor.
+    """
+    named = (
+        params.items() if isinstance(params, dict) else ((str(i), p) for i, p in enumerate(params))
+    )
+    groups: dict[tuple, dict] = {}
+    for name, p in named:
+        scale = float(lr_scale(name)) if lr_scale is not None else 1.0
+        # No weight decay on biases and norm scales (1-D tensors), as is standard.
+        decays = p.ndim >= 2
+        group = groups.setdefault(
+            (scale, not decays),
+            {
+                "params": [],
+                "weight_decay": cfg.weight_decay if decays else 0.0,
+                "lr": cfg.lr * scale,
+            },
+        )
+        group["params"].append(p)
+    ordered = sorted(groups.items(), key=lambda kv: kv[0])  # decayed group first, as before
     # train.optimizer: adamw, or adamw8bit (same update, moments stored in 8 bits; optim8bit.py)
     cls = AdamW8bit if cfg.optimizer == "adamw8bit" else torch.optim.AdamW
-    return cls([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    return cls([g for _, g in ordered], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:

@@ -35,5 +35,6 @@ register_task(
         sections=modes.sections(),
         active_sections=modes.active_sections,
         finish=modes.resolve,
+        defaults=modes.mode_defaults,
     )
 )

@@ -15,6 +15,7 @@ from ....config.schema import RunConfig
 from ....errors import CheckpointError, ConfigError
 from ....methods import apply_method
 from ....models.prefix_cache import FINAL_NORMS
+from ....objectives.classification import weighted_cross_entropy
 from ....training import Objective, train
 from ....utils.files import atomic_path
 from ....utils.hardware import autocast as precision_autocast
@@ -28,7 +29,7 @@ TOP_BLOCKS = {"head": 0, "none": 0, "last_block": 1, "last_two_blocks": 2}
 def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
     """Make what cfg.task.trainable names trainable in lm (everything else frozen).
 
-    last_block / last_two_blocks: those blocks + the final norm (not the LM head, often tied to the
+    last_block / last_two_blocks / last_blocks (task.last_blocks): those blocks + the final norm (not the LM head, often tied to the
     input embeddings); all: the backbone (+ the LM head when use_lm_head); method: cfg.method
     applied through the registry; head / none: nothing in lm. A classification head is the caller's.
     """
@@ -39,9 +40,10 @@ def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
     freeze(lm)
     backbone = lm.base_model
     modules = [backbone] if choice == "all" else []
-    if TOP_BLOCKS.get(choice):
+    top = cfg.task.last_blocks if choice == "last_blocks" else TOP_BLOCKS.get(choice)
+    if top:
         blocks = transformer_blocks(backbone)
-        modules += list(blocks)[-TOP_BLOCKS[choice] :]
+        modules += list(blocks)[-top:]
         modules += [
             getattr(backbone, n)
             for n in FINAL_NORMS
@@ -142,9 +144,11 @@ def fit(
     evaluate: Optional[Callable] = None,
     progress: bool = False,
     lengths: Optional[list] = None,
+    lr_scale: Optional[Callable[[str], float]] = None,
 ) -> dict:
     """Run the training loop with a classification objective; returns steps and seconds.
-    lengths (tokens per example) groups batches by length when data.group_by_length is set."""
+    lengths (tokens per example) groups batches by length when data.group_by_length is set;
+    lr_scale(parameter name) -> multiplier of train.lr (Objective.lr_scale)."""
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
             f"task.trainable={cfg.task.trainable} leaves nothing to train in task.mode={cfg.task.mode}; "
@@ -152,15 +156,52 @@ def fit(
         )
     start = time.perf_counter()
     objective = Objective(
-        collate_fn, loss_fn, lengths if cfg.data.group_by_length else None, splittable=True
+        collate_fn,
+        loss_fn,
+        lengths if cfg.data.group_by_length else None,
+        splittable=True,
+        lr_scale=lr_scale,
     )
     result = train(model, examples, cfg.train, out, objective, evaluate=evaluate, progress=progress)
     return {
         "steps": result.steps,
         "epochs": cfg.train.epochs,
         "final_loss": result.final_loss,
+        **_selection(result),
         "last_step_loss": result.last_step_loss,
         **result.method_metrics,
         "loop_seconds": round(result.seconds, 1),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _selection(result) -> dict:
+    """What best-model selection (train.keep_best, early stopping) chose, for metrics.json."""
+    if result.best_step is None:
+        return {}
+    return {
+        "best_step": result.best_step,
+        "best_value": result.best_value,
+        "stopped_early": result.stopped_early,
+    }
+
+
+def validation(predictor, splits, cfg: RunConfig, weight=None) -> Optional[Callable[[], dict]]:
+    """evaluate() -> {eval_loss, eval_accuracy} of predictor on the validation split, for the loop;
+    None unless training evaluates as it goes (train.eval_every, keep_best, early stopping): run()
+    scores the validation split after training anyway."""
+    t = cfg.train
+    if not (splits.eval and (t.eval_every or t.keep_best or t.early_stopping_patience)):
+        return None
+    examples = splits.eval
+    y = torch.tensor([predictor.labels.index(e.label) for e in examples])
+
+    def evaluate() -> dict:
+        probs = torch.from_numpy(predictor.predict_proba(examples))  # (N, K)
+        loss, _ = weighted_cross_entropy(torch.log(probs.clamp_min(1e-12)), y, weight)
+        return {
+            "eval_loss": loss.item(),
+            "eval_accuracy": float((probs.argmax(1) == y).float().mean()),
+        }
+
+    return evaluate

@@ -42,6 +42,7 @@ from .common import (
     save_trained,
     set_trainable,
     texts_of,
+    validation,
 )
 from .registry import ModeSpec, register_mode
 
@@ -245,8 +246,11 @@ def fit_prompt(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bool
             train_set,
             cfg,
             out,
-            lambda m, b: weighted_cross_entropy(scorer.scores(b), b["labels"], weight),
+            lambda m, b: weighted_cross_entropy(
+                scorer.scores(b), b["labels"], weight, cfg.task.label_smoothing
+            ),
             lambda items: collate(items, pad),
+            validation(predictor, splits, cfg, weight),
             progress=progress,
             lengths=[max(len(v.input_ids) for v in e.variants) for e in train_set],
         )

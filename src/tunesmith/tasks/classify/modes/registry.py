@@ -28,6 +28,9 @@ class ModeSpec:
     feature_space: bool = False
     # older flat task keys that fill the section: task key -> section field (e.g. feature_c -> c)
     aliases: dict = field(default_factory=dict)
+    # defaults(raw config) -> {section: {key: value}}: this mode's measured defaults, filled in
+    # where a config leaves a key unset (None: the schema's)
+    defaults: Optional[Callable[[dict], dict]] = None
 
 
 _REGISTRY: dict[str, ModeSpec] = {}
@@ -52,6 +55,17 @@ def mode_names() -> list[str]:
 def sections() -> dict[str, type]:
     """Every mode's config section, by section name."""
     return dict(spec.section for spec in _REGISTRY.values() if spec.section)
+
+
+def mode_defaults(raw: dict) -> dict:
+    """The defaults of the mode a raw config names (task.mode, else the schema's default mode);
+    {} for an unknown mode, which the config check reports."""
+    from ....config.schema import TaskConfig
+
+    task = raw.get("task") or {}
+    name = task.get("mode", TaskConfig.mode) if isinstance(task, dict) else None
+    spec = _REGISTRY.get(name) if isinstance(name, str) else None
+    return spec.defaults(raw) if spec is not None and spec.defaults is not None else {}
 
 
 def active_sections(task_cfg) -> list[str]:
@@ -135,6 +149,7 @@ def _check_method(cfg, spec: ModeSpec) -> None:
         "head": "the head only",
         "last_block": "the last block",
         "last_two_blocks": "the last two blocks",
+        "last_blocks": f"the last {cfg.task.last_blocks} blocks",
         "all": "the whole model",
     }.get(cfg.task.trainable, cfg.task.trainable)
     raise ConfigError(
