@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..config.schema import TrainConfig
 from ..data.sampling import epoch_order
@@ -38,6 +39,7 @@ from .distributed import SingleProcess, global_slice, parallel_for
 from .objective import Objective, WeightedMeans, with_method_regularizers
 from .optim import build_optimizer, build_scheduler
 from .passes import collated_passes
+from .selection import BestSelection, check_selection, steps_per_epoch
 from .sinks import default_sinks
 
 log = logging.getLogger(__name__)
@@ -99,59 +101,6 @@ def micro_batches(
         epoch, skip = epoch + 1, 0
 
 
-def steps_per_epoch(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
-    return max(1, math.ceil(math.ceil(n_examples / (cfg.batch_size * world)) / cfg.grad_accum))
-
-
-class _Best:
-    """The best evaluation so far by train.best_metric and, with train.keep_best, a copy of the
-    trained weights it was made with (restored at the end of the run)."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.metric, self.keep = cfg.best_metric, cfg.keep_best
-        self.minimise = "loss" in cfg.best_metric
-        self.value: Optional[float] = None
-        self.step: Optional[int] = None
-        self.stale = 0  # evaluations since the best
-        self.weights: Optional[dict] = None
-
-    def update(self, metrics: dict, step: int, params: dict) -> None:
-        if self.metric not in metrics:
-            raise ConfigError(
-                f"train.best_metric={self.metric} is not among the validation metrics "
-                f"({', '.join(sorted(metrics))}); choose one of those"
-            )
-        value = float(metrics[self.metric])
-        better = self.value is None or (value < self.value if self.minimise else value > self.value)
-        if not better:
-            self.stale += 1
-            return
-        self.value, self.step, self.stale = value, step, 0
-        if self.keep:  # only the trained tensors: a few MB for LoRA or a head, the model for `all`
-            self.weights = {n: p.detach().clone() for n, p in params.items()}
-
-    def restore(self, params: dict) -> None:
-        if self.weights is None:
-            return
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.weights[name])
-        log.info("restored the weights of step %d (%s %.4f)", self.step, self.metric, self.value)
-
-
-def _check_selection(cfg: TrainConfig, evaluate, resumed: bool) -> None:
-    if (cfg.keep_best or cfg.early_stopping_patience) and evaluate is None:
-        raise ConfigError(
-            "train.keep_best / train.early_stopping_patience need a validation split to evaluate "
-            "on; set data.eval (or data.split fractions that leave one) or turn them off"
-        )
-    if cfg.keep_best and resumed:
-        log.warning(
-            "train.keep_best: the weights kept before the resume are gone; the best is chosen "
-            "among the evaluations from here on"
-        )
-
-
 def train(
     model,
     examples: list,
@@ -188,9 +137,10 @@ def train(
         position = _rebased(LoopPosition(**saved), position.global_batch, ckpt)
         log.info("resuming from %s at step %d", ckpt, position.step)
     resumed_from = position.step
-    _check_selection(cfg, evaluate, resumed_from > 0)
+    check_selection(cfg, evaluate)
     sinks = default_sinks(out_dir, resumed_from, steps, progress) if par.rank == 0 else []
-    loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, objective, par)
+    best = _selection(cfg, out_dir, par, params, resumed=resumed_from > 0)
+    loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, objective, par, best)
     try:
         loop.run(position, steps, out_dir, evaluate, on_best)
     finally:
@@ -277,6 +227,15 @@ class _StepTotals:
         return total
 
 
+def _selection(cfg: TrainConfig, out_dir: Path, par, params: dict, resumed: bool) -> BestSelection:
+    # Sharded parameters (FSDP) hold a slice per rank: their kept copy stays in memory only.
+    plain = not any(isinstance(p, DTensor) for p in params.values())
+    best = BestSelection(cfg, out_dir / "checkpoints" / "best", writes=par.rank == 0 and plain)
+    if resumed and plain:
+        best.resume()
+    return best
+
+
 class _Loop:
     def __init__(
         self,
@@ -289,6 +248,7 @@ class _Loop:
         sinks,
         objective: Objective,
         par: SingleProcess,
+        best: BestSelection,
     ):
         self.model, self.examples, self.cfg, self.objective = model, examples, cfg, objective
         self.par = par
@@ -304,7 +264,7 @@ class _Loop:
         self.pass_tokens = cfg.tokens_per_pass if splittable else 0
         self.updated_in_step = False
         self.last_loss = self.window_loss = float("nan")
-        self.best, self.stopped_early = _Best(cfg), False
+        self.best, self.stopped_early = best, False
         selecting = cfg.keep_best or cfg.early_stopping_patience > 0
         # with best-model selection and no train.eval_every: evaluate at every epoch's end
         self.eval_every = cfg.eval_every or (

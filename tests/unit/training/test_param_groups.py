@@ -69,7 +69,10 @@ def _run_with_evals(tmp_path, accuracies, **kw):
 
     def evaluate():
         seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
-        return {"eval_loss": 1.0, "eval_accuracy": next(script)}
+        accuracy = next(script)
+        if accuracy is KeyboardInterrupt:  # the run is stopped here (Ctrl-C)
+            raise KeyboardInterrupt
+        return {"eval_loss": 1.0, "eval_accuracy": accuracy}
 
     def loss(m, batch):
         return nn.functional.cross_entropy(m(batch["x"]), batch["labels"]), 4
@@ -89,6 +92,16 @@ def test_keep_best_restores_the_best_epoch_when_a_later_one_is_worse(tmp_path):
     for name, p in final.items():
         torch.testing.assert_close(p.detach(), seen[1][name])
         assert not torch.equal(p.detach(), seen[3][name])
+
+
+def test_keep_best_survives_an_interrupted_run(tmp_path):
+    whole = _run_with_evals(tmp_path / "whole", [0.5, 0.9, 0.6, 0.7], keep_best=True)[2]
+    with pytest.raises(KeyboardInterrupt):  # stopped at the third evaluation, after the best
+        _run_with_evals(tmp_path / "cut", [0.5, 0.9, KeyboardInterrupt], keep_best=True)
+    result, seen, final = _run_with_evals(tmp_path / "cut", [0.6, 0.7], keep_best=True)
+    assert len(seen) == 2 and result.best_step == 4 and result.best_value == 0.9
+    for name, p in final.items():  # the best weights came back from disk, as in the whole run
+        assert torch.equal(p.detach(), whole[name].detach())
 
 
 def test_early_stopping_stops_after_patience_evaluations(tmp_path):
