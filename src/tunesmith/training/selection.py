@@ -45,7 +45,8 @@ class BestSelection:
         self.stale = 0  # evaluations since the best
         self.last_eval: Optional[int] = None  # step of the last evaluation counted
         self.weights: Optional[dict] = None
-        self.folder, self.writes = folder, writes and folder is not None
+        selecting = cfg.keep_best or cfg.early_stopping_patience > 0
+        self.folder, self.writes = folder, writes and selecting and folder is not None
 
     def update(self, metrics: dict, step: int, params: dict) -> None:
         if self.metric not in metrics:
