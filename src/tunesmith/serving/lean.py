@@ -48,8 +48,8 @@ class LeanDecoder:
             return None
         return cls(model)
 
-    @torch.inference_mode()
     def decode(self, ids, mask, cache: DynamicCache, positions) -> torch.Tensor:
+        """Call under torch.inference_mode (the engine's loop runs in it)."""
         x = self.embed(ids)  # (B, 1, hidden)
         cos, sin = self.rotary(x, positions)  # (B, 1, D) each
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads

@@ -11,18 +11,15 @@ are summed over the ranks, and only rank 0 writes metrics and checkpoints.
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from ..config.schema import TrainConfig
-from ..data.sampling import epoch_order
 from ..errors import ConfigError, TrainingError
 from ..methods.registry import (
     MethodStates,
@@ -34,12 +31,13 @@ from ..methods.registry import (
 from ..utils.hardware import autocast
 from ..utils.modules import enable_activation_checkpointing
 from ..utils.seeding import rng_state
+from .batches import micro_batches, steps_per_epoch, total_steps
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import SingleProcess, global_slice, parallel_for
 from .objective import Objective, WeightedMeans, with_method_regularizers
 from .optim import build_optimizer, build_scheduler
 from .passes import collated_passes
-from .selection import BestSelection, check_selection, steps_per_epoch
+from .selection import BestSelection, check_selection, selection_for
 from .sinks import default_sinks
 
 log = logging.getLogger(__name__)
@@ -71,34 +69,6 @@ class TrainResult:
     best_step: Optional[int] = None  # step of the best evaluation (train.best_metric)
     best_value: Optional[float] = None  # its train.best_metric
     stopped_early: bool = False  # train.early_stopping_patience ended the run
-
-
-def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    per_epoch = math.ceil(n_examples / (cfg.batch_size * world))
-    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
-
-
-def micro_batches(
-    n: int,
-    cfg: TrainConfig,
-    epoch: int,
-    skip: int,
-    lengths: Optional[list[int]] = None,
-    world: int = 1,
-) -> Iterator[tuple[int, int, list[int]]]:
-    """(epoch, index in epoch, example indices of the global micro-batch: world x batch_size) from
-    `epoch`/`skip` on, forever (grouped by length when `lengths` is given). An epoch's last, short
-    micro-batch is skipped when it has fewer examples than there are ranks."""
-    size = cfg.batch_size * world
-    while True:
-        order = epoch_order(n, size, cfg.seed + epoch, lengths)
-        for i in range(skip, math.ceil(n / size)):
-            batch = order[i * size : (i + 1) * size]
-            if len(batch) >= world:
-                yield epoch, i, batch
-        epoch, skip = epoch + 1, 0
 
 
 def train(
@@ -139,7 +109,7 @@ def train(
     resumed_from = position.step
     check_selection(cfg, evaluate)
     sinks = default_sinks(out_dir, resumed_from, steps, progress) if par.rank == 0 else []
-    best = _selection(cfg, out_dir, par, params, resumed=resumed_from > 0)
+    best = selection_for(cfg, out_dir, par.rank, params, resumed=resumed_from > 0)
     loop = _Loop(model, examples, cfg, params, optimizer, scheduler, sinks, objective, par, best)
     try:
         loop.run(position, steps, out_dir, evaluate, on_best)
@@ -225,15 +195,6 @@ class _StepTotals:
             )
             total.metrics.merge(part.metrics)
         return total
-
-
-def _selection(cfg: TrainConfig, out_dir: Path, par, params: dict, resumed: bool) -> BestSelection:
-    # Sharded parameters (FSDP) hold a slice per rank: their kept copy stays in memory only.
-    plain = not any(isinstance(p, DTensor) for p in params.values())
-    best = BestSelection(cfg, out_dir / "checkpoints" / "best", writes=par.rank == 0 and plain)
-    if resumed and plain:
-        best.resume()
-    return best
 
 
 class _Loop:
@@ -362,8 +323,8 @@ class _Loop:
         totals = _StepTotals()
         self.updated_in_step = False
         ups = self.objective.updates_per_step
-        for k, micro_batches in enumerate(self.planned_updates(batches)):
-            self.update(micro_batches, step, totals, step * ups + k + 1)
+        for k, update_batches in enumerate(self.planned_updates(batches)):
+            self.update(update_batches, step, totals, step * ups + k + 1)
             self.updated_in_step = True
         if self.par.world > 1:
             totals = _StepTotals.summed(self.par.gather(totals))

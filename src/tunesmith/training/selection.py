@@ -9,23 +9,19 @@ recorded) are not counted twice.
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 STATE, WEIGHTS = "state.json", "weights.safetensors"
-
-
-def steps_per_epoch(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
-    return max(1, math.ceil(math.ceil(n_examples / (cfg.batch_size * world)) / cfg.grad_accum))
 
 
 def check_selection(cfg: TrainConfig, evaluate) -> None:
@@ -101,3 +97,13 @@ class BestSelection:
         tmp = self.folder / f"{STATE}.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.folder / STATE)
+
+
+def selection_for(cfg: TrainConfig, out_dir: Path, rank: int, params: dict, resumed: bool):
+    """The run's BestSelection, taken up from an interrupted run's files when resumed. Sharded
+    parameters (FSDP) hold a slice per rank: their kept copy stays in memory only."""
+    plain = not any(isinstance(p, DTensor) for p in params.values())
+    best = BestSelection(cfg, out_dir / "checkpoints" / "best", writes=rank == 0 and plain)
+    if resumed and plain:
+        best.resume()
+    return best

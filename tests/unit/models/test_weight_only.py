@@ -15,13 +15,21 @@ def _linear(seed=0, bias=True):
     return nn.Linear(24, 40, bias=bias)
 
 
+def _int4_linear(seed=0, bias=True):
+    torch.manual_seed(seed)
+    return nn.Linear(64, 32, bias=bias)  # in: two groups of 32; out: a multiple of 16
+
+
 @pytest.mark.parametrize("bias", [True, False])
-def test_output_equals_the_dequantized_weight_matmul(bias):
-    linear = _linear(bias=bias)
-    q = Int8WeightLinear(linear, torch.float32)
-    x = torch.randn(3, 5, 24)
+@pytest.mark.parametrize(
+    "layer, make", [(Int8WeightLinear, _linear), (Int4WeightLinear, _int4_linear)]
+)
+def test_output_equals_the_dequantized_weight_matmul(layer, make, bias):
+    linear = make(bias=bias)
+    q = layer(linear, torch.float32)
+    x = torch.randn(3, 5, linear.in_features)
     expected = x @ q.dequantized_weight().T + (linear.bias.detach() if bias else 0)
-    assert q(x).shape == (3, 5, 40)
+    assert q(x).shape == (3, 5, linear.out_features)
     assert (q(x) - expected).abs().max() < 1e-5
 
 
@@ -49,21 +57,6 @@ def test_merging_into_an_int8_layer_is_refused_with_the_fix():
     q = Int8WeightLinear(_linear(), torch.float32)
     with pytest.raises(ConfigError, match="tunesmith merge"):
         q.set_weight(torch.zeros(40, 24))
-
-
-def _int4_linear(seed=0, bias=True):
-    torch.manual_seed(seed)
-    return nn.Linear(64, 32, bias=bias)  # in: two groups of 32; out: a multiple of 16
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_int4_output_equals_the_dequantized_weight_matmul(bias):
-    linear = _int4_linear(bias=bias)
-    q = Int4WeightLinear(linear, torch.float32)
-    x = torch.randn(3, 5, 64)
-    expected = x @ q.dequantized_weight().T + (linear.bias.detach() if bias else 0)
-    assert q(x).shape == (3, 5, 32)
-    assert (q(x) - expected).abs().max() < 1e-5
 
 
 def test_int4_rounding_is_at_most_half_a_group_step():

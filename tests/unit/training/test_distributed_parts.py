@@ -11,8 +11,9 @@ from tunesmith.cli.main import build_parser
 from tunesmith.config.schema import TrainConfig
 from tunesmith.errors import ConfigError
 from tunesmith.tasks import load_config
+from tunesmith.training.batches import micro_batches, total_steps
 from tunesmith.training.distributed import global_slice, resolve_backend
-from tunesmith.training.loop import LoopPosition, _rebased, micro_batches, total_steps
+from tunesmith.training.loop import LoopPosition, _rebased
 
 
 def test_train_distributed_keys_are_read_checked_and_listed_in_help():

@@ -29,8 +29,8 @@ TOP_BLOCKS = {"head": 0, "none": 0, "last_block": 1, "last_two_blocks": 2}
 def set_trainable(lm: nn.Module, cfg: RunConfig, use_lm_head: bool) -> None:
     """Make what cfg.task.trainable names trainable in lm (everything else frozen).
 
-    last_block / last_two_blocks / last_blocks (task.last_blocks): those blocks + the final norm (not the LM head, often tied to the
-    input embeddings); all: the backbone (+ the LM head when use_lm_head); method: cfg.method
+    last_block / last_two_blocks / last_blocks (task.last_blocks): those blocks + the final norm
+    (not the LM head, often tied to the input embeddings); all: the backbone (+ the LM head when use_lm_head); method: cfg.method
     applied through the registry; head / none: nothing in lm. A classification head is the caller's.
     """
     choice = cfg.task.trainable
