@@ -367,3 +367,20 @@ def find_target_linears(model: nn.Module, targets, exclude=("lm_head",)) -> list
             f"its linear layers are named: {', '.join(kinds)} (or use 'all-linear')"
         )
     return matched
+
+
+def in_layers(names: list[str], layers, pattern=None) -> list[str]:
+    """The names in the transformer blocks `layers` (an index or a list; PEFT's layers_to_transform
+    rule): a name's block index is its first numbered segment, the one after `pattern` (a block
+    list's name such as "layers", or a list of them) when given, else after any name."""
+    wanted = {layers} if isinstance(layers, int) else set(layers)
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
+    regexes = [rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\." for p in patterns] or [
+        r".*?\.[^.]*\.(?P<idx>\d+)\."
+    ]
+    kept = []
+    for name in names:
+        match = next((m for r in regexes if (m := re.match(r, name))), None)
+        if match and int(match["idx"]) in wanted:
+            kept.append(name)
+    return kept

@@ -102,3 +102,27 @@ def test_all_linear_on_a_second_adapter_wraps_only_the_models_layers():
     assert all(
         set(m.adapter_names) == {"a", "b"} for m in model.modules() if isinstance(m, LoraLinear)
     )
+
+
+def test_layers_to_transform_keeps_the_named_blocks_only():
+    model = tiny_llama()
+    cfg = LoraConfig(target_modules="all-linear", layers_to_transform=[-1])
+    apply_method(model, cfg)
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+    assert wrapped and all(n.startswith("model.layers.1.") for n in wrapped)
+    assert len(wrapped) == 7  # q, k, v, o, gate, up, down of the last block
+    assert cfg.layers_to_transform == [1]  # saved in PEFT's terms
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(layers_to_transform=[5]), "out of range for a model of 2 blocks"),
+        (dict(layers_to_transform=["last"]), "a block index or a list of them"),
+        (dict(target_modules=r".*q_proj", layers_to_transform=[0]), "put the block indices"),
+        (dict(layers_to_transform=[0], layers_pattern="blocks"), "keeps none"),
+    ],
+)
+def test_layers_to_transform_bad_values_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_method(tiny_llama(), LoraConfig(**kwargs))

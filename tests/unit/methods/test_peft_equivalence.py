@@ -74,6 +74,12 @@ def _lora_pairs(arch, targets):
             LoraConfig(r=4, alpha=8, init="pissa", target_modules=targets),
             {**lora, "init_lora_weights": "pissa"},
         ),
+        Pair(
+            "lora-top-block",
+            arch,
+            LoraConfig(r=4, alpha=8, target_modules=targets, layers_to_transform=[-1]),
+            {**lora, "layers_to_transform": [1]},  # the tiny models have 2 blocks
+        ),
     ]
 
 

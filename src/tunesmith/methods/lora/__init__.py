@@ -5,8 +5,9 @@ Variants: rsLoRA (use_rslora), DoRA (use_dora), PiSSA (init="pissa"); see config
 
 from torch import nn
 
-from ...utils.modules import replace_module
-from ..base import MethodSpec, find_target_linears
+from ...errors import ConfigError
+from ...utils.modules import named_transformer_blocks, replace_module
+from ..base import MethodSpec, find_target_linears, in_layers
 from ..registry import register_method
 from .combine import COMBINATION_NAMES, combine_lora
 from .config import LoraConfig, from_peft_config, to_peft_config
@@ -26,6 +27,14 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default")
     layer with another adapter or when DoRA or PiSSA is asked for on a quantized layer.
     """
     names = find_target_linears(model, cfg.target_modules)
+    if cfg.layers_to_transform is not None:
+        cfg.layers_to_transform = _absolute_blocks(model, cfg.layers_to_transform)
+        names = in_layers(names, cfg.layers_to_transform, cfg.layers_pattern)
+        if not names:
+            raise ConfigError(
+                f"method.layers_to_transform={cfg.layers_to_transform} keeps none of the "
+                f"targeted layers (method.layers_pattern={cfg.layers_pattern!r})"
+            )
     for name in names:  # check before changing anything: PiSSA rewrites base weights
         module = model.get_submodule(name)
         if isinstance(module, LoraLinear):
@@ -39,6 +48,17 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, adapter_name: str = "default")
         module.add_adapter(
             adapter_name, cfg.r, cfg.scaling, cfg.dropout, use_dora=cfg.use_dora, init=cfg.init
         )
+
+
+def _absolute_blocks(model: nn.Module, layers: list) -> list:
+    """Block indices with the negative ones counted from the last block; the config keeps these,
+    so the saved adapter_config.json names the same blocks in PEFT's terms."""
+    count = len(named_transformer_blocks(model)[1])
+    if any(not -count <= i < count for i in layers):
+        raise ConfigError(
+            f"method.layers_to_transform={layers} is out of range for a model of {count} blocks"
+        )
+    return sorted({i % count for i in layers})
 
 
 register_method(

@@ -3,7 +3,7 @@ rsLoRA (scaling alpha / sqrt(r)), DoRA (a learned per-row magnitude) and PiSSA (
 """
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 from ...config.fields import opt
 from ...config.schema import MethodConfig
@@ -26,6 +26,14 @@ class LoraConfig(MethodConfig):
     init: str = opt(
         "default", "default (B = 0), gaussian (B = 0, A ~ N(0, 1/r)) or pissa (top-r SVD of W0)"
     )
+    layers_to_transform: Optional[Union[int, list]] = opt(
+        None,
+        "only the targets inside these transformer blocks (indices; negative ones count from the "
+        "last block, e.g. [-2, -1]); with target_modules a list or all-linear, as in PEFT",
+    )
+    layers_pattern: Optional[Union[str, list]] = opt(
+        None, "the block list's name(s) for layers_to_transform, e.g. layers or h (PEFT's rule)"
+    )
 
     def __post_init__(self):
         if self.r < 1:
@@ -36,6 +44,8 @@ class LoraConfig(MethodConfig):
             raise ConfigError(
                 "method.target_modules is empty; give layer names, a regex or 'all-linear'"
             )
+        if self.layers_to_transform is not None:
+            self.layers_to_transform = _layer_indices(self.layers_to_transform, self.target_modules)
         if self.init not in INITS:
             raise ConfigError(f"method.init must be one of {', '.join(INITS)}, got {self.init!r}")
 
@@ -66,19 +76,15 @@ def to_peft_config(cfg: LoraConfig) -> dict:
         "fan_in_fan_out": False,
         "init_lora_weights": init,
         "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
+        "layers_to_transform": cfg.layers_to_transform,
+        "layers_pattern": cfg.layers_pattern,
         "rank_pattern": {},
         "alpha_pattern": {},
     }
 
 
 def from_peft_config(d: dict) -> LoraConfig:
-    unsupported = [
-        k
-        for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save")
-        if d.get(k)
-    ]
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "modules_to_save") if d.get(k)]
     if unsupported:
         raise ConfigError(
             f"this PEFT LoRA adapter uses {', '.join(unsupported)}, which is not supported yet"
@@ -93,7 +99,26 @@ def from_peft_config(d: dict) -> LoraConfig:
         use_rslora=d.get("use_rslora", False),
         use_dora=bool(d.get("use_dora", False)),
         init=_init_from_peft(d.get("init_lora_weights", True)),
+        layers_to_transform=d.get("layers_to_transform") or None,
+        layers_pattern=d.get("layers_pattern") or None,
     )
+
+
+def _layer_indices(layers, targets) -> list:
+    indices = [layers] if isinstance(layers, int) else layers
+    if not isinstance(indices, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in indices
+    ):
+        raise ConfigError(
+            f"method.layers_to_transform must be a block index or a list of them, got {layers!r}"
+        )
+    if isinstance(targets, str) and targets != "all-linear":
+        # PEFT ignores layers_to_transform for a regex; refusing keeps both libraries equal.
+        raise ConfigError(
+            "method.layers_to_transform needs target_modules as a list of names or all-linear; "
+            "with a regex, put the block indices into the regex"
+        )
+    return indices
 
 
 def _init_from_peft(value) -> str:
