@@ -11,6 +11,7 @@ are summed over the ranks, and only rank 0 writes metrics and checkpoints.
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,6 +53,11 @@ class LoopPosition:
     batch: int = 0  # index in that epoch of the next micro-batch
     best_eval_loss: Optional[float] = None
     global_batch: Optional[int] = None  # examples per micro-batch over all ranks (None: unknown)
+    # Totals over every session of the run, so a resumed (or re-run finished) run reports them all.
+    seconds: float = 0.0  # training time
+    tokens: int = 0  # real tokens trained on
+    last_loss: Optional[float] = None  # loss of the last step
+    window_loss: Optional[float] = None  # mean loss of the last logging window
 
 
 @dataclass
@@ -131,6 +137,10 @@ def train(
         loop.best.value,
         loop.stopped_early,
     )
+
+
+def _nan_for_none(*values):
+    return [float("nan") if v is None else v for v in values]
 
 
 def _rebased(position: LoopPosition, global_batch: int, ckpt: Path) -> LoopPosition:
@@ -219,12 +229,10 @@ class _Loop:
             scheduler,
             sinks,
         )
-        self.seconds, self.tokens = 0.0, 0
         # Splitting is for the loop's own updates; on-policy objectives cut their rollouts themselves.
         splittable = objective.splittable and objective.updates is None
         self.pass_tokens = cfg.tokens_per_pass if splittable else 0
         self.updated_in_step = False
-        self.last_loss = self.window_loss = float("nan")
         self.best, self.stopped_early = best, False
         selecting = cfg.keep_best or cfg.early_stopping_patience > 0
         # with best-model selection and no train.eval_every: evaluate at every epoch's end
@@ -234,6 +242,8 @@ class _Loop:
 
     def run(self, position: LoopPosition, steps: int, out_dir: Path, evaluate, on_best) -> None:
         cfg = self.cfg
+        self.seconds, self.tokens = position.seconds, position.tokens
+        self.last_loss, self.window_loss = _nan_for_none(position.last_loss, position.window_loss)
         batches = micro_batches(
             len(self.examples),
             cfg,
@@ -397,10 +407,18 @@ class _Loop:
             self.params,
             self.optimizer,
             self.scheduler,
-            dataclasses.asdict(position),
+            self.totals_into(position),
             rng,
             objective_state if objective_state is not None else self.objective_state(),
         )
+
+    def totals_into(self, position: LoopPosition) -> dict:
+        """The position as saved: with the run's totals up to now."""
+        position.seconds, position.tokens = self.seconds, self.tokens
+        position.last_loss, position.window_loss = (
+            None if math.isnan(x) else x for x in (self.last_loss, self.window_loss)
+        )
+        return dataclasses.asdict(position)
 
     def emit(self, record: dict) -> None:
         for sink in self.sinks:

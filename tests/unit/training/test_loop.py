@@ -205,3 +205,25 @@ def test_an_on_policy_step_takes_its_planned_updates_and_resumes_exactly(tmp_pat
     train(resumed, ex, cfg, tmp_path / "b", _on_policy_objective([]))
     for name, value in _lora_state(straight).items():
         torch.testing.assert_close(_lora_state(resumed)[name], value, atol=0, rtol=0)
+
+
+def test_a_finished_run_trained_again_reports_its_totals(tmp_path):
+    first = train(_model(), _examples(), _cfg(), tmp_path, OBJ)
+    again = train(_model(), _examples(), _cfg(), tmp_path, OBJ)  # resumes at the last step
+    assert again.resumed_from == first.steps == 8
+    assert (again.final_loss, again.last_step_loss, again.tokens) == (
+        first.final_loss,
+        first.last_step_loss,
+        first.tokens,
+    )
+    assert again.seconds == first.seconds > 0 and math.isfinite(again.final_loss)
+
+
+def test_a_resumed_run_counts_the_tokens_of_both_sessions(tmp_path):
+    straight = train(_model(), _examples(), _cfg(), tmp_path / "a", OBJ)
+    model = _model()
+    _after_calls(model, 2 * 4 + 1, _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, _examples(), _cfg(), tmp_path / "b", OBJ)
+    resumed = train(_model(), _examples(), _cfg(), tmp_path / "b", OBJ)
+    assert resumed.tokens == straight.tokens and resumed.seconds > 0
