@@ -4,6 +4,7 @@ from . import (
     adalora,  # noqa: F401  (registers "adalora")
     adapter,  # noqa: F401  (registers "adapter")
     bitfit,  # noqa: F401  (registers "bitfit")
+    boft,  # noqa: F401  (registers "boft")
     fourierft,  # noqa: F401  (registers "fourierft")
     full,  # noqa: F401  (registers "full")
     ia3,  # noqa: F401  (registers "ia3")

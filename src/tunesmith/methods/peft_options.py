@@ -1,5 +1,6 @@
-"""What the config conversions of the weight-delta methods (LoHa, LoKr, VeRA, FourierFT, LN tuning)
-share: the target check, PEFT's spelling of the targets, and refusing PEFT options they lack."""
+"""What the config conversions of the methods with a PEFT format share (LoHa, LoKr, VeRA,
+FourierFT, LN tuning, OFT, BOFT ...): the target check, PEFT's spelling of the targets, and
+refusing PEFT options they lack."""
 
 from ..errors import ConfigError
 
@@ -22,6 +23,25 @@ def used_options(d: dict, keys, bias: bool = False) -> list[str]:
     if bias and d.get("bias", "none") != "none":
         used.append(f"bias={d['bias']!r}")
     return used
+
+
+# PEFT options the rotation methods (OFT, BOFT) lack, each with the value that means "not used":
+# written so to adapter_config.json, and refused on load when set to anything else.
+ROTATION_UNSUPPORTED = {
+    "bias": "none",
+    "modules_to_save": None,
+    "exclude_modules": None,
+    "layers_to_transform": None,
+    "layers_pattern": None,
+}
+
+
+def options_set(d: dict, unused: dict) -> list[str]:
+    """The options of PEFT config d set to other than their `unused` value, as "key=value" (an
+    empty list or dict counts as unused, and so does a missing key)."""
+    return [
+        f"{key}={d[key]!r}" for key, off in unused.items() if d.get(key, off) not in (off, [], {})
+    ]
 
 
 def refuse_options(used: list[str], method: str) -> None:

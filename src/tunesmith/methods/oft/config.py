@@ -10,6 +10,7 @@ from typing import Union
 from ...config.fields import opt
 from ...config.schema import MethodConfig
 from ...errors import ConfigError
+from ..peft_options import ROTATION_UNSUPPORTED, options_set, peft_targets, refuse_options
 
 PEFT_TYPE = "OFT"
 
@@ -80,14 +81,11 @@ class OftConfig(MethodConfig):
 
 def to_peft_config(cfg: OftConfig) -> dict:
     """The keys Hugging Face PEFT's OFTConfig reads from adapter_config.json."""
-    targets = (
-        cfg.target_modules if isinstance(cfg.target_modules, str) else sorted(cfg.target_modules)
-    )
     return {
         "peft_type": PEFT_TYPE,
         "r": cfg.r,
         "oft_block_size": cfg.oft_block_size,
-        "target_modules": targets,
+        "target_modules": peft_targets(cfg.target_modules),
         "module_dropout": cfg.module_dropout,
         "coft": cfg.coft,
         "eps": cfg.eps,
@@ -95,35 +93,16 @@ def to_peft_config(cfg: OftConfig) -> dict:
         "use_cayley_neumann": cfg.use_cayley_neumann,
         "num_cayley_neumann_terms": cfg.num_cayley_neumann_terms,
         "fan_in_fan_out": False,
-        "bias": "none",
         "init_weights": True,
-        "exclude_modules": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "modules_to_save": None,
+        **ROTATION_UNSUPPORTED,
         # PEFT reads a Neumann-series adapter without this version as the pre-0.18 series (and
         # warns); ours computes the series as PEFT 0.18 and later do.
         **({"peft_version": "0.18.0"} if cfg.use_cayley_neumann else {}),
     }
 
 
-# PEFT settings we do not implement, with the value that means "not used".
-_UNSUPPORTED = {
-    "bias": "none",
-    "modules_to_save": None,
-    "exclude_modules": None,
-    "layers_to_transform": None,
-    "layers_pattern": None,
-}
-
-
 def from_peft_config(d: dict) -> OftConfig:
-    for key, off in _UNSUPPORTED.items():
-        if d.get(key, off) not in (off, [], {}):
-            raise ConfigError(
-                f"this PEFT OFT adapter uses {key}={d[key]!r}, which tunesmith's oft does not "
-                f"support (supported: {key}={off!r})"
-            )
+    refuse_options(options_set(d, ROTATION_UNSUPPORTED), "OFT")
     if "oft_block_size" not in d:
         raise ConfigError(
             "this OFT adapter was written before PEFT 0.14 (no oft_block_size): its weights use the "

@@ -12,6 +12,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...utils.modules import linear_dims
 from ..base import AdapterLayer
+from ..orthogonal import cayley, drop_blocks
 from .config import OftConfig
 
 
@@ -38,25 +39,9 @@ class OftRotation(nn.Module):
         """The rotation blocks, (k, b, b); block_share repeats the one block k times."""
         if self.cfg.coft:
             self._project()
-        r = self._cayley(self.skew(self.weight))
+        terms = self.cfg.num_cayley_neumann_terms if self.cfg.use_cayley_neumann else None
+        r = cayley(self.skew(self.weight), terms)
         return r.expand(self.n_blocks, -1, -1) if self.cfg.block_share else r
-
-    def _cayley(self, q: torch.Tensor) -> torch.Tensor:
-        eye = torch.eye(self.block, device=q.device, dtype=q.dtype).expand_as(q)
-        if not self.cfg.use_cayley_neumann:
-            return torch.linalg.solve(eye + q, eye - q, left=False)  # (I - Q)(I + Q)^-1
-        # (I - Q)(I + Q)^-1 ~ I + 2Q + 2Q^2 + ... + 2Q^(n-2) + Q^(n-1), PEFT's truncated series.
-        n, r = self.cfg.num_cayley_neumann_terms, eye.clone()
-        if n > 1:
-            r = r + 2.0 * q
-        if n > 2:
-            power = torch.bmm(q, q)
-            r = r + 2.0 * power
-            for _ in range(3, n - 1):
-                power = torch.bmm(power, q)
-                r = r + 2.0 * power
-            r = r + torch.bmm(power, q)
-        return r
 
     @torch.no_grad()
     def _project(self) -> None:
@@ -70,18 +55,9 @@ class OftRotation(nn.Module):
     def forward(self, x: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
         r = self.blocks()
         if training and dropout > 0 and self.n_blocks > 1 and not self.cfg.block_share:
-            r = _drop_blocks(r, dropout)
+            r = drop_blocks(r, dropout)
         xb = x.reshape(*x.shape[:-1], self.n_blocks, self.block)  # (..., k, b)
         return torch.einsum("...rk,rkc->...rc", xb, r).reshape(x.shape)
-
-
-def _drop_blocks(r: torch.Tensor, p: float) -> torch.Tensor:
-    # PEFT's multiplicative dropout: int(p * k) random blocks become the identity this step.
-    k, b = r.shape[0], r.shape[1]
-    n = int(p * k)
-    mask = torch.cat([torch.ones(n, device=r.device), torch.zeros(k - n, device=r.device)])
-    mask = mask[torch.randperm(k)].view(k, 1, 1)
-    return (1 - mask) * r + mask * torch.eye(b, device=r.device).repeat(k, 1, 1)
 
 
 class OftLinear(AdapterLayer):
