@@ -28,6 +28,7 @@ from tunesmith.methods import (
 )
 from tunesmith.methods.boft import BoftConfig, BoftLinear
 from tunesmith.methods.io import load_adapter, save_adapter
+from tunesmith.methods.lora import LoraConfig
 
 peft = pytest.importorskip("peft")
 boft_layer = pytest.importorskip("peft.tuners.boft.layer")
@@ -227,6 +228,13 @@ def test_blocks_that_do_not_fit_fail_before_changing_the_model(cfg, message):
     model = tiny_llama()
     with pytest.raises(ConfigError, match=message):
         apply_method(model, BoftConfig(target_modules=["down_proj", "q_proj"], **cfg))
+    assert not any(isinstance(m, BoftLinear) for m in model.modules())
+
+
+def test_a_layer_held_by_another_method_is_refused_before_changing_the_model():
+    model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules=["v_proj"]))
+    with pytest.raises(ConfigError, match="v_proj already holds a LoraLinear adapter"):
+        apply_method(model, BoftConfig(target_modules=["q_proj", "v_proj"]), "boft")
     assert not any(isinstance(m, BoftLinear) for m in model.modules())
 
 

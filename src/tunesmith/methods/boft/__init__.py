@@ -8,8 +8,9 @@ GPT-2's Conv1D).
 
 from torch import nn
 
-from ...utils.modules import linear_dims, replace_module
+from ...utils.modules import linear_dims
 from ..base import MethodSpec, find_target_linears
+from ..delta_linear import wrap_targets
 from ..registry import register_method
 from .config import PEFT_TYPE, BoftConfig, from_peft_config, to_peft_config
 from .layers import BoftLinear, butterfly_permutation
@@ -21,17 +22,14 @@ def apply_boft(model: nn.Module, cfg: BoftConfig, adapter_name: str = "default")
     """Wrap every targeted linear layer in a BoftLinear and add adapter `adapter_name`.
 
     Raises UnsupportedModuleError when the targets match nothing, ConfigError when the blocks do
-    not fit a layer's in_features (checked on every layer before any change).
+    not fit a layer's in_features or a target holds another method's adapter (checked on every
+    layer before any change).
     """
     names = find_target_linears(model, cfg.target_modules)
     for name in names:
         cfg.blocks(_in_features(model.get_submodule(name)), name)
-    for name in names:
-        module = model.get_submodule(name)
-        if not isinstance(module, BoftLinear):
-            module = BoftLinear(module)
-            replace_module(model, name, module)
-        module.add_adapter(adapter_name, cfg, name)
+    for name, layer in zip(names, wrap_targets(model, cfg.target_modules, BoftLinear)):
+        layer.add_adapter(adapter_name, cfg, name)
 
 
 def _in_features(module: nn.Module) -> int:
