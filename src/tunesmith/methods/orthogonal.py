@@ -29,7 +29,7 @@ def cayley(q: torch.Tensor, neumann_terms: Optional[int] = None) -> torch.Tensor
 
 
 def drop_blocks(r: torch.Tensor, p: float) -> torch.Tensor:
-    """PEFT's multiplicative dropout: int(p * k) random blocks of r (k, b, b) become the identity."""
+    """PEFT's multiplicative dropout: int(p * k) random blocks of r (k, b, b) become identities."""
     k, b = r.shape[0], r.shape[1]
     n = int(p * k)
     mask = torch.cat([torch.ones(n, device=r.device), torch.zeros(k - n, device=r.device)])
