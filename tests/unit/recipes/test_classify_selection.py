@@ -83,14 +83,21 @@ def test_head_mode_defaults_fill_only_unset_keys():
     assert cfg.task.trainable == "method" and cfg.method.name == "lora"
     assert cfg.method.r == DEFAULT_METHOD["r"] and cfg.method.target_modules == "all-linear"
     assert cfg.train.lr == 1e-3 and cfg.train.keep_best and cfg.train.best_metric == "eval_accuracy"
-    own = load_config(None, ["task.type=classify", "train.lr=5e-5", "task.trainable=last_block"])
+    assert cfg.data.group_by_length
+    own = load_config(
+        None,
+        ["task.type=classify", "train.lr=5e-5", "task.trainable=last_block"]
+        + ["data.group_by_length=false"],
+    )
     assert own.train.lr == 5e-5 and own.task.trainable == "last_block"
+    assert not own.data.group_by_length
     assert own.method.name == "lora" and own.method.target_modules != "all-linear"  # untouched
     ia3 = load_config(None, ["task.type=classify", "method.name=ia3"])
     assert ia3.method.name == "ia3" and ia3.task.trainable == "method"
     # other modes and tasks keep the schema defaults
     features = load_config(None, ["task.type=classify", "task.mode=features"])
     assert features.train.lr == TrainConfig.lr and not features.train.keep_best
+    assert not features.data.group_by_length
     assert load_config(None, []).train.lr == TrainConfig.lr
 
 

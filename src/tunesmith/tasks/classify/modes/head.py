@@ -196,6 +196,9 @@ def _cache_frozen(
 DEFAULT_METHOD = {"name": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"}
 DEFAULTS = {
     "task": {"trainable": "method"},
+    # Batches of similar length: ~1.9x the real tokens per second on rt-polarity (less padding),
+    # same accuracy (docs/classification.md).
+    "data": {"group_by_length": True},
     "train": {
         "lr": 1e-3,
         "epochs": 1.0,
