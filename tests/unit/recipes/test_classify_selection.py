@@ -92,6 +92,10 @@ def test_head_mode_defaults_fill_only_unset_keys():
     assert own.train.lr == 5e-5 and own.task.trainable == "last_block"
     assert not own.data.group_by_length
     assert own.method.name == "lora" and own.method.target_modules != "all-linear"  # untouched
+    rank = load_config(None, ["task.type=classify", "method.r=32"])  # LoRA's other keys stay
+    assert rank.method.r == 32 and rank.method.target_modules == "all-linear"
+    named = load_config(None, ["task.type=classify", "method.name=lora", "method.alpha=8"])
+    assert named.method.alpha == 8 and named.method.target_modules == "all-linear"
     ia3 = load_config(None, ["task.type=classify", "method.name=ia3"])
     assert ia3.method.name == "ia3" and ia3.task.trainable == "method"
     # other modes and tasks keep the schema defaults

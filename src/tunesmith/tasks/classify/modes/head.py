@@ -213,11 +213,13 @@ DEFAULTS = {
 
 
 def head_defaults(raw: dict) -> dict:
-    """DEFAULTS, and LoRA (DEFAULT_METHOD) when the config names no method and trains one (it sets
-    task.trainable=method or leaves it unset); a config's own method section is left as it is."""
+    """DEFAULTS, and LoRA's measured settings (DEFAULT_METHOD) for the keys a config leaves unset
+    when it trains a method (task.trainable=method or unset) and names LoRA or no method: so
+    `method.r=32` alone keeps LoRA on every linear layer. Another method's section is left as is."""
     task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
+    method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
     trains_method = task.get("trainable", "method") == "method"
-    if trains_method and not raw.get("method"):
+    if trains_method and method.get("name", DEFAULT_METHOD["name"]) == DEFAULT_METHOD["name"]:
         return {**DEFAULTS, "method": DEFAULT_METHOD}
     return DEFAULTS
 
