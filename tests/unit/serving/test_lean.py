@@ -78,6 +78,23 @@ def test_lean_steps_equal_the_forward_on_a_left_padded_batch(make):
             torch.testing.assert_close(got, logits, atol=1e-5, rtol=1e-5)
 
 
+def test_a_bf16_model_gets_the_lean_step_and_the_forwards_greedy_tokens():
+    model = tiny_llama().to(torch.bfloat16)  # the step's attention runs in fp32 here
+    lean = LeanDecoder.build(model)
+    assert lean.fits(forward(model), lean.decode)
+    ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            want = got = forward(model)(ids, mask, cache, torch.arange(3)[None])
+        for step in range(6):
+            mask = torch.ones(1, 4 + step, dtype=torch.long)
+            positions = torch.tensor([[3 + step]])
+            want = forward(model)(want.argmax(-1, keepdim=True), mask, caches[0], positions)
+            got = lean.decode(got.argmax(-1, keepdim=True), mask, caches[1], positions)
+            assert torch.equal(want.argmax(-1), got.argmax(-1))
+
+
 def test_models_it_does_not_fit_keep_their_forward():
     assert LeanDecoder.build(tiny_gpt2()) is None  # not the Llama block layout
     prompt = apply_method(tiny_llama(), PromptTuningConfig(num_virtual_tokens=3))
