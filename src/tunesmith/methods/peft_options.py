@@ -18,11 +18,8 @@ def peft_targets(targets):
 
 
 def used_options(d: dict, keys, bias: bool = False) -> list[str]:
-    """The keys of PEFT config d that are set (and bias, when asked, unless "none")."""
-    used = [k for k in keys if d.get(k)]
-    if bias and d.get("bias", "none") != "none":
-        used.append(f"bias={d['bias']!r}")
-    return used
+    """options_set for `keys` unused when empty (and bias, when asked, unless "none")."""
+    return options_set(d, {key: None for key in keys} | ({"bias": "none"} if bias else {}))
 
 
 # PEFT options the rotation methods (OFT, BOFT) lack, each with the value that means "not used":
@@ -37,10 +34,11 @@ ROTATION_UNSUPPORTED = {
 
 
 def options_set(d: dict, unused: dict) -> list[str]:
-    """The options of PEFT config d set to other than their `unused` value, as "key=value" (an
-    empty list or dict counts as unused, and so does a missing key)."""
+    """The options of PEFT config d set to other than their `unused` value, as "key=value" (a
+    missing key, None and an empty list, dict or string count as unused too)."""
+    empty = (None, [], {}, "")
     return [
-        f"{key}={d[key]!r}" for key, off in unused.items() if d.get(key, off) not in (off, [], {})
+        f"{key}={d[key]!r}" for key, off in unused.items() if d.get(key, off) not in (off, *empty)
     ]
 
 
