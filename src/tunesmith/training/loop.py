@@ -40,6 +40,7 @@ from .optim import build_optimizer, build_scheduler
 from .passes import collated_passes
 from .selection import BestSelection, check_selection, selection_for
 from .sinks import default_sinks
+from .tallies import StepTotals, Window
 
 log = logging.getLogger(__name__)
 
@@ -160,53 +161,6 @@ def _rebased(position: LoopPosition, global_batch: int, ckpt: Path) -> LoopPosit
     return position
 
 
-class _Window:
-    """Sums over the steps since the last log line."""
-
-    def __init__(self):
-        self.losses, self.metrics, self.tokens, self.seconds = [], WeightedMeans(), 0, 0.0
-
-    def add(self, loss: float, metrics: WeightedMeans, tokens: int, seconds: float) -> None:
-        self.losses.append(loss)
-        self.metrics.merge(metrics)
-        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
-
-    def record(self) -> dict:
-        return {
-            "loss": sum(self.losses) / len(self.losses),
-            **self.metrics.means(),
-            "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
-        }
-
-
-class _StepTotals:
-    """Loss, terms, tokens and task metrics of one loop step, over all its updates."""
-
-    def __init__(self):
-        self.loss, self.terms, self.tokens, self.metrics = 0.0, 0, 0, WeightedMeans()
-
-    def add(self, loss: float, n: int, metrics: dict, tokens: int) -> None:
-        self.loss, self.terms, self.tokens = (
-            self.loss + loss * n,
-            self.terms + n,
-            self.tokens + tokens,
-        )
-        self.metrics.add(metrics, n)
-
-    @classmethod
-    def summed(cls, parts: list["_StepTotals"]) -> "_StepTotals":
-        """The totals of every rank's share of a step."""
-        total = cls()
-        for part in parts:
-            total.loss, total.terms, total.tokens = (
-                total.loss + part.loss,
-                total.terms + part.terms,
-                total.tokens + part.tokens,
-            )
-            total.metrics.merge(part.metrics)
-        return total
-
-
 class _Loop:
     def __init__(
         self,
@@ -252,7 +206,7 @@ class _Loop:
             self.objective.lengths,
             self.par.world,
         )
-        window = _Window()
+        window = Window()
         while position.step < steps:
             group = [next(batches) for _ in range(cfg.grad_accum)]
             rng_before, state_before = rng_state(), self.objective_state()
@@ -297,7 +251,7 @@ class _Loop:
                         "epoch": position.epoch,
                     }
                 )
-                window = _Window()
+                window = Window()
             at_eval = evaluate is not None and (
                 (self.eval_every and step % self.eval_every == 0) or step == steps
             )
@@ -330,14 +284,14 @@ class _Loop:
                 self.objective, self.examples, idx, self.pass_tokens, self.par
             )
         ]
-        totals = _StepTotals()
+        totals = StepTotals()
         self.updated_in_step = False
         ups = self.objective.updates_per_step
         for k, update_batches in enumerate(self.planned_updates(batches)):
             self.update(update_batches, step, totals, step * ups + k + 1)
             self.updated_in_step = True
         if self.par.world > 1:
-            totals = _StepTotals.summed(self.par.gather(totals))
+            totals = StepTotals.summed(self.par.gather(totals))
         return totals.loss / max(totals.terms, 1), totals.terms, totals.tokens, totals.metrics
 
     def planned_updates(self, batches: list[dict]) -> list[list[dict]]:
@@ -347,7 +301,7 @@ class _Loop:
         with self.par.full_weights(), torch.no_grad(), autocast(self.cfg.precision):
             return list(self.objective.updates(self.model, batches))  # rollouts: whole weights
 
-    def update(self, batches: list[dict], step: int, totals: "_StepTotals", index: int) -> None:
+    def update(self, batches: list[dict], step: int, totals: "StepTotals", index: int) -> None:
         """Optimizer update `index` (from 1): each micro-batch's summed loss is back-propagated,
         then gradients are divided by the update's term count, clipped and applied; the methods'
         update hooks see them before they are cleared."""
