@@ -1,6 +1,5 @@
-"""Checkpoints without pickle: exact round trip, validation on load, last/previous rotation, disk full."""
+"""Checkpoints without pickle: exact round trip, validation on load, last/previous rotation."""
 
-import errno
 import json
 import logging
 import random
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.training.checkpoint_support import fresh_setup, save_at, trained_setup, truncate
 from tunesmith.errors import CheckpointError
 from tunesmith.training import checkpoint as ck
 from tunesmith.training.checkpoint import (
@@ -17,43 +17,6 @@ from tunesmith.training.checkpoint import (
     read_position,
     save_checkpoint,
 )
-from tunesmith.training.optim8bit import AdamW8bit
-
-
-def _setup(seed=0, optimizer="adamw"):
-    """Trainable params (one 2-D, one 1-D), optimizer with two groups, LambdaLR, a few steps taken."""
-    torch.manual_seed(seed)
-    params = {"w": torch.nn.Parameter(torch.randn(8, 4)), "b": torch.nn.Parameter(torch.randn(4))}
-    groups = [
-        {"params": [params["w"]], "weight_decay": 0.1},
-        {"params": [params["b"]], "weight_decay": 0.0},
-    ]
-    if optimizer == "adamw8bit":
-        opt = AdamW8bit(groups, lr=1e-2, min_8bit_size=16)  # w (32 values) in 8 bits, b (4) in fp32
-    else:
-        opt = torch.optim.AdamW(groups, lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
-    for _ in range(3):
-        (params["w"].sum() ** 2 + params["b"].pow(3).sum()).backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    return params, opt, sched
-
-
-def _save(path, setup, step, **extra):
-    params, opt, sched = setup
-    save_checkpoint(
-        path,
-        params,
-        opt,
-        sched,
-        {"step": step, "epoch": 0, "batch": step, "best_eval_loss": None, **extra},
-    )
-
-
-def _fresh(optimizer="adamw"):
-    return _setup(seed=99, optimizer=optimizer)
 
 
 def _draws():
@@ -62,14 +25,14 @@ def _draws():
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adamw8bit"])
 def test_round_trip_is_exact(tmp_path, optimizer):
-    setup = _setup(optimizer=optimizer)
+    setup = trained_setup(optimizer=optimizer)
     params, opt, sched = setup
     path = tmp_path / "checkpoints" / "last"
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
-    _save(path, setup, 3, extra_key=[1, "two"])
+    save_at(path, setup, 3, extra_key=[1, "two"])
     expected_draws = _draws()
 
-    new_params, new_opt, new_sched = _fresh(optimizer)
+    new_params, new_opt, new_sched = fresh_setup(optimizer)
     position = load_checkpoint(path, new_params, new_opt, new_sched)
     assert position == {
         "step": 3,
@@ -97,7 +60,7 @@ def test_round_trip_is_exact(tmp_path, optimizer):
 
 def test_files_are_safetensors_and_json_only(tmp_path):
     path = tmp_path / "checkpoints" / "last"
-    _save(path, _setup(), 3)
+    save_at(path, trained_setup(), 3)
     assert sorted(p.name for p in path.iterdir()) == sorted(ck.FILES)
     state = json.loads((path / ck.STATE).read_text())
     assert state["position"]["step"] == 3 and read_position(path)["step"] == 3
@@ -108,7 +71,7 @@ def test_files_are_safetensors_and_json_only(tmp_path):
 
 
 def test_non_json_scheduler_state_is_refused_before_writing(tmp_path):
-    params, opt, sched = _setup()
+    params, opt, sched = trained_setup()
     sched.odd = object()  # LambdaLR.state_dict() keeps every attribute but the lambdas
     with pytest.raises(
         CheckpointError, match=r"state\.scheduler\.odd is a object, which only pickle"
@@ -118,11 +81,6 @@ def test_non_json_scheduler_state_is_refused_before_writing(tmp_path):
 
 
 # ---- validation on load --------------------------------------------------------------------------
-
-
-def _truncate(file):
-    data = file.read_bytes()
-    file.write_bytes(data[: len(data) // 2])
 
 
 def _edit_json(path, change):
@@ -141,11 +99,11 @@ DAMAGE = {
     ),
     "empty json": (lambda p: (p / ck.STATE).write_bytes(b""), r"state.json is empty"),
     "truncated weights": (
-        lambda p: _truncate(p / ck.WEIGHTS),
+        lambda p: truncate(p / ck.WEIGHTS),
         "trainable.safetensors cannot be read",
     ),
-    "truncated tensors": (lambda p: _truncate(p / ck.TENSORS), "state.safetensors cannot be read"),
-    "truncated json": (lambda p: _truncate(p / ck.STATE), "state.json is not valid JSON"),
+    "truncated tensors": (lambda p: truncate(p / ck.TENSORS), "state.safetensors cannot be read"),
+    "truncated json": (lambda p: truncate(p / ck.STATE), "state.json is not valid JSON"),
     "json not object": (
         lambda p: (p / ck.STATE).write_text("[1, 2]"),
         "holds a list, not an object",
@@ -184,10 +142,10 @@ DAMAGE = {
 def test_damaged_checkpoint_raises_one_clear_line(tmp_path, kind):
     damage, fragment = DAMAGE[kind]
     path = tmp_path / "checkpoints" / "last"
-    _save(path, _setup(), 3)
+    save_at(path, trained_setup(), 3)
     damage(path)
     with pytest.raises(CheckpointError, match=fragment) as err:
-        load_checkpoint(find_checkpoint(tmp_path), *_fresh())
+        load_checkpoint(find_checkpoint(tmp_path), *fresh_setup())
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     assert f"delete {path} or set train.resume=false" in message
@@ -195,9 +153,9 @@ def test_damaged_checkpoint_raises_one_clear_line(tmp_path, kind):
 
 def test_damaged_checkpoint_leaves_the_run_untouched(tmp_path):
     path = tmp_path / "checkpoints" / "last"
-    _save(path, _setup(), 3)
+    save_at(path, trained_setup(), 3)
     _edit_json(path, lambda s: s["rng"].update(python=[3]))
-    params, opt, sched = _fresh()
+    params, opt, sched = fresh_setup()
     before = (
         {k: p.detach().clone() for k, p in params.items()},
         opt.state_dict()["state"][0]["exp_avg"].clone(),
@@ -210,8 +168,8 @@ def test_damaged_checkpoint_leaves_the_run_untouched(tmp_path):
 
 def test_checkpoint_of_another_model_or_optimizer_is_refused(tmp_path):
     path = tmp_path / "last"
-    _save(path, _setup(), 3)
-    params, opt, sched = _fresh()
+    save_at(path, trained_setup(), 3)
+    params, opt, sched = fresh_setup()
     with pytest.raises(
         CheckpointError,
         match="w is torch.float32 \\(8, 4\\), this run has torch.float32 \\(4, 8\\)",
@@ -226,16 +184,16 @@ def test_checkpoint_of_another_model_or_optimizer_is_refused(tmp_path):
     with pytest.raises(
         CheckpointError, match="written with optimizer AdamW, this run uses AdamW8bit"
     ):
-        load_checkpoint(path, *_fresh("adamw8bit"))
+        load_checkpoint(path, *fresh_setup("adamw8bit"))
 
 
 # ---- last/ and previous/ -------------------------------------------------------------------------
 
 
 def test_saving_last_keeps_the_old_one_as_previous(tmp_path):
-    setup, root = _setup(), tmp_path / "checkpoints"
+    setup, root = trained_setup(), tmp_path / "checkpoints"
     for step in (1, 2, 3):
-        _save(root / "last", setup, step)
+        save_at(root / "last", setup, step)
     assert (
         read_position(root / "last")["step"] == 3 and read_position(root / "previous")["step"] == 2
     )
@@ -243,41 +201,41 @@ def test_saving_last_keeps_the_old_one_as_previous(tmp_path):
 
 
 def test_damaged_last_falls_back_to_previous_with_a_warning(tmp_path, caplog):
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    _save(root / "last", setup, 2)
-    _truncate(root / "last" / ck.TENSORS)
+    setup, root = trained_setup(), tmp_path / "checkpoints"
+    save_at(root / "last", setup, 1)
+    save_at(root / "last", setup, 2)
+    truncate(root / "last" / ck.TENSORS)
     with caplog.at_level(logging.WARNING, logger="tunesmith.training.checkpoint"):
-        position = load_checkpoint(find_checkpoint(tmp_path), *_fresh())
+        position = load_checkpoint(find_checkpoint(tmp_path), *fresh_setup())
     assert position["step"] == 1
     warning = caplog.records[-1].getMessage()
     assert str(root / "last") in warning and str(root / "previous") in warning
 
 
 def test_damaged_last_does_not_displace_a_good_previous(tmp_path):
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    _save(root / "last", setup, 2)
-    _truncate(root / "last" / ck.WEIGHTS)
-    _save(root / "last", setup, 3)
+    setup, root = trained_setup(), tmp_path / "checkpoints"
+    save_at(root / "last", setup, 1)
+    save_at(root / "last", setup, 2)
+    truncate(root / "last" / ck.WEIGHTS)
+    save_at(root / "last", setup, 3)
     assert read_position(root / "previous")["step"] == 1
 
 
 def test_both_damaged_names_both(tmp_path):
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    _save(root / "last", setup, 2)
+    setup, root = trained_setup(), tmp_path / "checkpoints"
+    save_at(root / "last", setup, 1)
+    save_at(root / "last", setup, 2)
     (root / "last" / ck.STATE).write_text("{")
     (root / "previous" / ck.WEIGHTS).unlink()
     with pytest.raises(CheckpointError, match="both unusable") as err:
-        load_checkpoint(find_checkpoint(tmp_path), *_fresh())
+        load_checkpoint(find_checkpoint(tmp_path), *fresh_setup())
     assert str(root / "last") in str(err.value) and str(root / "previous") in str(err.value)
 
 
 def test_find_checkpoint(tmp_path, caplog):
     root = tmp_path / "checkpoints"
     assert find_checkpoint(tmp_path) is None
-    _save(root / "last", _setup(), 1)
+    save_at(root / "last", trained_setup(), 1)
     assert find_checkpoint(tmp_path) == root / "last"
     (root / "last").rename(
         root / "previous"
@@ -285,93 +243,10 @@ def test_find_checkpoint(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tunesmith.training.checkpoint"):
         assert find_checkpoint(tmp_path) == root / "previous"
     assert "missing" in caplog.text
-    assert load_checkpoint(root / "previous", *_fresh())["step"] == 1
+    assert load_checkpoint(root / "previous", *fresh_setup())["step"] == 1
 
 
 # ---- disk full and crashes while saving ----------------------------------------------------------
-
-
-def _enospc(*args, **kwargs):
-    raise OSError(errno.ENOSPC, "No space left on device")
-
-
-@pytest.mark.parametrize("target", ["save_file", "write_synced"])
-def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch, target):
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    monkeypatch.setattr(ck, target, _enospc)
-    with pytest.raises(CheckpointError) as err:
-        _save(root / "last", setup, 2)
-    message = str(err.value)
-    assert message.startswith(
-        f"cannot write checkpoint {root / 'last'}: No space left on device; free space"
-    )
-    assert "\n" not in message
-    monkeypatch.undo()
-    assert sorted(p.name for p in root.iterdir()) == ["last"]  # temp dir removed
-    assert load_checkpoint(find_checkpoint(tmp_path), *_fresh())["step"] == 1
-
-
-def test_a_short_write_that_reports_no_error_is_caught(tmp_path, monkeypatch):
-    real = ck.save_file
-
-    def short(tensors, filename):
-        real(tensors, filename)
-        _truncate(ck.Path(filename))
-
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    monkeypatch.setattr(ck, "save_file", short)
-    with pytest.raises(CheckpointError, match="came out short or corrupt"):
-        _save(root / "last", setup, 2)
-    monkeypatch.undo()
-    assert load_checkpoint(find_checkpoint(tmp_path), *_fresh())["step"] == 1
-
-
-def test_crash_before_the_final_rename_keeps_a_loadable_checkpoint(tmp_path, monkeypatch):
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    real = ck.replace_dir.__globals__["os"].replace
-
-    def fail_on_swap_in(src, dst):
-        if ck.Path(src).name.startswith(".last-"):
-            raise OSError(errno.EIO, "Input/output error")
-        real(src, dst)
-
-    monkeypatch.setattr(ck.replace_dir.__globals__["os"], "replace", fail_on_swap_in)
-    with pytest.raises(CheckpointError, match="Input/output error"):
-        _save(root / "last", setup, 2)
-    monkeypatch.undo()
-    assert sorted(p.name for p in root.iterdir()) == [
-        "previous"
-    ]  # last/ was moved, the new one never came
-    assert load_checkpoint(find_checkpoint(tmp_path), *_fresh())["step"] == 1
-
-
-def test_stray_temp_dirs_are_ignored_then_cleaned(tmp_path):
-    setup, root = _setup(), tmp_path / "checkpoints"
-    _save(root / "last", setup, 1)
-    stray = root / ".last-killed"  # what a SIGKILL during a save leaves
-    stray.mkdir()
-    (stray / ck.WEIGHTS).write_bytes(b"\0" * 10)
-    (root / ".previous.trash").mkdir()
-    assert find_checkpoint(tmp_path) == root / "last"
-    assert load_checkpoint(root / "last", *_fresh())["step"] == 1
-    _save(root / "last", setup, 2)
-    assert sorted(p.name for p in root.iterdir()) == ["last", "previous"]
-
-
-def test_replace_dir_without_keep_removes_the_old_directory(tmp_path):
-    from tunesmith.utils.files import replace_dir
-
-    target, tmp = tmp_path / "model", tmp_path / ".convert-1"
-    for d, text in ((target, "old"), (tmp, "new")):
-        d.mkdir()
-        (d / "f").write_text(text)
-    replace_dir(tmp, target)
-    assert (target / "f").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "model"
-    ]
 
 
 class _Counter:
@@ -388,16 +263,16 @@ class _Counter:
 
 
 def test_objective_state_round_trips_and_is_required_when_the_objective_has_one(tmp_path):
-    setup = _setup()
+    setup = trained_setup()
     params, opt, sched = setup
     position = {"step": 3, "epoch": 0, "batch": 3, "best_eval_loss": None}
     save_checkpoint(
         tmp_path / "with", params, opt, sched, position, objective_state={"value": 0.07}
     )
-    _save(tmp_path / "without", setup, 3)
+    save_at(tmp_path / "without", setup, 3)
     state = _Counter()
-    load_checkpoint(tmp_path / "with", *_fresh(), objective_state=state)
+    load_checkpoint(tmp_path / "with", *fresh_setup(), objective_state=state)
     assert state.value == 0.07
-    load_checkpoint(tmp_path / "with", *_fresh())  # a stateless objective ignores it
+    load_checkpoint(tmp_path / "with", *fresh_setup())  # a stateless objective ignores it
     with pytest.raises(CheckpointError, match="holds no objective state"):
-        load_checkpoint(tmp_path / "without", *_fresh(), objective_state=_Counter())
+        load_checkpoint(tmp_path / "without", *fresh_setup(), objective_state=_Counter())
