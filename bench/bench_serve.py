@@ -4,7 +4,8 @@ Starts `tunesmith serve`'s app in-process (uvicorn on 127.0.0.1, a free port) an
 chat completions through the openai client: 1, 8 and 32 concurrent streams of --tokens new tokens
 each (ignore_eos, so every stream generates all of them). Reports time to first token (median),
 per-stream and aggregate tokens/s, for each --dtypes weight setting (`tunesmith serve --dtype`);
-HF generate (greedy, batch 1, fp32 weights) as the reference.
+HF generate (greedy, batch 1, fp32 weights) as the reference. The engine rows drive the decoder
+in-process, eager and with its compiled blocks (`--compile auto`, timed once they are ready).
 
 Run: python bench/bench_serve.py [--tokens 128] [--streams 1,8,32] [--dtypes float32,auto,int8]
 """
@@ -17,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -113,16 +115,22 @@ async def concurrent(url: str, streams: int, n: int) -> list:
     return [f"{streams} streams", ttft * 1000, per_stream, tokens / wall]
 
 
-def engine_rate(model, tokenizer, n: int, rows: int) -> float:
+def engine_rate(model, tokenizer, n: int, rows: int, compile: bool = False) -> float:
     """Aggregate tokens/s of the server's engine driven in-process (no HTTP, no client): `rows`
-    requests of n tokens prefilled together, then stepped until all are done."""
+    requests of n tokens prefilled together, then stepped until all are done; with compile, once
+    the compiled blocks are ready."""
     from tunesmith.serving.engine import Engine, GenRequest, Sampling, Target
 
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": PROMPT}], add_generation_prompt=True
     )
     ids = ids["input_ids"] if hasattr(ids, "keys") else list(ids)
-    engine = Engine(tokenizer, max_batch=rows)
+    engine = Engine(tokenizer, max_batch=rows, compile=compile)
+    if compile:
+        with torch.inference_mode():
+            compiled = engine._lean_decoder(Target(model)).compiled
+        if not compiled.wait(1200):
+            raise SystemExit(f"compiled decoding failed: {compiled.error}")
     for _ in range(rows):
         sampling = Sampling(n, temperature=0, ignore_eos=True)
         engine.submit(GenRequest(ids, sampling, Target(model), lambda event: None))
@@ -134,6 +142,18 @@ def engine_rate(model, tokenizer, n: int, rows: int) -> float:
                 engine._step(key)
             steps += 1
     return steps * rows / (time.perf_counter() - start)
+
+
+def wait_for_compiled(url: str, timeout: float = 1200) -> None:
+    """Until /health says the server decodes with its compiled blocks (or cannot)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mode = httpx.get(f"{url}/health").json()["decode"]
+        if mode not in ("starting", "compiling"):
+            print(f"server decode: {mode}", file=sys.stderr)
+            return
+        time.sleep(1)
+    raise SystemExit("the server's compiled decoding was not ready in time")
 
 
 def start_server(app):
@@ -174,13 +194,17 @@ def main() -> None:
     limits = Limits(max_queue=max(streams) * 2, timeout=1200)
     for dtype in args.dtypes.split(","):
         model, tokenizer = load_for_serving("default", dtype)
-        engine_rate(model, tokenizer, 8, 1)  # warm-up (and the lean step's probe)
-        for n in (1, max(streams)):
-            rate = engine_rate(model, tokenizer, args.tokens, n)
-            rows.append([f"engine in-process --dtype {dtype}, {n} rows", "-", rate / n, rate])
-            rows[-1] += [rate / hf_rate] + ([rate / llama[0]] if llama is not None else [])
+        for compile in (False, True):
+            engine_rate(model, tokenizer, 8, 1, compile)  # warm-up (and the lean step's probe)
+            for n in (1, max(streams)):
+                rate = engine_rate(model, tokenizer, args.tokens, n, compile)
+                step = "compiled" if compile else "eager"
+                rows.append([f"engine in-process --dtype {dtype}, {step}, {n} rows", "-"])
+                rows[-1] += [rate / n, rate, rate / hf_rate]
+                rows[-1] += [rate / llama[0]] if llama is not None else []
         app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
         server, url = start_server(app)
+        wait_for_compiled(url)
         asyncio.run(concurrent(url, 1, 8))  # warm-up
         for n in streams:
             name, first, per_stream, aggregate = asyncio.run(concurrent(url, n, args.tokens))

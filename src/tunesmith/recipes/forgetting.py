@@ -188,11 +188,11 @@ def with_remedies(cfg, model, tokenizer, objective: Objective, general: list) ->
         if t.l2sp_lambda or t.ewc_lambda:
             penalty = anchor.penalty()
             value = value + penalty
-            metrics["start_penalty"] = float(penalty)
+            metrics["start_penalty"] = float(penalty.detach())
         if t.lwf_lambda:
             lwf = lwf_divergence(model, batch)
             value = value + t.lwf_lambda * lwf
-            metrics["lwf_kl"] = float(lwf)
+            metrics["lwf_kl"] = float(lwf.detach())
         return value, n, metrics
 
     return replace(objective, loss=loss)

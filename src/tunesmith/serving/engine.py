@@ -24,6 +24,7 @@ from transformers import DynamicCache
 
 from ..methods.lora import mixed_adapters
 from ..models.compat import cache_kwarg
+from .compiled import CompiledBlocks
 from .errors import ApiError, timed_out
 from .kv import check_dynamic, concat_rows, keep_rows
 from .lean import LeanDecoder
@@ -82,14 +83,19 @@ class _Batch:
 
 
 class Engine:
-    def __init__(self, tokenizer, max_batch: int = 16, max_context: int = 2048, metrics=None):
+    def __init__(
+        self, tokenizer, max_batch: int = 16, max_context: int = 2048, metrics=None, compile=False
+    ):
+        """compile: also compile the lean step's blocks (serving/compiled.py) where they fit."""
         self.tokenizer, self.max_batch, self.max_context = tokenizer, max_batch, max_context
+        self.compile = compile
         self.metrics = metrics
         self.eos = _eos_ids(tokenizer)
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._batches: dict[int, _Batch] = {}
         self._lean = weakref.WeakKeyDictionary()  # model -> LeanDecoder or None (probe failed)
+        self._base: Optional[weakref.ref] = None  # the model `prepare` was given
         self._wake = threading.Event()
         self._stop = False
         self._thread: Optional[threading.Thread] = None
@@ -126,6 +132,25 @@ class Engine:
         self._jobs.put((fn, fut))
         self._wake.set()
         return fut
+
+    def prepare(self, model) -> Future:
+        """Probe model's lean decode step on the engine thread (and start compiling its blocks
+        when `compile`), so the first request does not wait for it; `decode_mode` reports on it."""
+        self._base = weakref.ref(model)
+        return self.call(lambda: self._lean_decoder(Target(model)))
+
+    def decode_mode(self) -> str:
+        """How the base model decodes: "compiled", "compiling", "eager" (the lean step) or
+        "forward" (the model's own forward); "starting" before the first probe."""
+        base = self._base() if self._base is not None else None
+        if base is None or base not in self._lean:
+            return "starting"
+        lean = self._lean.get(base)
+        if lean is None:
+            return "forward"
+        if lean.compiled is None or lean.compiled.error:
+            return "eager"
+        return "compiled" if lean.compiled.usable() else "compiling"
 
     def running_for(self, model) -> int:
         batch = self._batches.get(id(model))
@@ -299,6 +324,9 @@ class Engine:
                     return self._forward(target, rows, *args, lean=lean)
 
                 lean = lean if lean.fits(forward, decode) else None
+            if lean is not None and self.compile and CompiledBlocks.fits(lean):
+                lean.compiled = CompiledBlocks(lean)
+                lean.compiled.start()  # the eager step serves until it is ready
             self._lean[target.model] = lean
         return self._lean[target.model]
 

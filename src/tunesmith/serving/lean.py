@@ -12,12 +12,10 @@ model whose blocks do more (sliding windows, query/key norms, soft-capping, extr
 of the cache such as prefix tuning) fails the probe and keeps the ordinary forward.
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from transformers import DynamicCache
-
-from ..models.attention import cpu_attention_forward
 
 # Logits of a probe decode step must agree with the forward's to this (absolute, over logits).
 PROBE_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
@@ -33,9 +31,12 @@ class LeanDecoder:
         self.embed, self.blocks, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary, self.head = inner.rotary_emb, model.lm_head
         cfg = model.config
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        self.shape = HeadShape(
+            heads, kv_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        )
+        self.compiled = None  # a CompiledBlocks the engine may attach (serving/compiled.py)
 
     @classmethod
     def build(cls, model) -> Optional["LeanDecoder"]:
@@ -53,29 +54,17 @@ class LeanDecoder:
         x = self.embed(ids)  # (B, 1, hidden)
         cos, sin = self.rotary(x, positions)  # (B, 1, D) each
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
-        keep = None if bool(mask.all()) else mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        for block, layer in zip(self.blocks, cache.layers):
-            x = x + self._attention(
-                block.self_attn, block.input_layernorm(x), cos, sin, layer, keep
-            )
-            x = x + block.mlp(block.post_attention_layernorm(x))
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        keep = mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        if self.compiled is not None and self.compiled.usable():
+            x, keys, values = self.compiled(x, cos, sin, keys, values, keep)
+        else:
+            keep = None if bool(keep.all()) else keep
+            x, keys, values = run_blocks(self.blocks, self.shape, x, cos, sin, keys, values, keep)
+        for layer, k, v in zip(cache.layers, keys, values):
+            layer.keys, layer.values = k, v  # (B, Hkv, T, D), as DynamicCache grows
         return self.head(self.norm(x))[:, -1].float()  # (B, V)
-
-    def _attention(self, attn, h, cos, sin, layer, keep) -> torch.Tensor:
-        b = h.shape[0]
-        q = attn.q_proj(h).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        layer.keys = torch.cat([layer.keys, k], dim=2)  # (B, Hkv, T, D), as DynamicCache grows
-        layer.values = torch.cat([layer.values, v], dim=2)
-        # One query row against the cache: CPU bf16 matmuls on shapes this small run ~2x slower
-        # than fp32 ones, more than the casts cost (batch-1 int4 decode: +8 % tokens/s).
-        keys, values = layer.keys.float(), layer.values.float()
-        out, _ = cpu_attention_forward(
-            attn, q.float(), keys, values, keep, scaling=attn.scaling, is_causal=False
-        )
-        return attn.o_proj(out.to(h.dtype).reshape(b, 1, -1))
 
     def fits(self, forward, decode) -> bool:
         """True when `decode` (this step, in the caller's context) equals `forward` (the model's
@@ -101,6 +90,45 @@ class LeanDecoder:
         dtype = self.embed.weight.dtype
         tolerance = PROBE_TOLERANCE.get(dtype, 5e-2) * max(1.0, float(want.abs().max()))
         return want.shape == got.shape and float((want - got).abs().max()) <= tolerance
+
+
+class HeadShape(NamedTuple):
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
+def run_blocks(blocks, shape: HeadShape, x, cos, sin, keys: list, values: list, keep):
+    """(x, keys, values) after every block for one new token per row; keys[i], values[i]
+    (B, Hkv, T, D) are block i's cache, returned one column longer. keep: (B, 1, 1, T + 1)
+    boolean, True = attend, or None (every column)."""
+    longer_keys, longer_values = [], []
+    for block, k, v in zip(blocks, keys, values):
+        h, k, v = _attention(block.self_attn, shape, block.input_layernorm(x), cos, sin, k, v, keep)
+        x = x + h
+        x = x + block.mlp(block.post_attention_layernorm(x))
+        longer_keys.append(k)
+        longer_values.append(v)
+    return x, longer_keys, longer_values
+
+
+def _attention(attn, shape: HeadShape, h, cos, sin, keys, values, keep):
+    b, (heads, kv_heads, dim) = h.shape[0], shape
+    q = attn.q_proj(h).view(b, 1, heads, dim).transpose(1, 2)
+    k = attn.k_proj(h).view(b, 1, kv_heads, dim).transpose(1, 2)
+    v = attn.v_proj(h).view(b, 1, kv_heads, dim).transpose(1, 2)
+    keys = torch.cat([keys, _rotate(k, cos, sin)], dim=2)
+    values = torch.cat([values, v], dim=2)
+    # One query row per head against the cache, the query heads of a kv head stacked as rows.
+    # In fp32: CPU bf16 matmuls on shapes this small run ~2x slower than fp32 ones, more than
+    # the casts cost (batch-1 int4 decode: +8 % tokens/s).
+    q = _rotate(q, cos, sin).float().reshape(b, kv_heads, heads // kv_heads, dim) * attn.scaling
+    scores = torch.matmul(q, keys.float().transpose(-1, -2))  # (B, Hkv, G, T)
+    if keep is not None:
+        # A finite floor as in the forward's attention: a row with nothing to attend to stays finite.
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    out = torch.matmul(torch.softmax(scores, dim=-1), values.float())  # (B, Hkv, G, D)
+    return attn.o_proj(out.reshape(b, 1, heads * dim).to(h.dtype)), keys, values
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

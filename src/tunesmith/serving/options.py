@@ -25,4 +25,11 @@ def add_serve_args(p) -> None:
         "int8 (linear weights int8 per output row, weight-only) or int4 (the blocks' linear "
         "weights in groups of 32 with step and minimum, the embedded file's own Q4_1 layout)",
     )
+    p.add_argument(
+        "--compile",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: compile the base model's decode step in the background (torch.compile, "
+        "needs a C++ compiler) and use it once it is ready and checked; off: eager only",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")

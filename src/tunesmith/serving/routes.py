@@ -27,7 +27,7 @@ def _info_routes(app: FastAPI, server) -> None:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": len(registry.entries)}
+        return {"status": "ok", "models": len(registry.entries), "decode": engine.decode_mode()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():

@@ -1,7 +1,9 @@
 """Build the app from a model name and adapter directories, and run it under uvicorn."""
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -25,6 +27,7 @@ def serve_from_args(args, on_ready: Optional[Callable] = None) -> int:
         api_key=args.api_key,
         max_batch=args.max_batch,
         dtype=args.dtype,
+        compile=args.compile,
     )
     serve(app, args.host, args.port, on_ready)
     return 0
@@ -38,12 +41,21 @@ def build_app(
     api_key: Optional[str] = None,
     max_batch: int = 16,
     dtype: str = "auto",
+    compile: str = "auto",
 ):
     """The app serving `model_name` and `adapters` ({name: directory}); raises TunesmithError
-    when the model or an adapter does not load. dtype: --dtype."""
+    when the model or an adapter does not load. dtype, compile: --dtype, --compile."""
     model, tokenizer = load_for_serving(model_name, dtype)
     return app_for_model(
-        model, tokenizer, model_name, adapters, adapter_dir, limits, api_key, max_batch
+        model,
+        tokenizer,
+        model_name,
+        adapters,
+        adapter_dir,
+        limits,
+        api_key,
+        max_batch,
+        compile=compile,
     )
 
 
@@ -78,9 +90,11 @@ def app_for_model(
     api_key=None,
     max_batch=16,
     base_source=None,
+    compile="auto",
 ):
     """The app for a model object already loaded (tests build one from a tiny config);
-    base_source is where a reward run's copy of the base loads from (default: name)."""
+    base_source is where a reward run's copy of the base loads from (default: name); compile:
+    --compile (auto: the base model's decode blocks compiled in the background where they fit)."""
     _check_extra()
     from .app import create_app
     from .errors import ApiError
@@ -92,7 +106,11 @@ def app_for_model(
         except ApiError as e:
             raise ConfigError(f"--adapter {adapter_name}={path}: {e.message}") from None
     context = getattr(model.config, "max_position_embeddings", None) or 2048
-    engine = Engine(tokenizer, max_batch=max_batch, max_context=context)
+    if compile not in ("auto", "off"):
+        raise ConfigError(f"--compile must be auto or off, got {compile!r}")
+    engine = Engine(tokenizer, max_batch, context, compile=compile == "auto")
+    # Probe the base's lean step (and start compiling it) before the first request.
+    engine.prepare(registry.get(name, "generate").target.model)
     return create_app(registry, engine, limits, api_key)
 
 
@@ -114,6 +132,20 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, on_ready: Optional[Cal
         server.run()
     except KeyboardInterrupt:
         pass
+    _leave_unfinished_compiles()
+
+
+def _leave_unfinished_compiles() -> None:
+    """Exit now when the decode step is still compiling: waiting could take a minute, and a
+    process ending around a running compilation aborts (serving/compiled.py)."""
+    from .compiled import compiling
+
+    if compiling():
+        log.info("stopped while the decode step was compiling; leaving it unfinished")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _check_extra() -> None:

@@ -245,7 +245,9 @@ def test_run_time_loading_refuses_paths_outside_the_root_and_bad_files(live, fil
 
 def test_health_and_metrics(live, client):
     client.completions.create(model="tiny", prompt="a", max_tokens=3, temperature=0)
-    assert httpx.get(f"{live.url}/health").json()["status"] == "ok"
+    health = httpx.get(f"{live.url}/health").json()
+    assert health["status"] == "ok"
+    assert health["decode"] == "eager"  # the base holds LoRA adapters: the lean step, uncompiled
     text = httpx.get(f"{live.url}/metrics").text
     assert 'tunesmith_requests_total{endpoint="/v1/completions",status="200"}' in text
     for name in ("completion_tokens_total", "request_seconds_bucket", "queue_depth"):

@@ -95,6 +95,33 @@ def test_the_serve_command_prints_its_url_and_stops_on_sigterm(files):
         proc.kill()
 
 
+def test_serve_stopped_while_its_decode_step_compiles_exits_cleanly(files):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tunesmith.cli.main",
+        "serve",
+        "--model",
+        files["base"],
+        "--port",
+        "0",
+    ]  # fmt: skip  (the plain base: its blocks compile in the background)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().split()[-1]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/health").json()["decode"] == "starting":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(f"{url}/health").json()["decode"] in ("compiling", "compiled")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "terminate called" not in proc.stderr.read()
+    finally:
+        proc.kill()
+
+
 def test_serve_refuses_a_bad_adapter_argument(files):
     from tunesmith.cli.main import main
 

@@ -1,0 +1,158 @@
+"""The lean step's blocks compiled into one graph, for base models served without adapters.
+
+At batch 1 a decode step of the embedded model with int4 weights spends ~12 ms in its matmuls
+and about as much again on the ~80 small ops per block around them (norms, rotary, casts,
+softmax) and on Python. torch.compile (inductor's C++ backend) fuses those ops and runs the 30
+blocks as one call. Two things make it pay on a CPU:
+- guards: checking the 30 blocks' modules and tensors before every call costs ~1.6 ms a token;
+  the graph is compiled once for batch 1 and once for any other batch (every length dynamic), so
+  the calls run with `skip_guard_eval_unsafe`, which checks only what tells those two apart. That
+  is safe only while the blocks are the ones compiled: `usable()` checks on every call that they
+  still hold plain linear layers (an adapter loaded at run time wraps them: the eager step
+  serves from then on);
+- rounding: inductor keeps a bf16 model's intermediate values in fp32 between fused ops;
+  `emulate_precision_casts` rounds where the eager ops do, so the compiled step gives the eager
+  step's logits (checked before use, `verify`).
+
+Compiling takes ~30-80 s the first time (inductor caches the result on disk; ~10-20 s after), so
+it runs on a thread of its own and the eager step serves until it is ready. A process that ends
+while that thread is inside torch aborts ("terminate called without an active exception"): at
+exit Python waits for it (`_wait_for_compiles`), and `tunesmith serve` leaves at once instead
+(`compiling()`, server.py).
+"""
+
+import atexit
+import logging
+import threading
+import weakref
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..models.weight_only import Int4WeightLinear, Int8WeightLinear
+from .lean import PROBE_TOLERANCE, LeanDecoder, run_blocks
+
+log = logging.getLogger(__name__)
+
+PLAIN_LINEARS = (nn.Linear, Int8WeightLinear, Int4WeightLinear)
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+# Warm-up sizes: prime, so no size equals one of the model's own (heads, widths) when traced.
+WARM_BATCH, WARM_CACHE = 11, 13
+# Seconds the interpreter waits at exit for a compilation still running.
+EXIT_WAIT = 600
+
+_threads: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+def compiling() -> bool:
+    """True while a compilation thread is running."""
+    return any(thread.is_alive() for thread in _threads)
+
+
+@atexit.register
+def _wait_for_compiles() -> None:
+    for thread in list(_threads):
+        if thread.is_alive():
+            log.info("waiting for the decode step's compilation to finish before exiting")
+            thread.join(EXIT_WAIT)
+
+
+class CompiledBlocks:
+    """run(x, cos, sin, keys, values, keep) as `run_blocks`, compiled; keep is always a tensor."""
+
+    def __init__(self, lean: LeanDecoder):
+        self.lean = lean
+        self.linears = _linears(lean)
+        self._kinds = [type(getattr(m, n)) for m, n in self.linears]
+        self._run = torch.compile(
+            self._blocks, dynamic=True, options={"emulate_precision_casts": True}
+        )
+        self._ready = threading.Event()
+        self.error: Optional[str] = None
+
+    @classmethod
+    def fits(cls, lean: LeanDecoder) -> bool:
+        """True for blocks whose every projection is a plain (or int8/int4) linear layer."""
+        if not all(hasattr(block.mlp, n) for block in lean.blocks for n in MLP):
+            return False
+        return all(isinstance(getattr(m, n), PLAIN_LINEARS) for m, n in _linears(lean))
+
+    def start(self) -> threading.Thread:
+        """Compile and verify on a thread of its own; `usable()` turns true when that succeeds."""
+        thread = threading.Thread(target=self.prepare, name="tunesmith-compile", daemon=True)
+        _threads.add(thread)
+        thread.start()
+        return thread
+
+    def prepare(self) -> bool:
+        try:
+            with torch.inference_mode():
+                for batch in (1, WARM_BATCH):
+                    self._call(*self._inputs(batch, WARM_CACHE))
+                ok = self.verify()
+        except Exception as e:  # no C++ compiler, an op inductor cannot take: stay eager
+            self.error = f"{type(e).__name__}: {e}"
+            log.warning("compiled decoding unavailable, decoding eagerly: %s", self.error)
+            return False
+        if ok:
+            self._ready.set()
+            log.info("compiled decoding ready")
+        return ok
+
+    def verify(self) -> bool:
+        """The compiled blocks' output equals the eager ones' on a left-padded two-row batch."""
+        x, cos, sin, keys, values, keep = self._inputs(2, 5)
+        keep[0, ..., :2] = False
+        want = run_blocks(self.lean.blocks, self.lean.shape, x, cos, sin, keys, values, keep)
+        got = self._call(x, cos, sin, keys, values, keep)
+        worst = max(float((a - b).abs().max()) for a, b in zip(_flat(want), _flat(got)))
+        scale = max(1.0, float(want[0].abs().max()))
+        if worst > PROBE_TOLERANCE.get(x.dtype, 5e-2) * scale:
+            self.error = f"compiled blocks differ from the eager ones by {worst:.3g}"
+            log.warning("compiled decoding not used: %s", self.error)
+            return False
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """True once the compiled blocks are ready (False: still compiling, or they failed)."""
+        return self._ready.wait(timeout)
+
+    def usable(self) -> bool:
+        return self._ready.is_set() and all(
+            type(getattr(m, n)) is kind for (m, n), kind in zip(self.linears, self._kinds)
+        )
+
+    def __call__(self, x, cos, sin, keys, values, keep):
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return self._call(x, cos, sin, keys, values, keep)
+
+    def _call(self, x, cos, sin, keys, values, keep):
+        return self._run(x, cos, sin, keys, values, keep)
+
+    def _blocks(self, x, cos, sin, keys, values, keep):
+        return run_blocks(self.lean.blocks, self.lean.shape, x, cos, sin, keys, values, keep)
+
+    def _inputs(self, batch: int, cached: int):
+        """Random decode inputs: batch rows, `cached` columns in the cache, every column kept."""
+        lean, (_, kv_heads, dim) = self.lean, self.lean.shape
+        ids = torch.randint(0, lean.embed.num_embeddings, (batch, 1))
+        x = lean.embed(ids)
+        cos, sin = lean.rotary(x, torch.full((batch, 1), cached))
+        dtype = x.dtype
+        keys = [torch.randn(batch, kv_heads, cached, dim, dtype=dtype) for _ in lean.blocks]
+        values = [torch.randn(batch, kv_heads, cached, dim, dtype=dtype) for _ in lean.blocks]
+        keep = torch.ones(batch, 1, 1, cached + 1, dtype=torch.bool)
+        return x, cos[:, None], sin[:, None], keys, values, keep
+
+
+def _linears(lean: LeanDecoder) -> list:
+    """(module, attribute) of every projection of the blocks: what an adapter would wrap."""
+    attention = [(b.self_attn, n) for b in lean.blocks for n in PROJECTIONS]
+    return attention + [(b.mlp, n) for b in lean.blocks for n in MLP]
+
+
+def _flat(result) -> list:
+    x, keys, values = result
+    return [x, *keys, *values]
