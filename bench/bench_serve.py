@@ -8,11 +8,13 @@ HF generate (greedy, batch 1, fp32 weights) as the reference. The engine rows dr
 in-process, eager and with its compiled blocks (`--compile auto`, timed once they are ready).
 
 Run: python bench/bench_serve.py [--tokens 128] [--streams 1,8,32] [--dtypes float32,auto,int8]
+     [--server-cpus 1] (the server in a process of its own on CPU 1; pin this one elsewhere)
 """
 
 import argparse
 import asyncio
 import datetime
+import os
 import sys
 import threading
 import time
@@ -146,14 +148,42 @@ def engine_rate(model, tokenizer, n: int, rows: int, compile: bool = False) -> f
 
 def wait_for_compiled(url: str, timeout: float = 1200) -> None:
     """Until /health says the server decodes with its compiled blocks (or cannot)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    while time.monotonic() < start + timeout:
         mode = httpx.get(f"{url}/health").json()["decode"]
         if mode not in ("starting", "compiling"):
-            print(f"server decode: {mode}", file=sys.stderr)
+            waited = time.monotonic() - start
+            print(f"server decode: {mode} ({waited:.0f} s after start)", file=sys.stderr)
             return
         time.sleep(1)
     raise SystemExit("the server's compiled decoding was not ready in time")
+
+
+def serve_process(dtype: str, max_batch: int, cpus: str):
+    """`tunesmith serve` in a process of its own on `cpus` (taskset), with this run's threads."""
+    import subprocess
+
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}
+    serve = [sys.executable, "-m", "tunesmith.cli.main", "serve", "--dtype", dtype, "--port", "0"]
+    serve += ["--max-batch", str(max_batch)]
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpus, *serve], stdout=subprocess.PIPE, env=env, text=True
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("serving on "):
+        proc.kill()
+        raise SystemExit(f"tunesmith serve did not start: {line!r}")
+    return proc, line.split()[-1]
+
+
+def stop(server) -> None:
+    if hasattr(server, "should_exit"):  # in-process uvicorn
+        server.should_exit = True
+        time.sleep(1)
+    else:
+        server.terminate()
+        server.wait(60)
 
 
 def start_server(app):
@@ -171,6 +201,11 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--streams", default="1,8,32")
     p.add_argument("--dtypes", default="float32,auto,int8", help="`tunesmith serve --dtype` values")
+    p.add_argument(
+        "--server-cpus",
+        help="run the serve rows' server as a `tunesmith serve` process pinned to these CPUs "
+        "(taskset list), so the client's work does not share its core; default: in-process",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.md"))
     args = p.parse_args()
     set_threads()
@@ -202,8 +237,12 @@ def main() -> None:
                 rows.append([f"engine in-process --dtype {dtype}, {step}, {n} rows", "-"])
                 rows[-1] += [rate / n, rate, rate / hf_rate]
                 rows[-1] += [rate / llama[0]] if llama is not None else []
-        app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
-        server, url = start_server(app)
+        if args.server_cpus:
+            del model  # the server loads its own
+            server, url = serve_process(dtype, max(streams), args.server_cpus)
+        else:
+            app = app_for_model(model, tokenizer, "default", limits=limits, max_batch=max(streams))
+            server, url = start_server(app)
         wait_for_compiled(url)
         asyncio.run(concurrent(url, 1, 8))  # warm-up
         for n in streams:
@@ -213,15 +252,18 @@ def main() -> None:
             if llama is not None:
                 rows[-1].append(aggregate / llama[0])
             print(f"{rows[-1][0]}: {aggregate:.1f} tok/s aggregate", file=sys.stderr)
-        server.should_exit = True
-        time.sleep(1)
-        del model, app
+        stop(server)
     report = [
         f"# Serving benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}",
         "",
         machine(),
         f"embedded SmolLM2-135M-Instruct, {args.tokens} new tokens per stream; `auto` weights are "
-        f"{'bfloat16' if has_native_bf16() else 'float32'} here",
+        f"{'bfloat16' if has_native_bf16() else 'float32'} here; serve rows: "
+        + (
+            f"`tunesmith serve` in its own process on CPUs {args.server_cpus}, the client here"
+            if args.server_cpus
+            else "server and client in this process"
+        ),
         "",
         table(
             [

@@ -145,4 +145,6 @@ def _fmt(column: str, value) -> str:
         return f"{100 * value:.1f}%"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):  # losses and ROUGE below 10 need their third digit
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)

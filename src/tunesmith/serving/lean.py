@@ -26,11 +26,10 @@ class LeanDecoder:
 
     def __init__(self, model):
         # No reference to the model itself: the engine keys decoders weakly by model.
-        self.config = model.config
+        self.config = cfg = model.config
         inner = model.model
         self.embed, self.blocks, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary, self.head = inner.rotary_emb, model.lm_head
-        cfg = model.config
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         self.shape = HeadShape(
