@@ -18,6 +18,8 @@ output head, where the shape suits the kernel); adapters attached afterwards wra
 any quantized base (`is_quantized`, `dequantized_weight`).
 """
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -45,9 +47,13 @@ class Int8WeightLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(self.scale.dtype)
         out = torch._weight_int8pack_mm(rows, self.qweight, self.scale)
+        return self._finish(out, x)
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's rows back in x's shape and dtype (the kernel may compute in another)."""
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
         """(out, in) fp32, what adapters that need the base weight read."""
@@ -95,9 +101,7 @@ class Int4WeightLinear(Int8WeightLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(self.scale.dtype)
         out = torch._weight_int4pack_mm_for_cpu(rows, self.qweight, self.GROUP, self.scale)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+        return self._finish(out, x)
 
     def dequantized_weight(self) -> torch.Tensor:
         """(out, in) fp32: the kernel applied to the identity (the packing is the kernel's own)."""
@@ -110,11 +114,20 @@ class Int4WeightLinear(Int8WeightLinear):
 
 
 def quantize_for_decoding(
-    model: nn.Module, dtype: torch.dtype = torch.bfloat16, bits: int = 8
+    model: nn.Module,
+    dtype: torch.dtype = torch.bfloat16,
+    bits: int = 8,
+    kernel_dtype: Optional[torch.dtype] = None,
 ) -> int:
-    """Replace every plain nn.Linear of `model` by an Int8WeightLinear computing in `dtype`, or
-    with bits=4 by an Int4WeightLinear where it fits (not the output head: see the module's
-    docstring); embeddings and norms are cast to `dtype`. Returns the layers replaced."""
+    """Replace every plain nn.Linear of `model` by an Int8WeightLinear, or with bits=4 by an
+    Int4WeightLinear where it fits (not the output head: see the module's docstring), whose
+    kernel takes its activations in `kernel_dtype` (default: `dtype`) and returns `dtype`;
+    embeddings and norms are cast to `dtype`. Returns the layers replaced.
+
+    bf16 kernel activations pay even where the CPU has no native bf16: with AVX2 only
+    (ATEN_CPU_CAPABILITY=avx2) PyTorch's int4 kernel took 114 us with bf16 and 1,252 us with
+    fp32 activations for a 576 x 576 layer, its int8 kernel 13.7 vs 29.3 ms for the 49152 x 576
+    head; the casts around each layer cost a few microseconds."""
     targets = [
         (parent, name, child)
         for parent in model.modules()
@@ -124,7 +137,8 @@ def quantize_for_decoding(
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for parent, name, child in targets:
         four = bits == 4 and child is not head and Int4WeightLinear.fits(child)
-        setattr(parent, name, (Int4WeightLinear if four else Int8WeightLinear)(child, dtype))
+        layer = (Int4WeightLinear if four else Int8WeightLinear)(child, kernel_dtype or dtype)
+        setattr(parent, name, layer)
     for param in model.parameters():  # what is left: embeddings, norms
         param.data = param.data.to(dtype)
     return len(targets)

@@ -73,7 +73,8 @@ def load_for_serving(model_name: str, dtype: str):
     load_dtype = "float32" if bits else (compute if dtype == "auto" else dtype)
     model, tokenizer = load_base_model(model_name, load_dtype)
     if bits:
-        layers = quantize_for_decoding(model, getattr(torch, compute), bits)
+        # The int kernels take bf16 activations on every CPU (see quantize_for_decoding).
+        layers = quantize_for_decoding(model, getattr(torch, compute), bits, torch.bfloat16)
         log.info(
             "%s weight-only decoding: %d linear layers, %s activations", dtype, layers, compute
         )

@@ -88,3 +88,19 @@ def test_bits_4_keeps_the_output_head_and_odd_shapes_int8():
     assert type(block.self_attn.q_proj) is Int4WeightLinear
     assert type(block.mlp.down_proj) is Int8WeightLinear  # in_features 48
     assert type(model.lm_head) is Int8WeightLinear
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bf16_kernel_activations_in_an_fp32_model_return_fp32_close_to_the_fp32_kernel(bits):
+    # How serving runs the int kernels on CPUs without native bf16 (fp32 activations are ~10x
+    # slower there): casts at each layer, the rest of the model in fp32.
+    fp32, mixed = (tiny_llama(hidden_size=32, intermediate_size=64) for _ in range(2))
+    quantize_for_decoding(fp32, torch.float32, bits)
+    quantize_for_decoding(mixed, torch.float32, bits, kernel_dtype=torch.bfloat16)
+    assert mixed.lm_head.scale.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in mixed.parameters())  # embeddings, norms
+    ids = torch.tensor([[3, 7, 11, 5]])
+    with torch.no_grad():
+        want, got = fp32(ids).logits, mixed(ids).logits
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=0.05 * float(want.abs().max()), rtol=0)
