@@ -14,8 +14,9 @@ blocks as one call. Two things make it pay on a CPU:
   `emulate_precision_casts` rounds where the eager ops do, so the compiled step gives the eager
   step's logits (checked before use, `verify`).
 
-Compiling takes ~30-80 s the first time (inductor caches the result on disk; ~10-20 s after), so
-it runs on a thread of its own and the eager step serves until it is ready. A process that ends
+Compiling the embedded model's blocks takes ~2 min the first time on this 2-core CPU (inductor
+caches the result on disk; the server then reports "compiled" ~30 s after start), so it runs on
+a thread of its own and the eager step serves until it is ready. A process that ends
 while that thread is inside torch aborts ("terminate called without an active exception"): at
 exit Python waits for it (`_wait_for_compiles`), and `tunesmith serve` leaves at once instead
 (`compiling()`, server.py).
@@ -106,7 +107,7 @@ class CompiledBlocks:
         a fixed probe: two rows, a cache the eager blocks built from four tokens, then one step
         with the first column of row 0 masked as padding."""
         lean, rows = self.lean, 2
-        cache = self._inputs(rows, 0)[3:5]  # empty keys and values per block
+        _, _, _, *cache, _ = self._inputs(rows, 0)  # [keys, values]: empty, per block
         for position, token in enumerate((5, 6, 7, 8)):
             x, cos, sin = self._embedded(torch.full((rows, 1), token), position)
             _, *cache = run_blocks(lean.blocks, lean.shape, x, cos, sin, *cache, None)

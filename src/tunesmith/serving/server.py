@@ -75,9 +75,7 @@ def load_for_serving(model_name: str, dtype: str):
     if bits:
         # The int kernels take bf16 activations on every CPU (see quantize_for_decoding).
         layers = quantize_for_decoding(model, getattr(torch, compute), bits, torch.bfloat16)
-        log.info(
-            "%s weight-only decoding: %d linear layers, %s activations", dtype, layers, compute
-        )
+        log.info("%s weight-only decoding: %d linear layers, model in %s", dtype, layers, compute)
     return model, tokenizer
 
 
