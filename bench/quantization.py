@@ -5,7 +5,8 @@ Parts (--parts, comma-separated; default all):
   bytes  bytes of the base weights at fp32, int8, NF4 and NF4 + double quantization
   ppl    perplexity on the first 40 x 256-token windows of wikitext-2 test at fp32, int8, NF4
   optim  QLoRA (NF4) loss curves over 30 steps (batch 2 x 128 tokens) with AdamW vs 8-bit AdamW
-  train  one subprocess per configuration (so peak RSS readings do not mask each other):
+  train  one subprocess per configuration (bench/quantization_steps.py; so peak RSS readings do
+         not mask each other):
          LoRA on the fp32 base vs QLoRA on an NF4 base (AdamW, and 8-bit AdamW), batch 4 x 128
          tokens, with glibc's default allocator settings and with a fixed mmap threshold
          (MALLOC_MMAP_THRESHOLD_=131072); RSS after loading and one short forward pass (which
@@ -18,49 +19,15 @@ Usage: PYTHONPATH=src python bench/quantization.py [--parts error,bytes,ppl,opti
 import argparse
 import json
 import math
-import os
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-WIKITEXT = Path(__file__).resolve().parents[2] / "shared/data/wikitext2/test.txt"
-LORA = dict(r=16, alpha=32.0, target_modules="all-linear")
-
-
-# --- helpers ------------------------------------------------------------------------------------
-def proc_status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
-
-
-def windows(tokenizer, length: int, count: int) -> torch.Tensor:
-    """(count, length) non-overlapping token windows from the start of wikitext-2 test."""
-    text = WIKITEXT.read_text()[: 12 * length * count]  # ~4 characters per token, with margin
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    if ids.numel() < length * count:
-        raise SystemExit(f"not enough text in {WIKITEXT} for {count} windows of {length}")
-    return ids[: length * count].view(count, length)
-
-
-def table(headers: list, rows: list) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def mib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:.1f}"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table  # noqa: E402
+from quantization_steps import LORA, loss_table, mib, part_train, windows  # noqa: E402
 
 
 # --- round-trip error -----------------------------------------------------------------------------
@@ -212,121 +179,6 @@ def part_ppl(out: dict) -> str:
     return table(["base weights", "perplexity (40 x 256 tokens)", "x fp32", "eval seconds"], rows)
 
 
-# --- training steps (subprocesses) ---------------------------------------------------------------
-def worker(spec: dict) -> dict:
-    """One configuration in a fresh process: load, apply LoRA, run spec['steps'] training steps."""
-    from tunesmith.config.schema import TrainConfig
-    from tunesmith.methods import apply_method
-    from tunesmith.methods.lora import LoraConfig
-    from tunesmith.models import load_base_model
-    from tunesmith.training.optim import build_optimizer
-    from tunesmith.training.optim8bit import optimizer_state_bytes
-    from tunesmith.utils.modules import weight_bytes
-
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    model, tok = load_base_model(spec["model"])
-    with torch.no_grad():
-        model(torch.tensor([[1, 2, 3, 4]]))  # touch every weight: safetensors maps files lazily
-    result = {
-        "rss_after_load_kib": proc_status_kib("VmRSS"),
-        "base_weight_bytes": weight_bytes(model),
-    }
-    if not spec["steps"]:
-        return result
-    apply_method(model, LoraConfig(**LORA))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(params, TrainConfig(lr=5e-4, optimizer=spec["optimizer"]))
-    data = windows(tok, 128, 4 * spec["steps"]).view(spec["steps"], 4, 128)
-    model.train()
-    reset_peak_rss()
-    times, losses = [], []
-    for x in data:
-        start = time.perf_counter()
-        loss = model(x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-        losses.append(loss.item())
-    result.update(
-        step_peak_kib=proc_status_kib("VmHWM"),
-        step_seconds=times,
-        losses=losses,
-        median_step_s=statistics.median(times[1:]),
-        opt_state_bytes=optimizer_state_bytes(opt),
-        trainable=sum(p.numel() for p in params),
-    )
-    return result
-
-
-def run_worker(spec: dict) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    env = {**os.environ, **spec.get("env", {})}
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def part_train(out: dict, steps: int, threads: int) -> str:
-    from tunesmith.api import quantize_to_directory
-
-    tmp = Path(tempfile.mkdtemp(prefix="tunesmith-bench-"))
-    quantize_to_directory("default", "nf4", str(tmp / "nf4"))
-    quantize_to_directory("default", "int8", str(tmp / "int8"))
-    fixed = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-    nf4, lora = str(tmp / "nf4"), {"model": "default", "optimizer": "adamw", "steps": steps}
-    configs = {
-        "LoRA, fp32 base, AdamW": lora,
-        "QLoRA, NF4 base, AdamW": {**lora, "model": nf4},
-        "QLoRA, NF4 base, 8-bit AdamW": {**lora, "model": nf4, "optimizer": "adamw8bit"},
-        "LoRA, fp32 base, AdamW, fixed mmap threshold": {**lora, "env": fixed},
-        "QLoRA, NF4 base, AdamW, fixed mmap threshold": {**lora, "model": nf4, "env": fixed},
-        "QLoRA, NF4 base, 8-bit AdamW, fixed mmap threshold": {
-            **lora,
-            "model": nf4,
-            "env": fixed,
-            "optimizer": "adamw8bit",
-        },
-        "int8 base (load only)": {**lora, "model": str(tmp / "int8"), "steps": 0},
-    }
-    try:
-        out["train"] = {
-            name: run_worker({**spec, "threads": threads}) for name, spec in configs.items()
-        }
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    rows = []
-    for name, r in out["train"].items():
-        base = out["train"][
-            "LoRA, fp32 base, AdamW" + (", fixed mmap threshold" if "fixed" in name else "")
-        ]
-        step = (
-            [
-                mib(1024 * r["step_peak_kib"]),
-                f"{r['step_peak_kib'] / base['step_peak_kib']:.2f}",
-                f"{r['median_step_s']:.2f}",
-                f"{r['median_step_s'] / base['median_step_s']:.2f}",
-                mib(r["opt_state_bytes"]),
-            ]
-            if "median_step_s" in r
-            else ["-"] * 5
-        )
-        rows.append([name, mib(r["base_weight_bytes"]), mib(1024 * r["rss_after_load_kib"]), *step])
-    return table(
-        [
-            "configuration",
-            "base weights MiB",
-            "RSS after load + 1 forward MiB",
-            "peak RSS during steps MiB",
-            "x LoRA",
-            "median step s",
-            "x LoRA",
-            "optimizer state MiB",
-        ],
-        rows,
-    )
-
-
 def part_optim(out: dict, steps: int = 30) -> str:
     from tunesmith.config.schema import TrainConfig
     from tunesmith.methods import apply_method
@@ -366,19 +218,6 @@ def part_optim(out: dict, steps: int = 30) -> str:
     return table(["step", "AdamW loss", "8-bit AdamW loss", "difference"], rows) + summary
 
 
-def loss_table(out: dict) -> str:
-    runs = {
-        k: v["losses"]
-        for k, v in out.get("train", {}).items()
-        if "losses" in v and "fixed" not in k
-    }
-    if not runs:
-        return ""
-    names = list(runs)
-    rows = [[i + 1, *(f"{runs[n][i]:.4f}" for n in names)] for i in range(len(runs[names[0]]))]
-    return table(["step", *names], rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="error,bytes,ppl,optim,train")
@@ -395,11 +234,7 @@ def main() -> None:
         help="torch threads (1: steady timings on a shared machine, where OpenMP threads spin)",
     )
     parser.add_argument("--json", help="also write every number to this JSON file")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
     torch.set_num_threads(args.threads)
     out = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": args.threads}
     parts = {

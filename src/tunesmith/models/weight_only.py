@@ -53,7 +53,9 @@ class Int8WeightLinear(nn.Module):
         """The kernel's rows back in x's shape and dtype (the kernel may compute in another)."""
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        out = out.view(*x.shape[:-1], self.out_features)
+        # Checked first: ~200 layers a decode step, and .to costs a dispatch even when a no-op.
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
         """(out, in) fp32, what adapters that need the base weight read."""

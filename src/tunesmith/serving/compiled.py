@@ -73,8 +73,8 @@ class CompiledBlocks:
         self._ready = threading.Event()
         self.error: Optional[str] = None
 
-    @classmethod
-    def fits(cls, lean: LeanDecoder) -> bool:
+    @staticmethod
+    def fits(lean: LeanDecoder) -> bool:
         """True for blocks whose every projection is a plain (or int8/int4) linear layer."""
         if not all(hasattr(block.mlp, n) for block in lean.blocks for n in MLP):
             return False
@@ -91,7 +91,7 @@ class CompiledBlocks:
         try:
             with torch.inference_mode():
                 for batch in (1, WARM_BATCH):
-                    self._call(*self._inputs(batch, WARM_CACHE))
+                    self._run(*self._inputs(batch, WARM_CACHE))
                 ok = self.verify()
         except Exception as e:  # no C++ compiler, an op inductor cannot take: stay eager
             self.error = f"{type(e).__name__}: {e}"
@@ -117,7 +117,7 @@ class CompiledBlocks:
         want = lean.head(
             lean.norm(run_blocks(lean.blocks, lean.shape, x, cos, sin, *cache, keep)[0])
         )
-        got = lean.head(lean.norm(self._call(x, cos, sin, *cache, keep)[0]))
+        got = lean.head(lean.norm(self._run(x, cos, sin, *cache, keep)[0]))
         worst, scale = float((want - got).abs().max()), max(1.0, float(want.abs().max()))
         if worst > PROBE_TOLERANCE.get(x.dtype, 5e-2) * scale:
             self.error = f"compiled blocks' logits differ from the eager ones' by {worst:.3g}"
@@ -136,10 +136,7 @@ class CompiledBlocks:
 
     def __call__(self, x, cos, sin, keys, values, keep):
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return self._call(x, cos, sin, keys, values, keep)
-
-    def _call(self, x, cos, sin, keys, values, keep):
-        return self._run(x, cos, sin, keys, values, keep)
+            return self._run(x, cos, sin, keys, values, keep)
 
     def _blocks(self, x, cos, sin, keys, values, keep):
         return run_blocks(self.lean.blocks, self.lean.shape, x, cos, sin, keys, values, keep)

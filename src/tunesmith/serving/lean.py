@@ -120,7 +120,7 @@ def _attention(attn, shape: HeadShape, h, cos, sin, keys, values, keep):
     values = torch.cat([values, v], dim=2)
     # One query row per head against the cache, the query heads of a kv head stacked as rows.
     # In fp32: CPU bf16 matmuls on shapes this small run ~2x slower than fp32 ones, more than
-    # the casts cost (batch-1 int4 decode: +8 % tokens/s).
+    # the casts cost (batch-1 int4 decode: +10 % tokens/s).
     q = _rotate(q, cos, sin).float().reshape(b, kv_heads, heads // kv_heads, dim) * attn.scaling
     scores = torch.matmul(q, keys.float().transpose(-1, -2))  # (B, Hkv, G, T)
     if keep is not None:

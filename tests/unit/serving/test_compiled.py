@@ -72,7 +72,7 @@ def test_an_adapter_loaded_after_compiling_sends_decoding_back_to_the_eager_step
 def test_compiled_blocks_that_differ_are_not_used():
     model = tiny_llama()
     compiled = CompiledBlocks(LeanDecoder.build(model))
-    real = compiled._call
-    compiled._call = lambda *args: (lambda x, k, v: (x + 1.0, k, v))(*real(*args))
+    real = compiled._run
+    compiled._run = lambda *args: (lambda x, k, v: (x + 1.0, k, v))(*real(*args))
     assert not compiled.prepare() and not compiled.usable()
     assert "differ" in compiled.error
