@@ -9,6 +9,9 @@ A checkpoint directory holds three files:
 - state.json: the rest (param groups, per-parameter numbers, scheduler state, loop position, RNG
   numbers, the objective's own state when it has one, e.g. PPO's adaptive KL coefficient) and a
   manifest (dtype, shape) of the tensors in state.safetensors.
+Under FSDP, shards/ takes the place of trainable.safetensors: every rank's shards of the trainable
+parameters and of the optimizer state's tensors (checkpoint_shards.py); state.json lists its files
+and tensors, and state.safetensors holds the rest. Either kind loads on any number of processes.
 
 Notable:
 - A save writes a temp directory and swaps it in with renames: checkpoints/last becomes
@@ -25,8 +28,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..errors import CheckpointError, TunesmithError
 from ..utils.files import fsync_dir, fsync_file, replace_dir, write_synced
@@ -42,6 +47,7 @@ from .checkpoint_checks import (  # noqa: F401  (FILES, FORMAT ... are this modu
     FILES,
     FORMAT,
     LAST,
+    OPTIMIZER,
     PREVIOUS,
     STATE,
     TENSORS,
@@ -51,6 +57,14 @@ from .checkpoint_checks import (  # noqa: F401  (FILES, FORMAT ... are this modu
     _check_weights,
     _Damaged,
     _rebuild_optimizer,
+)
+from .checkpoint_shards import (
+    SHARDS,
+    check_shards,
+    manifest,
+    read_shards,
+    stand_ins,
+    write_shards,
 )
 
 log = logging.getLogger(__name__)
@@ -71,10 +85,13 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint to `path`; when `path` is checkpoints/last, the old one becomes previous/.
 
+    Call it on rank 0; under FSDP (DTensor parameters) on every rank: each writes its shards of the
+    parameters and the optimizer state to shards/ (checkpoint_shards), rank 0 the rest.
     position: the loop position (plain JSON values); rng: the RNG state to restore on resume
-    (default: the current one), or a list of them, one per rank; objective_state: the objective's state_dict() (plain JSON values),
-    if it has one; method_state: an object whose state_dict() gives tensors (registry.MethodStates). Raises CheckpointError when a file cannot be written (disk full:
-    the previous checkpoint stays loadable) or a state value would need pickle.
+    (default: the current one), or a list of them, one per rank; objective_state: the objective's
+    state_dict() (plain JSON values), if it has one; method_state: an object whose state_dict()
+    gives tensors (registry.MethodStates). Raises CheckpointError when a file cannot be written
+    (disk full: the previous checkpoint stays loadable) or a state value would need pickle.
     """
     state, tensors = _to_plain(path, optimizer, scheduler, position, rng or rng_state())
     if objective_state is not None:
@@ -84,21 +101,63 @@ def save_checkpoint(
             f"{METHOD}{k}": v.detach().contiguous() for k, v in method_state.state_dict().items()
         }
         tensors.update(extra)
-        state["tensors"].update(
-            {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in extra.items()}
-        )
+        state["tensors"].update(manifest(extra))
+    if any(isinstance(p, DTensor) for p in named_params.values()):
+        _save_sharded(path, named_params, tensors, state)
+        return
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_strays(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        _write(tmp, named_params, tensors, state)
+        tmp = _temp_dir(path)
+        _write(tmp, {WEIGHTS: named_params, TENSORS: tensors}, state)
         replace_dir(tmp, path, keep=_keep_for(path))
     except (OSError, SafetensorError) as e:
         raise CheckpointError(_write_failure(path, e)) from None
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_sharded(path: Path, named_params: dict, tensors: dict, state: dict) -> None:
+    """save_checkpoint on every rank of an FSDP run; all of them raise when any write failed."""
+    main = dist.get_rank() == 0
+    shards = {n: p.detach() for n, p in named_params.items()}
+    shards.update({k: tensors.pop(k) for k in [k for k in tensors if k.startswith(OPTIMIZER)]})
+    state["tensors"] = manifest(tensors)
+    tmp, error = None, None
+    if main:
+        try:
+            tmp = _temp_dir(path)
+        except OSError as e:
+            error = _write_failure(path, e)
+    tmp, error = _from_rank0((tmp, error))  # the others write into rank 0's temp dir
+    if error is not None:
+        raise CheckpointError(error)
+    try:
+        listing = write_shards(tmp / SHARDS, shards)
+        if main:
+            fsync_dir(tmp / SHARDS)
+            _write(tmp, {TENSORS: tensors}, {**state, "shards": listing})
+            replace_dir(tmp, path, keep=_keep_for(path))
+    except (OSError, SafetensorError) as e:
+        error = _write_failure(path, e)
+    finally:
+        if main and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    error = _from_rank0(error)  # rank 0 sees every rank's failure (DCP gathers them)
+    if error is not None:
+        raise CheckpointError(error)
+
+
+def _from_rank0(value):
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _temp_dir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_strays(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
 
 
 def _to_plain(path: Path, optimizer, scheduler, position: dict, rng) -> tuple[dict, dict]:
@@ -110,7 +169,7 @@ def _to_plain(path: Path, optimizer, scheduler, position: dict, rng) -> tuple[di
         names, values = [], {}
         for name, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.state.{index}.{name}"] = value.detach().contiguous()
+                tensors[f"{OPTIMIZER}{index}.{name}"] = value.detach().contiguous()
                 names.append(name)
             else:
                 values[name] = value
@@ -133,7 +192,7 @@ def _to_plain(path: Path, optimizer, scheduler, position: dict, rng) -> tuple[di
         "scheduler": scheduler.state_dict(),
         "rng": rng_plain,
         "rank_rngs": ranks_plain,
-        "tensors": {k: {"dtype": str(t.dtype), "shape": list(t.shape)} for k, t in tensors.items()},
+        "tensors": manifest(tensors),
     }
     return _plain(state, path, "state"), tensors
 
@@ -153,11 +212,11 @@ def _plain(value, path: Path, where: str):
     )
 
 
-def _write(tmp: Path, named_params: dict, tensors: dict, state: dict) -> None:
-    save_file({k: v.detach().contiguous() for k, v in named_params.items()}, str(tmp / WEIGHTS))
-    _check_written(tmp / WEIGHTS)
-    save_file(tensors, str(tmp / TENSORS))
-    _check_written(tmp / TENSORS)
+def _write(tmp: Path, files: dict, state: dict) -> None:
+    """files: {file name: tensors to write to it}; then state.json."""
+    for name, tensors in files.items():
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / name))
+        _check_written(tmp / name)
     write_synced(tmp / STATE, json.dumps(state).encode())
     fsync_dir(tmp)
 
@@ -185,10 +244,12 @@ def _keep_for(path: Path) -> Path | None:
 def _looks_sound(path: Path) -> bool:
     # Cheap checks only (safetensors headers, the small JSON); a full read is left to load time.
     try:
-        for name in (WEIGHTS, TENSORS):
+        state = _read_json(path)
+        for name in (TENSORS,) if SHARDS in state else (WEIGHTS, TENSORS):
             with safe_open(str(path / name), framework="pt"):
                 pass
-        _read_json(path)
+        if SHARDS in state:
+            check_shards(path, state[SHARDS])
     except (OSError, SafetensorError, _Damaged):
         return False
     return True
@@ -297,21 +358,22 @@ def _backup_of(path: Path) -> Path | None:
 
 def _read(path: Path, named_params: dict, optimizer) -> dict:
     """Read and check every file of the checkpoint at `path`; nothing is modified yet."""
-    for name in FILES:
-        if not (path / name).is_file():
-            if name == STATE and (path / "state.pt").is_file():
-                raise _Damaged(
-                    path,
-                    "it was written by an older version (state.pt, a pickle), which is no longer read",
-                )
-            raise _Damaged(path, f"{name} is missing")
-        if (path / name).stat().st_size == 0:
-            raise _Damaged(path, f"{name} is empty (0 bytes)")
+    _check_file(path, STATE)
+    _check_file(path, TENSORS)
     state = _read_json(path)
-    weights, tensors = _read_tensors(path, WEIGHTS), _read_tensors(path, TENSORS)
+    tensors = _read_tensors(path, TENSORS)
     _check_manifest(path, state["tensors"], tensors)
-    _check_weights(path, weights, named_params)
     _check_optimizer(path, state["optimizer"], optimizer)
+    if SHARDS in state:  # written under FSDP
+        shards = check_shards(path, state[SHARDS])
+        weight_keys = [k for k in shards if not k.startswith(OPTIMIZER)]
+        _check_weights(path, stand_ins({k: shards[k] for k in weight_keys}), named_params)
+        tensors.update(read_shards(path, shards, named_params, optimizer))
+        weights = {k: tensors.pop(k) for k in weight_keys}
+    else:
+        _check_file(path, WEIGHTS)
+        weights = _read_tensors(path, WEIGHTS)
+        _check_weights(path, weights, named_params)
     try:
         opt_state = _rebuild_optimizer(state["optimizer"], tensors, optimizer)
         rng = join_rng_state(state["rng"], tensors)
@@ -335,6 +397,18 @@ def _read(path: Path, named_params: dict, optimizer) -> dict:
         "objective": state.get("objective"),
         "method": _prefixed(tensors, METHOD),
     }
+
+
+def _check_file(path: Path, name: str) -> None:
+    if not (path / name).is_file():
+        if name == STATE and (path / "state.pt").is_file():
+            raise _Damaged(
+                path,
+                "it was written by an older version (state.pt, a pickle), which is no longer read",
+            )
+        raise _Damaged(path, f"{name} is missing")
+    if (path / name).stat().st_size == 0:
+        raise _Damaged(path, f"{name} is empty (0 bytes)")
 
 
 def _read_json(path: Path) -> dict:
@@ -374,7 +448,12 @@ def _prefixed(tensors: dict, prefix: str) -> dict:
 def _apply(ckpt: dict, named_params: dict, optimizer, scheduler, rank: int = 0) -> dict:
     with torch.no_grad():
         for name, p in named_params.items():
-            p.copy_(ckpt["weights"][name])
+            p.copy_(_laid_out_like(ckpt["weights"][name], p))
+    live = [p for group in optimizer.param_groups for p in group["params"]]  # the state's order
+    for index, entries in ckpt["optimizer"]["state"].items():
+        like = live[index] if 0 <= index < len(live) else None  # load_state_dict judges the rest
+        for key, value in entries.items():
+            entries[key] = _laid_out_like(value, like)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])
@@ -383,3 +462,13 @@ def _apply(ckpt: dict, named_params: dict, optimizer, scheduler, rank: int = 0) 
     elif rank > 0:  # more ranks than the run that wrote it: a seed of its own, still reproducible
         seed_everything(int(torch.randint(2**31, (1,))) + rank)
     return ckpt["position"]
+
+
+def _laid_out_like(value, like):
+    """`value` as the live `like` is laid out: under FSDP a whole tensor of `like`'s shape (read
+    from an unsharded checkpoint) becomes this rank's shard; anything else stays as it is."""
+    whole = isinstance(value, torch.Tensor) and not isinstance(value, DTensor)
+    if not (isinstance(like, DTensor) and whole and value.shape == like.shape):
+        return value
+    # src_data_rank=None: every rank holds the whole tensor and keeps its part; no scatter.
+    return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None)

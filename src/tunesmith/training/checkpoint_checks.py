@@ -8,8 +8,9 @@ from ..errors import CheckpointError
 
 FORMAT = "tunesmith-checkpoint/1"
 WEIGHTS, TENSORS, STATE = "trainable.safetensors", "state.safetensors", "state.json"
-FILES = (WEIGHTS, TENSORS, STATE)
+FILES = (WEIGHTS, TENSORS, STATE)  # of an unsharded checkpoint; under FSDP shards/ replaces WEIGHTS
 LAST, PREVIOUS = "last", "previous"
+OPTIMIZER = "optimizer.state."  # key prefix of the optimizer state's tensors
 _KEYS = ("format", "position", "optimizer", "scheduler", "rng", "tensors")
 
 
@@ -92,7 +93,7 @@ def _rebuild_optimizer(saved: dict, tensors: dict, optimizer) -> dict:
     for index, entry in saved["state"].items():
         values = dict(entry["values"])
         for name in entry["tensors"]:
-            values[name] = tensors[f"optimizer.state.{index}.{name}"]
+            values[name] = tensors[f"{OPTIMIZER}{index}.{name}"]
         per_param[int(index)] = values
     # JSON turned tuples (betas) into lists; give back the types the live groups use.
     groups = [

@@ -13,11 +13,12 @@ Notable:
 - Between steps the parameters stay sharded; evaluation and the saves at the best validation loss
   run on whole weights (full_weights), and after train() the model is whole again (finish), so
   the tasks' own evaluation and adapter saving work unchanged.
-- Checkpoints: the trained parameters and optimizer state are gathered to whole tensors and rank 0
-  writes the usual safetensors checkpoint; on resume every rank reads it and keeps its shard, so a
-  checkpoint resumes with any number of processes. torch.distributed.checkpoint's own sharded
-  files are pickles, which tunesmith does not load (tests/unit/test_no_pickle.py); the price is
-  that saving holds the whole trained state (x3 with AdamW) on rank 0 for a moment.
+- Checkpoints are sharded: every rank writes its shards of the trained parameters and of the
+  optimizer state with torch.distributed.checkpoint's safetensors writer (checkpoint_shards.py),
+  rank 0 the small rest; nothing is gathered. A resume reads each rank's parts back and reshards,
+  so a checkpoint resumes with any number of processes; one written by a single process is read
+  whole on every rank, which keeps its part. checkpoint.py does both; this class only has every
+  rank take part in the save.
 """
 
 import contextlib
@@ -27,11 +28,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 
 from ..errors import ConfigError
 from ..methods.base import base_parameter_paths, rebind_base_parameters
 from ..utils.modules import transformer_blocks
+from ..utils.seeding import rng_state
 from .distributed import DataParallel, LossModule, collective
 
 
@@ -88,31 +90,10 @@ class FullyShardedParallel(DataParallel):
             unit.set_reshard_after_forward(False)  # stay whole through the forwards that follow
         rebind_base_parameters(self.model, self.base_paths)  # the whole parameters now
 
-    def save(self, save_fn, path, params: dict, optimizer, *rest) -> None:
-        # Every rank takes part in the gathers, in the same order; rank 0 writes.
-        whole = {n: _whole(p.detach()) for n, p in params.items()}
-        state = optimizer.state_dict()
-        state["state"] = {
-            i: {k: _whole(v) for k, v in s.items()} for i, s in state["state"].items()
-        }
-        super().save(save_fn, path, whole, _named_like(optimizer, state), *rest)
-
-    def load(self, path, params: dict, optimizer, scheduler, state, load_fn) -> dict:
-        whole = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in params.items()}
-        view = _named_like(optimizer, None)
-        position = load_fn(path, whole, view, scheduler, state, rank=self.rank)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(_shard_like(whole[name], p))
-        live = [p for group in optimizer.param_groups for p in group["params"]]  # state's order
-        opt_state = view.loaded
-        for index, entries in opt_state["state"].items():
-            param = live[int(index)]
-            for key, value in entries.items():
-                if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(param.shape):
-                    entries[key] = _shard_like(value, param)
-        optimizer.load_state_dict(opt_state)
-        return position
+    def save(self, save_fn, path, params: dict, optimizer, scheduler, position, rng, state):
+        # Every rank writes its own shards (save_checkpoint sees the DTensors); rank 0 the rest.
+        rngs = rng if rng is not None else self.gather(rng_state())
+        save_fn(path, params, optimizer, scheduler, position, rngs, state)
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
@@ -130,32 +111,3 @@ def check_fsdp_settings(optimizer_name: str) -> None:
             f"train.optimizer={optimizer_name} keeps blockwise 8-bit state that FSDP cannot shard; "
             f"use train.optimizer=adamw with train.distributed.strategy=fsdp, or strategy=ddp"
         )
-
-
-def _whole(value):
-    return value.full_tensor() if isinstance(value, DTensor) else value
-
-
-def _shard_like(full: torch.Tensor, like) -> torch.Tensor:
-    if not isinstance(like, DTensor):
-        return full
-    return distribute_tensor(full.to(like.dtype), like.device_mesh, like.placements)
-
-
-def _named_like(optimizer, state):
-    """A stand-in for `optimizer` in the checkpoint code, with whole tensors: its class name (which
-    checkpoints record), its param groups, the gathered state_dict(); load_state_dict() keeps what
-    the checkpoint holds for sharding afterwards."""
-
-    class View:
-        param_groups = optimizer.param_groups
-        loaded = None
-
-        def state_dict(self):
-            return state
-
-        def load_state_dict(self, loaded):
-            View.loaded = loaded
-
-    View.__name__ = type(optimizer).__name__
-    return View()

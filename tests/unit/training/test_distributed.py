@@ -4,8 +4,11 @@ Each torchrun run starts two ranks that train a tiny random Llama (dist_worker.p
 one-process references run here, in the test process, through the same code.
 """
 
+import json
+import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +20,8 @@ from safetensors.torch import load_file
 
 from tests.tiny import tiny_llama
 from tests.unit.training import dist_worker
+from tunesmith.errors import TrainingError
+from tunesmith.training import checkpoint as ck
 from tunesmith.training.checkpoint import read_position
 
 WORKER = Path(dist_worker.__file__)
@@ -53,8 +58,6 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def losses(out: Path, method: str) -> list[float]:
-    import json
-
     lines = (out / method / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
 
@@ -115,17 +118,76 @@ def test_a_stalled_rank_makes_the_others_stop_after_the_timeout(tmp_path):
     assert seconds < 60  # not the stalled rank's 600 s
 
 
-def test_fsdp_checkpoints_resume_on_two_processes_and_on_one(tmp_path):
+def shard_file(rank: int) -> str:
+    """Rank `rank`'s file in a checkpoint directory (DCP numbers them from 1)."""
+    return f"shards/shard-{rank + 1:05d}-model-00001-of-00001.safetensors"
+
+
+def sharded_without_pickles(path: Path, ranks: int) -> None:
+    """Assert that the checkpoint at `path` holds each rank's shards, in JSON and safetensors files
+    that hold nothing else (a pickle would be a file of its own, or bytes the header does not
+    account for)."""
+    files = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file())
+    names = [shard_file(rank) for rank in range(ranks)]
+    assert files == sorted([ck.STATE, ck.TENSORS, *names])  # no trainable.safetensors
+    state = json.loads((path / ck.STATE).read_text())
+    largest = max(state["shards"]["tensors"].items(), key=lambda kv: math.prod(kv[1]["shape"]))
+    rows = largest[1]["shape"][0]
+    for rank, name in enumerate(names):
+        header = safetensors_header(path / name)
+        sharding = json.loads(header["__metadata__"]["DCP_SHARDING_INFO"])
+        # this rank's rows of the largest tensor only (FSDP shards dim 0)
+        assert header[largest[0]]["shape"][0] == rows // ranks
+        assert sharding[largest[0]]["saved_offsets"][0] == rank * rows // ranks
+
+
+def safetensors_header(file: Path) -> dict:
+    """The JSON header of a safetensors file, once checked to describe every byte after it."""
+    data = file.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + size])
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    assert 8 + size + max(ends) == len(data), file
+    return header
+
+
+def test_fsdp_checkpoints_are_sharded_and_resume_on_two_processes_and_on_one(tmp_path):
+    run, fsdp = ("--methods", "full", "--steps", "6", "--save-every", "2"), ("--strategy", "fsdp")
+    ok(torchrun(tmp_path / "whole", *run, *fsdp)[0])
+    kill = ("--fail-rank", "0", "--fail-step", "5", "--fail-how", "die")
+    assert torchrun(tmp_path / "cut", *run, *fsdp, *kill)[0].returncode != 0
+    checkpoints = tmp_path / "cut" / "full" / "checkpoints"
+    sharded_without_pickles(checkpoints / "last", ranks=2)
+    sharded_without_pickles(checkpoints / "previous", ranks=2)
+    for copy in ("cut_one", "cut_damaged"):
+        shutil.copytree(tmp_path / "cut", tmp_path / copy)
+    ok(torchrun(tmp_path / "cut", *run, *fsdp)[0])
+    assert resumed_from(tmp_path / "cut", "full") == 4
+    whole, resumed = weights(tmp_path / "whole", "full"), weights(tmp_path / "cut", "full")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     # One process at batch 8 takes the same global batches on from the 2 x 4 checkpoint at step 4.
-    run = ("--methods", "full", "--steps", "6", "--save-every", "2")
     one_process(tmp_path / "one", *run, "--batch-size", "8")
     reference = weights(tmp_path / "one", "full")
-    kill = ("--fail-rank", "0", "--fail-step", "5", "--fail-how", "die")
-    assert torchrun(tmp_path / "cut", *run, "--strategy", "fsdp", *kill)[0].returncode != 0
-    shutil.copytree(tmp_path / "cut", tmp_path / "cut_one")
-    ok(torchrun(tmp_path / "cut", *run, "--strategy", "fsdp")[0])
-    assert resumed_from(tmp_path / "cut", "full") == 4
-    assert max_diff(reference, weights(tmp_path / "cut", "full")) <= TOLERANCE
     one_process(tmp_path / "cut_one", *run, "--batch-size", "8")
     assert resumed_from(tmp_path / "cut_one", "full") == 4
     assert max_diff(reference, weights(tmp_path / "cut_one", "full")) <= TOLERANCE
+    # A lost shard file makes last/ unusable; the resume falls back to previous/ (step 2).
+    (tmp_path / "cut_damaged" / "full" / "checkpoints" / "last" / shard_file(1)).unlink()
+    one_process(tmp_path / "cut_damaged", *run, "--batch-size", "8")
+    assert resumed_from(tmp_path / "cut_damaged", "full") == 2
+    assert max_diff(reference, weights(tmp_path / "cut_damaged", "full")) <= TOLERANCE
+
+
+def test_a_one_process_checkpoint_resumes_on_two_fsdp_ranks(tmp_path):
+    run = ("--methods", "full", "--steps", "6", "--save-every", "2")
+    one_process(tmp_path / "one", *run, "--batch-size", "8")
+    with pytest.raises(TrainingError, match="injected failure at step 5"):
+        one_process(
+            tmp_path / "cut", *run, "--batch-size", "8", "--fail-rank", "0", "--fail-step", "5"
+        )
+    assert (tmp_path / "cut" / "full" / "checkpoints" / "last" / ck.WEIGHTS).is_file()  # whole
+    # Two ranks at batch 4 take the same global batches on; each keeps its part of the tensors.
+    ok(torchrun(tmp_path / "cut", *run, "--strategy", "fsdp")[0])
+    assert resumed_from(tmp_path / "cut", "full") == 4
+    resumed = weights(tmp_path / "cut", "full")
+    assert max_diff(weights(tmp_path / "one", "full"), resumed) <= TOLERANCE
