@@ -22,13 +22,14 @@ def micro_batches(
     skip: int,
     lengths: Optional[list[int]] = None,
     world: int = 1,
+    strata: Optional[list] = None,
 ) -> Iterator[tuple[int, int, list[int]]]:
     """(epoch, index in epoch, example indices of the global micro-batch: world x batch_size) from
-    `epoch`/`skip` on, forever (grouped by length when `lengths` is given). An epoch's last, short
+    `epoch`/`skip` on, forever (grouped by length when `lengths` is given, keeping `strata` mixed). An epoch's last, short
     micro-batch is skipped when it has fewer examples than there are ranks."""
     size = cfg.batch_size * world
     while True:
-        order = epoch_order(n, size, cfg.seed + epoch, lengths)
+        order = epoch_order(n, size, cfg.seed + epoch, lengths, strata)
         for i in range(skip, math.ceil(n / size)):
             batch = order[i * size : (i + 1) * size]
             if len(batch) >= world:

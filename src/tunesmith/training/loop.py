@@ -205,6 +205,7 @@ class _Loop:
             position.batch,
             self.objective.lengths,
             self.par.world,
+            self.objective.strata,
         )
         window = Window()
         while position.step < steps:

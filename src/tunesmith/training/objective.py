@@ -22,7 +22,8 @@ class Objective:
     (mean loss, number of terms, {metric: mean value}) when the task logs more than the loss
     (the loop averages those over the logging window, weighted by the term counts).
 
-    lengths: tokens per example, for data.group_by_length (None: seeded random order).
+    lengths: tokens per example, for data.group_by_length (None: seeded random order);
+    strata: a class per example that batches grouped by length keep mixed (None: length alone).
 
     updates (on-policy tasks: PPO, GRPO): updates(model, micro_batches) -> the micro-batches of
     each optimizer update the step takes, e.g. rollouts sampled from the model for the step's
@@ -50,6 +51,7 @@ class Objective:
     state: Optional[object] = field(default=None, repr=False)
     splittable: bool = False
     lr_scale: Optional[Callable[[str], float]] = field(default=None, repr=False)
+    strata: Optional[list] = field(default=None, repr=False)
 
     @staticmethod
     def tokens(batch: dict) -> int:

@@ -118,6 +118,32 @@ def test_group_by_length_keeps_every_example_once_and_cuts_padding():
     assert padded(epoch_order(1000, 8, 0, lengths)) < 0.6 * padded(epoch_order(1000, 8, 0))
 
 
+def test_grouping_by_length_with_strata_keeps_classes_mixed_in_every_batch():
+    # Spam-like data: class 1 is always longer than class 0, so length alone sorts by class.
+    gen = torch.Generator().manual_seed(2)
+    strata = [i % 2 for i in range(512)]
+    lengths = [
+        int(n) + 100 * s for n, s in zip(torch.randint(5, 60, (512,), generator=gen), strata)
+    ]
+    order = epoch_order(512, 8, 0, lengths, strata)
+    assert sorted(order) == list(range(512))
+    assert order == epoch_order(512, 8, 0, lengths, strata)
+    batches = [order[s : s + 8] for s in range(0, 512, 8)]
+    # Each window of 32 batches holds the classes about half and half (a random draw).
+    assert all(3 <= sum(strata[i] for i in batch) <= 5 for batch in batches)
+    by_length = epoch_order(512, 8, 0, lengths)
+    assert sum(len({strata[i] for i in by_length[s : s + 8]}) == 1 for s in range(0, 512, 8)) > 60
+
+    def padding(order, stratum):  # within a class, grouped batches still carry little padding
+        rows = [
+            [lengths[i] for i in order[s : s + 8] if strata[i] == stratum] for s in range(0, 512, 8)
+        ]
+        return sum(len(r) * max(r) - sum(r) for r in rows)
+
+    random_order = epoch_order(512, 8, 0)
+    assert padding(order, 0) < 0.3 * padding(random_order, 0)
+
+
 def test_packing_and_grouping_are_off_by_default():
     cfg = DataConfig()
     assert cfg.packing is False and cfg.group_by_length is False

@@ -145,9 +145,11 @@ def fit(
     progress: bool = False,
     lengths: Optional[list] = None,
     lr_scale: Optional[Callable[[str], float]] = None,
+    labels: Optional[list] = None,
 ) -> dict:
     """Run the training loop with a classification objective; returns steps and seconds.
-    lengths (tokens per example) groups batches by length when data.group_by_length is set;
+    lengths (tokens per example) groups batches by length when data.group_by_length is set,
+    with each batch's classes mixed as in the data when `labels` (one per example) are given;
     lr_scale(parameter name) -> multiplier of train.lr (Objective.lr_scale)."""
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(
@@ -161,6 +163,7 @@ def fit(
         lengths if cfg.data.group_by_length else None,
         splittable=True,
         lr_scale=lr_scale,
+        strata=labels,
     )
     result = train(model, examples, cfg.train, out, objective, evaluate=evaluate, progress=progress)
     return {

@@ -149,6 +149,7 @@ def fit_head(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bool =
         progress,
         lengths=[len(e.input_ids) for e in train_set],
         lr_scale=head_lr_scale(cfg.task.head_lr_multiplier),
+        labels=[e.label for e in splits.train],
     )
     save_trained(model, out)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

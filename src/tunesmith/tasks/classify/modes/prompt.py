@@ -253,6 +253,7 @@ def fit_prompt(cfg: RunConfig, splits: LabelledSplits, out: Path, progress: bool
             validation(predictor, splits, cfg, weight),
             progress=progress,
             lengths=[max(len(v.input_ids) for v in e.variants) for e in train_set],
+            labels=[e.label for e in splits.train],
         )
     )
     save_trained(lm, out)
