@@ -28,6 +28,7 @@ from ..evaluation.calibration import (
 )
 from ..evaluation.classification import classification_metrics, plot_confusion
 from ..tasks.classify.modes import get_mode, resolve
+from ..training.held_out import rows_over_ranks
 from ..utils.distributed import is_main_process
 from ..utils.files import atomic_write_text
 from ..utils.paths import ensure_output_dir, read_text
@@ -69,7 +70,10 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
         "val": splits.eval if trained else [],
         "test": splits.test,
     }
-    probs = {name: predictor.predict_proba(part) for name, part in parts.items() if part}
+    # Under torchrun each rank predicts its share of a split; every rank scores every row.
+    probs = {
+        name: rows_over_ranks(predictor.predict_proba, part) for name, part in parts.items() if part
+    }
     temperature = _calibrate(cfg, out, probs.get("val"), parts["val"], splits.labels, metrics)
     scored = {}
     for name, raw in probs.items():

@@ -15,6 +15,7 @@ from ..methods.io import CONFIG_NAME, load_adapter, save_adapter
 from ..models.frozen_weights import weights_for_evaluation
 from ..models.loading import load_configured_model
 from ..training import train
+from ..training.held_out import rank_share, summed_over_ranks
 from ..training.objective import WeightedMeans
 from ..training.plots import plot_loss_curve
 from ..utils.hardware import autocast
@@ -75,16 +76,19 @@ def collate_with_reference(examples: list[dict], pad_id: int) -> dict:
 @torch.no_grad()
 def held_out_means(model, pairs: list, cfg, collate_fn, loss_fn) -> dict:
     """Mean loss and metrics of loss_fn(model, batch, cfg) -> (loss, pairs, metrics) over `pairs`,
-    in eval mode, weighted by the pairs of each batch."""
+    in eval mode, weighted by the pairs of each batch. Under a process group every rank must call
+    it: each scores its share of the batches (whole batches, as one process forms them) and all get
+    the means over every pair."""
     model.eval()
     totals = WeightedMeans()
     batch_size = max(1, cfg.eval.batch_size // 2)  # two rows per pair
-    for start in range(0, len(pairs), batch_size):
-        batch = collate_fn(pairs[start : start + batch_size])
+    share = rank_share(pairs, batch_size)
+    for start in range(0, len(share), batch_size):
+        batch = collate_fn(share[start : start + batch_size])
         with autocast(cfg.train.precision):
             loss, n, metrics = loss_fn(model, batch, cfg)
         totals.add({"loss": float(loss), **metrics}, n)
-    return totals.means()
+    return summed_over_ranks(totals).means()
 
 
 def start_run(cfg: RunConfig) -> Path:

@@ -91,9 +91,11 @@ def train(
     """Train the parameters of `model` that require grad on `examples` with `objective`;
     checkpoints in out_dir/checkpoints.
 
-    evaluate() returns a dict with 'eval_loss'; on_best() is called when it improves. Micro-batches
-    are weighted by their loss-term counts. Raises TrainingError when the loss or the gradient norm
-    becomes NaN/inf (the last checkpoint is left as it was).
+    evaluate() returns a dict with 'eval_loss'; on_best() is called when it improves. Under torchrun
+    every rank calls evaluate() at the same steps, on whole weights, so it may split the held-out
+    examples across the ranks and sum what they score (held_out.py). Micro-batches are weighted by
+    their loss-term counts. Raises TrainingError when the loss or the gradient norm becomes NaN/inf
+    (the last checkpoint is left as it was).
     """
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("nothing to train: the method left no parameter with requires_grad")

@@ -4,27 +4,34 @@ torchrun in the distributed tests (or in-process for the one-process reference).
 Rank 0 writes the trained parameters (whole tensors) to OUT/<method>/weights.safetensors; several
 --methods train one after the other in the same processes (one start-up for all). --fail-step makes
 one rank fail at that step: raise (a clear error), die at once (a killed process) or stall.
+--eval-examples N validates on N held-out examples every 2 steps and after training; every rank
+appends what it computed to OUT/<method>/eval-rank<r>.jsonl.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from torch.nn.utils.rnn import pad_sequence  # noqa: E402
 
 from tests.tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 from tunesmith.config.schema import DistributedConfig, TrainConfig  # noqa: E402
 from tunesmith.data import encode_records  # noqa: E402
 from tunesmith.errors import TrainingError  # noqa: E402
+from tunesmith.evaluation import mean_loss  # noqa: E402
 from tunesmith.methods import apply_method  # noqa: E402
 from tunesmith.methods.full import FullConfig  # noqa: E402
 from tunesmith.methods.lora import LoraConfig  # noqa: E402
+from tunesmith.tasks.classify.modes.common import validation  # noqa: E402
 from tunesmith.training import sft_objective, train  # noqa: E402
 from tunesmith.training.distributed import distributed_run  # noqa: E402
 from tunesmith.utils.distributed import is_main_process, rank  # noqa: E402
@@ -44,14 +51,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--fail-rank", type=int, default=-1)
     p.add_argument("--fail-step", type=int, default=0)
     p.add_argument("--fail-how", choices=["raise", "die", "stall"], default="raise")
+    p.add_argument("--eval-examples", type=int, default=0)
     return p.parse_args(argv)
 
 
-def examples(n: int = 40):
+def examples(n: int = 40, first: int = 0):
     # Answers of different lengths, so ranks' micro-batches carry different numbers of loss terms.
     records = [
         {"instruction": f"count {i}", "output": "x" * (1 + i % 7), "_source": f"t:{i}"}
-        for i in range(n)
+        for i in range(first, first + n)
     ]
     return encode_records(records, tiny_tokenizer(), "auto", 64)[0]
 
@@ -80,6 +88,56 @@ def failing_objective(args):
     return objective
 
 
+class NextTokenClassifier:
+    """Three classes, scored by the logits of three token ids after each example's last token."""
+
+    labels, token_ids = ["a", "b", "c"], [5, 6, 7]
+
+    def __init__(self, net):
+        self.net = net
+
+    @torch.no_grad()
+    def predict_proba(self, examples: list):
+        ids = pad_sequence([torch.tensor(e.input_ids) for e in examples], batch_first=True)
+        mask = pad_sequence([torch.ones(len(e.input_ids)) for e in examples], batch_first=True)
+        logits = self.net(input_ids=ids, attention_mask=mask.long()).logits  # (N, T, V)
+        last = logits[torch.arange(len(examples)), mask.sum(1).long() - 1]  # (N, V)
+        return torch.softmax(last[:, self.token_ids].float(), -1).numpy()  # (N, 3)
+
+
+class Labelled:
+    def __init__(self, example, label: str):
+        self.input_ids, self.label = example.input_ids, label
+
+
+def evaluator(net, held: list, cfg: TrainConfig, out: Path):
+    """evaluate() for the loop: the LM loss of `held` in batches of 3 and a classification of it,
+    with the rows this rank's forwards saw (its share); each rank appends them to its file."""
+    splits = SimpleNamespace(eval=[Labelled(e, "abc"[i % 3]) for i, e in enumerate(held)])
+    classify = validation(NextTokenClassifier(net), splits, SimpleNamespace(train=cfg))
+    rows = {"n": 0}
+    net.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: rows.update(n=rows["n"] + inputs[0].shape[0])
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def evaluate() -> dict:
+        rows["n"] = 0
+        scores = classify()
+        metrics = {
+            "eval_loss": mean_loss(net, held, 0, batch_size=3),
+            "eval_class_loss": scores["eval_loss"],
+            "eval_accuracy": scores["eval_accuracy"],
+            "rows": rows["n"],
+        }
+        with open(out / f"eval-rank{rank()}.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        return metrics
+
+    return evaluate
+
+
 def run(args) -> None:
     torch.manual_seed(0)
     cfg = TrainConfig(
@@ -90,6 +148,7 @@ def run(args) -> None:
         warmup_steps=1,
         log_every=1,
         save_every=args.save_every,
+        eval_every=2 if args.eval_examples else 0,
         seed=11,
         precision="fp32",
         distributed=DistributedConfig(strategy=args.strategy, timeout=args.timeout, threads=1),
@@ -97,7 +156,11 @@ def run(args) -> None:
     with distributed_run(cfg.distributed):
         for method in args.methods.split(","):
             net, out = model(method, args.dropout), Path(args.out) / method
-            result = train(net, examples(), cfg, out, failing_objective(args))
+            held = examples(args.eval_examples, first=100) if args.eval_examples else []
+            evaluate = evaluator(net, held, cfg, out) if held else None
+            result = train(net, examples(), cfg, out, failing_objective(args), evaluate=evaluate)
+            if evaluate is not None:  # after training, on every rank, as a task's evaluation runs
+                evaluate()
             if is_main_process():
                 (out / "resumed_from").write_text(str(result.resumed_from))
                 weights = {n: p.detach().contiguous() for n, p in net.named_parameters()}

@@ -89,6 +89,41 @@ def test_two_processes_of_batch_4_equal_one_process_of_batch_8(tmp_path, strateg
         )
 
 
+def evaluations(out: Path) -> list[dict]:
+    """The evaluations rank 0 logged (metrics.jsonl): at steps 2 and 3."""
+    lines = (out / "lora" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"eval_loss"' in line]
+
+
+def rank_evaluations(out: Path, rank: int) -> list[dict]:
+    """What rank `rank` computed at steps 2 and 3 and after training."""
+    lines = (out / "lora" / f"eval-rank{rank}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_share_the_held_out_split_and_get_the_one_process_numbers(tmp_path, strategy):
+    # 7 held-out examples: the LM loss in batches of 3 splits 2 batches (6 examples) to 1 (1),
+    # the classification 4 examples to 3
+    run = ("--steps", "3", "--eval-examples", "7")
+    one_process(tmp_path / "one", *run, "--batch-size", "8")
+    ok(torchrun(tmp_path / "two", *run, "--strategy", strategy)[0])
+    keys = ("eval_loss", "eval_class_loss", "eval_accuracy")
+    alone, shared = evaluations(tmp_path / "one"), evaluations(tmp_path / "two")
+    assert [r["step"] for r in shared] == [r["step"] for r in alone] == [2, 3]
+    for a, b in zip(alone, shared):
+        assert {k: b[k] for k in keys} == pytest.approx({k: a[k] for k in keys}, rel=1e-6)
+    whole = rank_evaluations(tmp_path / "one", 0)
+    by_rank = [rank_evaluations(tmp_path / "two", r) for r in (0, 1)]
+    for r, records in enumerate(by_rank):
+        assert len(records) == len(whole) == 3
+        for a, b in zip(whole, records):
+            assert {k: b[k] for k in keys} == pytest.approx({k: a[k] for k in keys}, rel=1e-6), r
+    # each rank's forwards saw its share only: 7 + 7 rows in one process, 6 + 4 and 1 + 3 here
+    assert {rec["rows"] for rec in whole} == {14}
+    assert [{rec["rows"] for rec in records} for records in by_rank] == [{10}, {4}]
+
+
 def test_resume_after_a_killed_rank_is_bit_identical(tmp_path):
     # With dropout: each rank draws its own masks, so each rank's RNG state must come back.
     run = ("--steps", "6", "--save-every", "2", "--dropout", "0.2")

@@ -13,7 +13,9 @@ from tunesmith.errors import ConfigError
 from tunesmith.tasks import load_config
 from tunesmith.training.batches import micro_batches, total_steps
 from tunesmith.training.distributed import global_slice, resolve_backend
+from tunesmith.training.held_out import rank_share, share_bounds, summed_over_ranks
 from tunesmith.training.loop import LoopPosition, _rebased
+from tunesmith.training.objective import WeightedMeans
 
 
 def test_train_distributed_keys_are_read_checked_and_listed_in_help():
@@ -81,6 +83,30 @@ def test_a_tail_shorter_than_the_ranks_is_skipped_and_an_odd_one_cut():
     next(odd)
     tail = next(odd)[2]
     assert len(tail) == 3 and [len(global_slice(tail, r, 2)) for r in (0, 1)] == [1, 1]
+
+
+@pytest.mark.parametrize("n", [0, 1, 6, 7, 13])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_held_out_shares_are_disjoint_complete_whole_batches(n, batch_size, world):
+    shares = [share_bounds(n, batch_size, r, world) for r in range(world)]
+    assert [i for share in shares for i in share] == list(range(n))  # disjoint, complete, in order
+    assert all(share.start % batch_size == 0 for share in shares if share)  # whole batches
+    batches = [-(-len(share) // batch_size) for share in shares]
+    assert batches == sorted(batches, reverse=True) and batches[0] - batches[-1] <= 1
+
+
+def test_held_out_shares_of_7_examples_on_2_ranks_are_uneven():
+    assert [share_bounds(7, 1, r, 2) for r in (0, 1)] == [range(0, 4), range(4, 7)]
+    assert [share_bounds(7, 3, r, 2) for r in (0, 1)] == [range(0, 6), range(6, 7)]
+    assert [share_bounds(1, 3, r, 2) for r in (0, 1)] == [range(0, 1), range(1, 1)]
+
+
+def test_one_process_evaluates_the_whole_held_out_split():
+    examples, means = list(range(7)), WeightedMeans()
+    means.add({"loss": 2.0}, 3)
+    assert rank_share(examples, 3) is examples
+    assert summed_over_ranks(means) is means
 
 
 def test_a_checkpoint_resumes_at_the_same_example_with_another_world_size():

@@ -17,6 +17,7 @@ from ....methods import apply_method
 from ....models.prefix_cache import FINAL_NORMS
 from ....objectives.classification import weighted_cross_entropy
 from ....training import Objective, train
+from ....training.held_out import rows_over_ranks
 from ....utils.files import atomic_path
 from ....utils.hardware import autocast as precision_autocast
 from ....utils.modules import freeze, transformer_blocks
@@ -200,7 +201,8 @@ def validation(predictor, splits, cfg: RunConfig, weight=None) -> Optional[Calla
     y = torch.tensor([predictor.labels.index(e.label) for e in examples])
 
     def evaluate() -> dict:
-        probs = torch.from_numpy(predictor.predict_proba(examples))  # (N, K)
+        # each rank predicts its share; every rank scores all N rows, as one process would
+        probs = torch.from_numpy(rows_over_ranks(predictor.predict_proba, examples))  # (N, K)
         loss, _ = weighted_cross_entropy(torch.log(probs.clamp_min(1e-12)), y, weight)
         return {
             "eval_loss": loss.item(),
