@@ -77,14 +77,15 @@ def measure_memory(model, objective, cfg) -> dict:
 def worker(args) -> None:
     import torch
 
-    from tunesmith.api import load_model
     from tunesmith.config.schema import DistributedConfig, TrainConfig
     from tunesmith.data import encode_records
     from tunesmith.methods import apply_method
     from tunesmith.methods.full import FullConfig
     from tunesmith.methods.lora import LoraConfig
+    from tunesmith.models import load_base_model
+    from tunesmith.models.meta_init import real_new_parameters
     from tunesmith.training import sft_objective, train
-    from tunesmith.training.distributed import distributed_run
+    from tunesmith.training.distributed import distributed_run, shards_parameters
     from tunesmith.utils.distributed import is_main_process, world_size
     from tunesmith.utils.memory import peak_rss_mb
 
@@ -100,10 +101,12 @@ def worker(args) -> None:
     )
     with distributed_run(cfg.distributed):
         torch.set_num_threads(args.threads)
-        model, tok = load_model("default")
+        # as a recipe builds it: under FSDP on the meta device, each rank reading its shards
+        model, tok = load_base_model("default", on_meta=shards_parameters(cfg))
         EXAMPLES = encode_records(records(), tok, "auto", 128)[0]
         lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"])
-        apply_method(model, lora if args.method == "lora" else FullConfig())
+        with real_new_parameters():
+            apply_method(model, lora if args.method == "lora" else FullConfig())
         objective = sft_objective(tok.pad_token_id)
         if args.memory:
             row = measure_memory(model, objective, cfg)

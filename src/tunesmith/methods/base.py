@@ -86,6 +86,9 @@ class MethodSpec:
     # combine(model, adapters, weights, new_name, options) -> cfg of the new adapter (combine.py)
     combine: Optional[Callable] = None
     combinations: tuple = ()  # the combination names `combine` accepts (methods/combine.py)
+    # cfg -> bool: apply() reads no base weight values, so it works on a model whose parameters
+    # are on the meta device (loaded later, shard by shard, under FSDP); None: it may read them
+    applies_on_meta: Optional[Callable] = None
 
 
 def inject_adapter(

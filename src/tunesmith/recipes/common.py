@@ -8,9 +8,11 @@ from ..config.loader import save_config
 from ..config.schema import RunConfig
 from ..evaluation import generate
 from ..evaluation.metrics import check_available, generation_metrics
-from ..methods import apply_method
+from ..methods import apply_method, get_method
 from ..models.frozen_weights import weights_for_training
 from ..models.loading import load_configured_model
+from ..models.meta_init import real_new_parameters
+from ..training.distributed import shards_parameters
 from ..utils.distributed import is_main_process
 from ..utils.files import atomic_write_text
 from ..utils.memory import peak_rss_mb
@@ -20,13 +22,27 @@ from ..utils.paths import ensure_output_dir
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: RunConfig):
-    """(model with cfg.method applied, tokenizer)."""
-    model, tokenizer = load_configured_model(cfg.model)
-    apply_method(model, cfg.method)
+def build_model(cfg: RunConfig, meta_init: bool = False):
+    """(model with cfg.method applied, tokenizer).
+
+    meta_init: under FSDP, and for a method that applies to a meta model (its spec's
+    applies_on_meta), build the base on the meta device so that each rank reads only its shards
+    when training shards the model (no rank holds the whole model). Only for a recipe that uses
+    the model first in train(): until then its base weights have no values.
+    """
+    on_meta = meta_init and _applies_on_meta(cfg)
+    model, tokenizer = load_configured_model(cfg.model, on_meta=on_meta)
+    with real_new_parameters():  # a meta base: the method's own parameters get their values
+        apply_method(model, cfg.method)
     weights_for_training(model, cfg.model.dtype, cfg.train.precision)
     log_parameters(model, f"method {cfg.method.name}")
     return model, tokenizer
+
+
+def _applies_on_meta(cfg: RunConfig) -> bool:
+    # Under FSDP, and for a method whose application needs no base weight values.
+    applies = get_method(cfg.method.name).applies_on_meta
+    return shards_parameters(cfg.train) and applies is not None and applies(cfg.method)
 
 
 def log_parameters(model, what: str) -> tuple[int, int]:

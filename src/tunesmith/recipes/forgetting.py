@@ -164,6 +164,13 @@ def lwf_divergence(model, batch: dict) -> torch.Tensor:
     return loss
 
 
+def uses_weights_before_training(cfg) -> bool:
+    """Whether the measure or the remedies read the model before the loop starts: the perplexity
+    before training, the start anchor (L2-SP, EWC and its Fisher) and LwF's start outputs."""
+    t = cfg.train
+    return bool(cfg.eval.general_data or t.l2sp_lambda or t.ewc_lambda or t.lwf_lambda)
+
+
 def with_remedies(cfg, model, tokenizer, objective: Objective, general: list) -> Objective:
     """The objective with train.l2sp_lambda, train.ewc_lambda and train.lwf_lambda added to its
     loss (unchanged when all are 0). general: encoded general texts for the EWC Fisher."""

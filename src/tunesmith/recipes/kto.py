@@ -30,7 +30,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     """Train cfg.method with the KTO loss; metrics.json has the held-out split's kl,
     rewards/chosen and rewards/rejected (desirable / undesirable), logps and their margin."""
     start_run(cfg)
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = build_model(cfg, meta_init=True)
     splits = load_kto_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     objective = Objective(partial(collate_kto, pad_id=pad), partial(kto_batch_loss, cfg=cfg))

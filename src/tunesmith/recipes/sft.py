@@ -13,7 +13,13 @@ from ..methods.io import save_adapter
 from ..training import sft_objective, train
 from ..training.plots import plot_loss_curve
 from .common import build_model, generation_scores, training_summary, write_outputs
-from .forgetting import ForgettingMeter, general_for_fisher, mix_replay, with_remedies
+from .forgetting import (
+    ForgettingMeter,
+    general_for_fisher,
+    mix_replay,
+    uses_weights_before_training,
+    with_remedies,
+)
 from .preference_common import start_run
 
 log = logging.getLogger(__name__)
@@ -26,7 +32,7 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     samples.jsonl, loss_curve.png, checkpoints/last and best/ (adapter at the best eval loss).
     """
     start_run(cfg)
-    model, tokenizer = build_model(cfg)
+    model, tokenizer = build_model(cfg, meta_init=not uses_weights_before_training(cfg))
     splits = load_splits(cfg.data, tokenizer, cfg.train.seed)
     splits.train = mix_replay(splits.train, cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id

@@ -224,9 +224,14 @@ def _is_comm_failure(e: RuntimeError) -> bool:
     )
 
 
+def shards_parameters(cfg: TrainConfig) -> bool:
+    """Whether this run's parameters will be sharded (FSDP on several processes)."""
+    return env.world_size() > 1 and cfg.distributed.strategy == "fsdp"
+
+
 def parallel_for(model: nn.Module, objective, cfg: TrainConfig) -> SingleProcess:
     """The data-parallel strategy of this run (SingleProcess when it has one process)."""
-    device = next(model.parameters()).device.type
+    device = _device_of(model)
     if not init_process_group(cfg.distributed, device):
         return SingleProcess(model, objective)
     if env.rank() > 0:  # dropout and sampling draw other numbers on each rank (rank 0's as alone)
@@ -237,6 +242,12 @@ def parallel_for(model: nn.Module, objective, cfg: TrainConfig) -> SingleProcess
         check_fsdp_settings(cfg.optimizer)
         return FullyShardedParallel(model, objective, device)
     return DataParallel(model, objective)
+
+
+def _device_of(model: nn.Module) -> str:
+    device = next(model.parameters()).device.type
+    # A model built on the meta device (models/meta_init.py) gets its shards in CPU memory.
+    return "cpu" if device == "meta" else device
 
 
 def global_slice(indices: list[int], rank: int, world: int) -> Optional[list[int]]:

@@ -19,6 +19,9 @@ Notable:
   so a checkpoint resumes with any number of processes; one written by a single process is read
   whole on every rank, which keeps its part. checkpoint.py does both; this class only has every
   rank take part in the save.
+- A model built on the meta device (model loading under FSDP, models/meta_init.py) is sharded
+  empty, then each rank reads its own shards from the model's safetensors files
+  (sharded_load.py): no rank holds the whole model, at load time either.
 """
 
 import contextlib
@@ -35,6 +38,7 @@ from ..methods.base import base_parameter_paths, rebind_base_parameters
 from ..utils.modules import transformer_blocks
 from ..utils.seeding import rng_state
 from .distributed import DataParallel, LossModule, collective
+from .sharded_load import copy_meta_originals, fill_meta_shards
 
 
 class FullyShardedParallel(DataParallel):
@@ -48,7 +52,9 @@ class FullyShardedParallel(DataParallel):
         for block in _blocks(model):
             fully_shard(block, mesh=mesh)
         fully_shard(self.root, mesh=mesh)
+        fill_meta_shards(model)  # a model built on the meta device reads its shards now
         rebind_base_parameters(model, self.base_paths)
+        copy_meta_originals(model)
         self.units = [m for m in self.root.modules() if isinstance(m, FSDPModule)]
         for unit in self.units:
             unit.set_gradient_divide_factor(1.0)

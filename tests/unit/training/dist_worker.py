@@ -6,6 +6,9 @@ Rank 0 writes the trained parameters (whole tensors) to OUT/<method>/weights.saf
 one rank fail at that step: raise (a clear error), die at once (a killed process) or stall.
 --eval-examples N validates on N held-out examples every 2 steps and after training; every rank
 appends what it computed to OUT/<method>/eval-rank<r>.jsonl.
+--load-dir loads the base from a model directory instead (on the meta device under FSDP, each
+rank reading its shards); --dump-loaded first writes each method's model as loaded and sharded
+(whole parameters and the logits of a fixed input) to OUT/<method>/loaded.safetensors.
 """
 
 import argparse
@@ -31,9 +34,15 @@ from tunesmith.evaluation import mean_loss  # noqa: E402
 from tunesmith.methods import apply_method  # noqa: E402
 from tunesmith.methods.full import FullConfig  # noqa: E402
 from tunesmith.methods.lora import LoraConfig  # noqa: E402
+from tunesmith.models.loading import load_base_model  # noqa: E402
+from tunesmith.models.meta_init import real_new_parameters  # noqa: E402
 from tunesmith.tasks.classify.modes.common import validation  # noqa: E402
 from tunesmith.training import sft_objective, train  # noqa: E402
-from tunesmith.training.distributed import distributed_run  # noqa: E402
+from tunesmith.training.distributed import (  # noqa: E402
+    distributed_run,
+    parallel_for,
+    shards_parameters,
+)
 from tunesmith.utils.distributed import is_main_process, rank  # noqa: E402
 
 
@@ -52,6 +61,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--fail-step", type=int, default=0)
     p.add_argument("--fail-how", choices=["raise", "die", "stall"], default="raise")
     p.add_argument("--eval-examples", type=int, default=0)
+    p.add_argument("--load-dir", help="a model directory to load the base from")
+    p.add_argument("--dump-loaded", action="store_true")
     return p.parse_args(argv)
 
 
@@ -64,10 +75,29 @@ def examples(n: int = 40, first: int = 0):
     return encode_records(records, tiny_tokenizer(), "auto", 64)[0]
 
 
-def model(method: str, dropout: float = 0.0):
+def model(method: str, dropout: float = 0.0, load_dir=None, train_cfg=None):
     lora = LoraConfig(r=4, target_modules="all-linear", dropout=dropout)
     cfg = lora if method == "lora" else FullConfig()
-    return apply_method(tiny_llama(seed=3), cfg)
+    if load_dir is None:
+        return apply_method(tiny_llama(seed=3), cfg)
+    torch.manual_seed(3)  # the method's initialisation draws as after tiny_llama(seed=3)
+    base, _ = load_base_model(load_dir, on_meta=shards_parameters(train_cfg))
+    with real_new_parameters():
+        return apply_method(base, cfg)
+
+
+def dump_loaded(args, cfg: TrainConfig, method: str, out: Path) -> None:
+    """The model as loaded and (under FSDP) sharded, gathered whole: parameters and logits."""
+    net = model(method, load_dir=args.load_dir, train_cfg=cfg)
+    on_meta = any(p.is_meta for p in net.parameters())
+    parallel_for(net, sft_objective(pad_id=0), cfg).finish()
+    with torch.no_grad():  # on every rank: the forward runs the blocks' FSDP hooks
+        logits = net(torch.arange(24).view(2, 12)).logits  # (2, 12, vocab)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().contiguous() for n, p in net.named_parameters()}
+        save_file({**tensors, "logits": logits}, str(out / "loaded.safetensors"))
+        (out / "built_on_meta").write_text(str(int(on_meta)))
 
 
 def failing_objective(args):
@@ -155,7 +185,10 @@ def run(args) -> None:
     )
     with distributed_run(cfg.distributed):
         for method in args.methods.split(","):
-            net, out = model(method, args.dropout), Path(args.out) / method
+            if args.dump_loaded:
+                dump_loaded(args, cfg, method, Path(args.out) / method)
+            net = model(method, args.dropout, args.load_dir, cfg)
+            out = Path(args.out) / method
             held = examples(args.eval_examples, first=100) if args.eval_examples else []
             evaluate = evaluator(net, held, cfg, out) if held else None
             result = train(net, examples(), cfg, out, failing_objective(args), evaluate=evaluate)

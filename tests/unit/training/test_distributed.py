@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny import tiny_llama
+from tests.tiny import tiny_llama, tiny_tokenizer
 from tests.unit.training import dist_worker
 from tunesmith.errors import TrainingError
 from tunesmith.training import checkpoint as ck
@@ -87,6 +87,23 @@ def test_two_processes_of_batch_4_equal_one_process_of_batch_8(tmp_path, strateg
         assert losses(tmp_path / "two", method) == pytest.approx(
             losses(tmp_path / "one", method), abs=TOLERANCE
         )
+
+
+def test_a_meta_initialised_fsdp_model_loads_and_trains_as_a_normal_load(tmp_path):
+    saved = tmp_path / "model"  # a safetensors directory, as the embedded model's cache copy
+    tiny_llama(seed=3).save_pretrained(saved)
+    tiny_tokenizer().save_pretrained(saved)
+    run = ("--methods", "lora,full", "--load-dir", str(saved), "--dump-loaded")
+    one_process(tmp_path / "one", *run, "--batch-size", "8")
+    ok(torchrun(tmp_path / "two", *run, "--strategy", "fsdp")[0])
+    for method in ("lora", "full"):
+        one, two = tmp_path / "one" / method, tmp_path / "two" / method
+        assert [(d / "built_on_meta").read_text() for d in (one, two)] == ["0", "1"]
+        loaded = [load_file(str(d / "loaded.safetensors")) for d in (one, two)]
+        assert max_diff(*loaded) <= 1e-6, method  # parameters (LoRA's seeded init too), logits
+        assert max_diff(weights(tmp_path / "one", method), weights(tmp_path / "two", method)) <= (
+            TOLERANCE
+        ), method
 
 
 def evaluations(out: Path) -> list[dict]:

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny_llama, tiny_tokenizer
 from tunesmith.cli.launch import launch, torchrun_command
 from tunesmith.cli.main import build_parser
 from tunesmith.config.schema import TrainConfig
 from tunesmith.errors import ConfigError
+from tunesmith.models.loading import load_base_model
+from tunesmith.recipes.common import build_model
 from tunesmith.tasks import load_config
 from tunesmith.training.batches import micro_batches, total_steps
 from tunesmith.training.distributed import global_slice, resolve_backend
@@ -124,3 +127,22 @@ def test_the_backend_follows_the_models_device():
     assert resolve_backend("gloo", "cpu") == "gloo"
     with pytest.raises(ConfigError, match="model is on cpu"):
         resolve_backend("nccl", "cpu")
+
+
+@pytest.mark.parametrize("method, on_meta", [("lora", True), ("lora_dora", False), ("full", True)])
+def test_fsdp_builds_the_base_on_meta_when_the_method_applies_there(
+    tmp_path, monkeypatch, method, on_meta
+):
+    tiny_llama(seed=3).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; nothing here joins a group
+    name, *variant = method.split("_")
+    overrides = [f"model.name={tmp_path}", f"method.name={name}", "train.distributed.strategy=fsdp"]
+    overrides += ["method.use_dora=true"] if variant else []
+    model, _ = build_model(load_config(None, overrides), meta_init=True)
+    base = model.get_input_embeddings().weight
+    assert base.is_meta == on_meta
+    own = [p for n, p in model.named_parameters() if "lora_" in n]  # LoRA's, made with values
+    assert own == [] if name == "full" else own and not any(p.is_meta for p in own)
+    normal, _ = load_base_model(str(tmp_path))
+    assert type(model.model.layers[0].mlp) is type(normal.model.layers[0].mlp)  # fused alike

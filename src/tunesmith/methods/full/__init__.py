@@ -30,5 +30,6 @@ register_method(
         peft_type=PEFT_TYPE,
         to_peft_config=to_peft_config,
         from_peft_config=from_peft_config,
+        applies_on_meta=lambda cfg: True,
     )
 )

@@ -73,5 +73,6 @@ register_method(
         from_peft_config=from_peft_config,
         combine=combine_lora,
         combinations=COMBINATION_NAMES,
+        applies_on_meta=lambda cfg: not cfg.use_dora and cfg.init != "pissa",  # both read W0
     )
 )
