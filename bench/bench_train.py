@@ -37,6 +37,7 @@ from tunesmith.utils.hardware import has_native_bf16  # noqa: E402
 # the comparison runs in fp32 (reference: PEFT + Trainer in fp32).
 PRECISION = "bf16" if has_native_bf16() else "fp32"
 REFERENCE = f"peft-trainer-{PRECISION}"
+FULL_REFERENCE = f"trainer-full-{PRECISION}"  # full fine-tuning rows are compared with this one
 DEFAULT = {
     "bf16": {
         "a": [
@@ -81,7 +82,7 @@ def child(config: str, case: str, steps: int, warmup: int) -> None:
         lengths = [len(examples[i].input_ids) for i in idx]
         loss_tokens = sum(sum(label != -100 for label in examples[i].labels[1:]) for i in idx)
         tokens.append(sum(lengths))
-        flops.append(lora_step_flops(model_cfg, lengths, loss_tokens, hyper.r))
+        flops.append(lora_step_flops(model_cfg, lengths, loss_tokens, hyper.r, is_full(config)))
     emit(
         {
             "config": config,
@@ -98,6 +99,14 @@ def child(config: str, case: str, steps: int, warmup: int) -> None:
     )
 
 
+def is_full(config: str) -> bool:
+    return "full" in config.split("-")
+
+
+def reference_of(config: str) -> str:
+    return FULL_REFERENCE if is_full(config) else REFERENCE
+
+
 def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
     ok = [r for r in results if "times" in r]
     ref = next((r for r in ok if r["config"] == REFERENCE), None)
@@ -112,9 +121,8 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
             "rss": r["peak_rss_mb"],
             "flop_s": flop_s,
         }
-    base = stats.get(REFERENCE)
     for r in ok:
-        s = stats[r["config"]]
+        s, base = stats[r["config"]], stats.get(reference_of(r["config"]))
         rows.append(
             [
                 r["config"],
@@ -133,7 +141,7 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
         "config",
         "median step s",
         "useful tok/s",
-        f"x {REFERENCE}",
+        "x reference",
         "peak RSS MB",
         "RSS ratio",
         "mean loss",
@@ -142,6 +150,7 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
         f"MFU ({PRECISION} peak)",
     ]
     text = table(headers, rows)
+    text += f"\n\nreference: {REFERENCE} (LoRA rows), {FULL_REFERENCE} (full fine-tuning rows)"
     if ref is not None:
         per_token = sum(ref["flops"]) / sum(ref["tokens"])
         useful = sum(ref["tokens"]) / sum(ref["padded_tokens"])

@@ -154,22 +154,23 @@ def peak_gemm(repeats: int = 7) -> dict:
     return out
 
 
-def lora_step_flops(cfg, lengths: list[int], loss_tokens: int, r: int) -> float:
+def lora_step_flops(cfg, lengths: list[int], loss_tokens: int, r: int, full: bool = False) -> float:
     """Model FLOPs of one LoRA training step (frozen base, adapters on q and v), counting only
     useful work (no padding, causal attention, the output head only where the loss is taken).
 
     Per real token: 4 * N_lin (forward 2 N_lin + input gradients 2 N_lin; no weight gradients for
     the frozen base), + 6 * r * (d_in + d_out) per LoRA layer (forward, input and weight gradients);
     attention 12 * L * d * ctx (QK^T and AV, 4*d*ctx forward, twice that backward) with ctx = the
-    causal context (position + 1); per loss token 4 * V * d for the output head.
+    causal context (position + 1); per loss token 4 * V * d for the output head. With `full`
+    (every weight trained): 6 * N_lin per token and 6 * V * d per loss token (weight gradients too).
     """
     d, L, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
     n_lin = L * (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size)
-    lora = L * 6 * r * ((d + d) + (d + kv))
+    per_token = 6 * n_lin if full else 4 * n_lin + L * 6 * r * ((d + d) + (d + kv))
     tokens = sum(lengths)
     ctx = sum(n * (n + 1) / 2 for n in lengths)
-    return tokens * (4 * n_lin + lora) + 12 * L * d * ctx + loss_tokens * 4 * V * d
+    return tokens * per_token + 12 * L * d * ctx + loss_tokens * (6 if full else 4) * V * d
 
 
 def run_child(script: Path, args: list[str], timeout: float = 3600) -> dict:

@@ -9,7 +9,10 @@ Configurations (all: LoRA r=8, alpha=16 on q_proj/v_proj, no dropout, AdamW, con
   (model.dtype, model.attention, data.packing, train.precision); the loss runs the output head
   only where labels are (objectives.sft).
 - tunesmith-<option>-...: the same with options changed: bf16w / fp32w (weights dtype), pack /
-  nopack, sdpa / eager (attention), fp32 (no autocast), e.g. tunesmith-fp32w-sdpa-nopack.
+  nopack, sdpa / eager (attention), fp32 (no autocast), full (full fine-tuning instead of LoRA),
+  e.g. tunesmith-fp32w-sdpa-nopack.
+- trainer-full-bf16 / -fp32: full fine-tuning (every weight trained) with transformers' Trainer,
+  the reference of the full rows.
 """
 
 import json
@@ -28,6 +31,7 @@ OPTIONS = {
     "sdpa": ("attention", "sdpa"),
     "eager": ("attention", "eager"),
     "fp32": ("precision", "fp32"),
+    "full": ("method", "full"),
 }
 
 
@@ -40,6 +44,7 @@ def tunesmith_settings(config: str) -> dict:
         "attention": ModelConfig().attention,
         "packing": DataConfig().packing,
         "precision": TrainConfig().precision,
+        "method": "lora",
     }
     for option in config.split("-")[1:]:
         if option not in OPTIONS:
@@ -51,19 +56,23 @@ def tunesmith_settings(config: str) -> dict:
 
 def run(config: str, examples: list, batches: list[list[int]], hyper: Hyper) -> dict:
     """{'times': seconds of each step, 'losses': training loss of each step}."""
-    if config.startswith("peft-trainer"):
-        return _peft_trainer(examples, batches, hyper, bf16=config.endswith("bf16"))
+    if config.startswith(("peft-trainer", "trainer-full")):
+        full = config.startswith("trainer-full")
+        return _peft_trainer(examples, batches, hyper, bf16=config.endswith("bf16"), full=full)
     if config.startswith("peft-loop"):
         return _peft_loop(examples, batches, hyper, bf16=config.endswith("bf16"))
     return _tunesmith(examples, batches, hyper, **tunesmith_settings(config))
 
 
-def _peft_model(hyper: Hyper):
+def _peft_model(hyper: Hyper, full: bool = False):
+    """The embedded model with PEFT's LoRA, or as loaded (every weight trainable) when full."""
     import peft
 
     import tunesmith
 
     model, tokenizer = tunesmith.load_model("default")
+    if full:
+        return model, tokenizer
     cfg = peft.LoraConfig(
         r=hyper.r,
         lora_alpha=hyper.alpha,
@@ -98,12 +107,12 @@ def _peft_loop(examples, batches, hyper: Hyper, bf16: bool) -> dict:
     return {"times": times, "losses": losses}
 
 
-def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool) -> dict:
+def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool, full: bool = False) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from tunesmith.data import Example, collate
 
-    model, tokenizer = _peft_model(hyper)
+    model, tokenizer = _peft_model(hyper, full)
     rows = [
         {"input_ids": examples[i].input_ids, "labels": examples[i].labels}
         for idx in batches
@@ -165,10 +174,12 @@ def _tunesmith(
     precision: str,
     packing: bool,
     attention: str,
+    method: str,
 ) -> dict:
     import tunesmith
     from tunesmith.config.schema import DataConfig, TrainConfig
     from tunesmith.data.packing import batching
+    from tunesmith.methods.full import FullConfig
     from tunesmith.methods.lora import LoraConfig
     from tunesmith.models.attention import set_attention
     from tunesmith.models.frozen_weights import weights_for_training
@@ -176,8 +187,12 @@ def _tunesmith(
 
     model, tokenizer = tunesmith.load_model("default", dtype=dtype)
     set_attention(model, attention)
-    tunesmith.apply_method(model, LoraConfig(r=hyper.r, alpha=hyper.alpha, target_modules=TARGETS))
-    set_lora_weights(model, hyper.seed)
+    if method == "full":
+        tunesmith.apply_method(model, FullConfig())
+    else:
+        lora = LoraConfig(r=hyper.r, alpha=hyper.alpha, target_modules=TARGETS)
+        tunesmith.apply_method(model, lora)
+        set_lora_weights(model, hyper.seed)
     cfg = TrainConfig(
         max_steps=len(batches),
         batch_size=hyper.batch_size,

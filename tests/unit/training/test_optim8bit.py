@@ -126,3 +126,30 @@ def test_config_selects_the_optimizer():
     assert type(build_optimizer(params, TrainConfig())) is torch.optim.AdamW
     with pytest.raises(ConfigError, match="train.optimizer must be adamw or adamw8bit"):
         TrainConfig(optimizer="sgd")
+
+
+def test_adamw_on_cpu_parameters_is_the_fused_kernel_with_the_default_update():
+    torch.manual_seed(0)
+    start = [torch.randn(40, 30), torch.randn(30)]
+    grads = [[torch.randn_like(t) * 1e-2 for t in start] for _ in range(4)]
+
+    def trained(make):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        return opt, params
+
+    ours, got = trained(lambda ps: build_optimizer(ps, TrainConfig(weight_decay=0.1, lr=1e-2)))
+    assert all(group["fused"] for group in ours.param_groups)
+    # The default (for-loop) AdamW with the same groups: weight decay on the matrix only.
+    _, want = trained(
+        lambda ps: torch.optim.AdamW(
+            [{"params": ps[:1], "weight_decay": 0.1}, {"params": ps[1:], "weight_decay": 0.0}],
+            lr=1e-2,
+        )
+    )
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
