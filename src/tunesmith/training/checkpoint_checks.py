@@ -11,6 +11,7 @@ WEIGHTS, TENSORS, STATE = "trainable.safetensors", "state.safetensors", "state.j
 FILES = (WEIGHTS, TENSORS, STATE)  # of an unsharded checkpoint; under FSDP shards/ replaces WEIGHTS
 LAST, PREVIOUS = "last", "previous"
 OPTIMIZER = "optimizer.state."  # key prefix of the optimizer state's tensors
+METHOD = "method."  # prefix in state.safetensors of the methods' own state (e.g. AdaLoRA's)
 _KEYS = ("format", "position", "optimizer", "scheduler", "rng", "tensors")
 
 
