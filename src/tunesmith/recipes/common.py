@@ -1,5 +1,6 @@
 """Pieces every recipe shares: build the model with its method, evaluate generations, save outputs."""
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -32,7 +33,8 @@ def build_model(cfg: RunConfig, meta_init: bool = False):
     """
     on_meta = meta_init and _applies_on_meta(cfg)
     model, tokenizer = load_configured_model(cfg.model, on_meta=on_meta)
-    with real_new_parameters():  # a meta base: the method's own parameters get their values
+    # On a meta base the method's own new parameters are made on the CPU, to get their values.
+    with real_new_parameters() if on_meta else contextlib.nullcontext():
         apply_method(model, cfg.method)
     weights_for_training(model, cfg.model.dtype, cfg.train.precision)
     log_parameters(model, f"method {cfg.method.name}")
