@@ -237,6 +237,7 @@ def disabled_adapters(model: nn.Module):
     layers = [layer for _, layer in adapter_layers(model)]
     if any(layer.merged_adapters for layer in layers):
         raise ConfigError("adapters are merged into the weights; unmerge before disabling them")
+    _check_starting_weights_kept(model)
     for layer in layers:
         layer.disabled = True
     _swap_base_parameters(model)
@@ -305,6 +306,30 @@ def train_base_parameters(model: nn.Module, adapter_name: str, params) -> None:
         )
     held[adapter_name] = [[p, p.detach().clone()] for p in unique]
     setattr(model, BASE_PARAMS_ATTR, held)
+
+
+def release_starting_weights(model: nn.Module) -> int:
+    """Drop the copies `train_base_parameters` keeps of the weights trained in place (one copy of
+    everything `full` trains); afterwards `disabled_adapters` raises. Returns the elements freed."""
+    freed = 0
+    for pairs in getattr(model, BASE_PARAMS_ATTR, {}).values():
+        for pair in pairs:
+            if pair[1] is not None:
+                freed += pair[1].numel()
+                pair[1] = None
+    return freed
+
+
+def _check_starting_weights_kept(model: nn.Module) -> None:
+    held = getattr(model, BASE_PARAMS_ATTR, {})
+    released = [name for name, pairs in held.items() if any(o is None for _, o in pairs)]
+    if released:
+        raise ConfigError(
+            f"adapter(s) {', '.join(released)} train base weights in place and their starting "
+            "values were released when training began, because the training objective did not "
+            "use the starting model (Objective.uses_starting_weights=False); train with an "
+            "objective that sets it to keep them"
+        )
 
 
 def base_parameter_paths(model: nn.Module) -> dict[str, list[str]]:

@@ -173,7 +173,8 @@ def distill_objective(cfg, examples: list, teacher: _Teacher, tokenizer, cache) 
     if cfg.distill.lmbda > 0:
         updates = partial(on_policy_updates, tokenizer=tokenizer, dcfg=cfg.distill)
     lengths = [len(e.input_ids) for e in examples] if cfg.data.group_by_length else None
-    return Objective(partial(collate_distill, pad_id=pad, cache=cache), loss, lengths, updates)
+    collate_fn = partial(collate_distill, pad_id=pad, cache=cache)
+    return Objective(collate_fn, loss, lengths, updates, uses_starting_weights=False)
 
 
 def collate_distill(items: list, pad_id: int, cache=None) -> dict:

@@ -202,7 +202,9 @@ def with_remedies(cfg, model, tokenizer, objective: Objective, general: list) ->
             metrics["lwf_kl"] = float(lwf.detach())
         return value, n, metrics
 
-    return replace(objective, loss=loss)
+    # LwF's targets come from the starting model
+    uses_start = objective.uses_starting_weights or bool(t.lwf_lambda)
+    return replace(objective, loss=loss, uses_starting_weights=uses_start)
 
 
 def general_for_fisher(cfg, tokenizer, meter: ForgettingMeter) -> list:

@@ -58,7 +58,10 @@ def run(cfg: RunConfig, progress: bool = False) -> dict:
     splits = load_preference_splits(cfg.data, tokenizer, cfg.train.seed)
     pad = tokenizer.pad_token_id
     objective = Objective(
-        partial(collate_pairs, pad_id=pad), partial(pair_loss, cfg=cfg), splittable=True
+        partial(collate_pairs, pad_id=pad),
+        partial(pair_loss, cfg=cfg),
+        splittable=True,
+        uses_starting_weights=False,
     )
     return train_and_report(
         cfg,

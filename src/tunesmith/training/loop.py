@@ -22,6 +22,7 @@ import torch
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, TrainingError
+from ..methods.base import release_starting_weights
 from ..methods.registry import (
     MethodStates,
     method_reports,
@@ -102,6 +103,8 @@ def train(
     if cfg.activation_checkpointing is True:  # "auto" unresolved (a direct API call): off
         enable_activation_checkpointing(model)
     objective = with_method_regularizers(objective, model)
+    if not objective.uses_starting_weights:
+        release_starting_weights(model)  # nothing runs the starting model: free `full`'s copy
     par = parallel_for(model, objective, cfg)  # FSDP replaces the parameters
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     steps = total_steps(len(examples), cfg, par.world)

@@ -41,6 +41,11 @@ class Objective:
 
     lr_scale(parameter name) -> multiplier of train.lr for that parameter (one optimizer group per
     multiplier), e.g. a new classification head learning faster than the pretrained body. None: 1.
+
+    uses_starting_weights: the loss (or what the task does after training) runs the model as it
+    started, through `disabled_adapters` (DPO's and KTO's reference, LwF, on-policy baselines).
+    False lets the loop drop the copies that methods training base weights in place keep of their
+    starting values (`full`: one copy of the whole model) before the first step.
     """
 
     collate: Callable[[list], dict]
@@ -52,6 +57,7 @@ class Objective:
     splittable: bool = False
     lr_scale: Optional[Callable[[str], float]] = field(default=None, repr=False)
     strata: Optional[list] = field(default=None, repr=False)
+    uses_starting_weights: bool = True
 
     @staticmethod
     def tokens(batch: dict) -> int:
@@ -100,7 +106,11 @@ def sft_objective(
 ) -> Objective:
     """Language modelling on `Example`s: padded batches (or collate_fn, e.g. packed rows)."""
     return Objective(
-        collate_fn or partial(collate, pad_id=pad_id), sft_loss, lengths, splittable=True
+        collate_fn or partial(collate, pad_id=pad_id),
+        sft_loss,
+        lengths,
+        splittable=True,
+        uses_starting_weights=False,
     )
 
 

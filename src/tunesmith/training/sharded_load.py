@@ -97,5 +97,5 @@ def copy_meta_originals(model: nn.Module) -> None:
     each becomes a copy of the rank's filled shard. Call after rebind_base_parameters."""
     for pairs in getattr(model, BASE_PARAMS_ATTR, {}).values():
         for pair in pairs:
-            if pair[1].is_meta:
+            if pair[1] is not None and pair[1].is_meta:
                 pair[1] = pair[0].detach().clone()

@@ -69,3 +69,43 @@ def test_two_adapters_cannot_train_the_same_base_weights():
     model = apply_method(tiny_gpt2(), FullConfig())
     with pytest.raises(ConfigError, match="already train"):
         apply_method(model, BitfitConfig(), adapter_name="biases")
+
+
+def _train_full(tmp_path, objective):
+    from tunesmith.config.schema import TrainConfig
+    from tunesmith.data import Example
+    from tunesmith.training import train
+
+    model = apply_method(tiny_llama(), FullConfig())
+    examples = [Example(list(INPUT[0]), list(INPUT[0])) for _ in range(4)]
+    cfg = TrainConfig(max_steps=2, batch_size=2, lr=1e-2, log_every=1, resume=False)
+    train(model, examples, cfg, tmp_path, objective)
+    return model
+
+
+def test_training_an_objective_without_the_starting_model_frees_its_copy(tmp_path):
+    from tunesmith.training import sft_objective
+
+    model = _train_full(tmp_path, sft_objective(pad_id=0))
+    held = getattr(model, BASE_PARAMS_ATTR)["default"]
+    assert held and all(original is None for _, original in held)
+    tuned = _logits(model)
+    with pytest.raises(ConfigError, match="released when training began"):
+        with disabled_adapters(model):
+            pass
+    # the refusal left the model as it was: adapters active, the trained weights in place
+    torch.testing.assert_close(_logits(model), tuned, atol=0, rtol=0)
+    save_adapter(model, tmp_path / "adapter")
+    fresh = load_adapter(tiny_llama(), tmp_path / "adapter")
+    torch.testing.assert_close(_logits(fresh), tuned, atol=0, rtol=0)
+
+
+def test_an_objective_that_runs_the_starting_model_keeps_it(tmp_path):
+    import dataclasses
+
+    from tunesmith.training import sft_objective
+
+    objective = dataclasses.replace(sft_objective(pad_id=0), uses_starting_weights=True)
+    model = _train_full(tmp_path, objective)
+    with disabled_adapters(model):
+        torch.testing.assert_close(_logits(model), _logits(tiny_llama()), atol=0, rtol=0)

@@ -165,6 +165,7 @@ def fit(
         splittable=True,
         lr_scale=lr_scale,
         strata=labels,
+        uses_starting_weights=False,
     )
     result = train(model, examples, cfg.train, out, objective, evaluate=evaluate, progress=progress)
     return {
