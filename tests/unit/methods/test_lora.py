@@ -54,6 +54,27 @@ def test_forward_adds_scaled_low_rank_update():
     torch.testing.assert_close(layer(x), x @ w.T)
 
 
+def test_under_bf16_autocast_the_update_and_gradients_match_the_fp32_adapter_path():
+    # The forward skips the input's cast to the fp32 adapter under autocast and scales the r-wide
+    # intermediate: the same bf16 matmuls as casting first and scaling the output.
+    model = apply_method(tiny_llama(), LoraConfig(r=3, alpha=1, target_modules=["v_proj"]))
+    _randomise_b(model, "default", 2)
+    layer = model.model.layers[0].self_attn.v_proj
+    layer.base_layer.weight.data = layer.base_layer.weight.data.bfloat16()  # frozen base in bf16
+    a, b, s = layer.lora_A["default"], layer.lora_B["default"], layer.scaling["default"]
+    x = torch.randn(5, layer.in_features).bfloat16().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        ref = layer.base_layer(x_ref) + (b(a(x_ref.float())) * s).to(torch.bfloat16)
+    grads = torch.autograd.grad(out.float().square().sum(), [x, a.weight, b.weight])
+    refs = torch.autograd.grad(ref.float().square().sum(), [x_ref, a.weight, b.weight])
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, atol=1e-2, rtol=1e-2)  # bf16: one rounding step
+    for got, want in zip(grads, refs):
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
 def test_two_named_adapters_switch_and_disable():
     base = tiny_llama()
     model = apply_method(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), "a")
