@@ -76,17 +76,18 @@ def batch_order(examples: list, hyper: Hyper, steps: int) -> list[list[int]]:
     return [order[i * hyper.batch_size : (i + 1) * hyper.batch_size] for i in range(steps)]
 
 
-def set_lora_weights(model, seed: int) -> int:
-    """Overwrite every LoRA A (kaiming-like uniform) and B (zero) from a per-layer seed, so tunesmith
-    and PEFT start from identical adapters. Returns the number of layers set."""
+def set_lora_weights(model, seed: int, targets: list[str] = TARGETS) -> int:
+    """Overwrite every LoRA A (kaiming-like uniform) and B (zero) of the `targets` projections
+    (attention or MLP) from a per-layer seed, so tunesmith and PEFT start from identical adapters.
+    Returns the number of layers set."""
     done = 0
     for name, module in model.named_modules():
-        m = re.search(r"layers\.(\d+)\.self_attn\.(\w+_proj)$", name)
-        if m is None or not hasattr(module, "lora_A"):
+        m = re.search(r"layers\.(\d+)\.\w+\.(\w+_proj)$", name)
+        if m is None or m.group(2) not in targets or not hasattr(module, "lora_A"):
             continue
         a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
         gen = torch.Generator().manual_seed(
-            seed * 1000 + int(m.group(1)) * 10 + TARGETS.index(m.group(2))
+            seed * 1000 + int(m.group(1)) * 10 + targets.index(m.group(2))
         )
         bound = 1 / a.shape[1] ** 0.5
         with torch.no_grad():
