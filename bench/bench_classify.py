@@ -11,16 +11,26 @@ step: a full forward and backward pass through every block (nothing is frozen be
 layer, so tunesmith caches no prefix), the LoRA + head update.
 """
 
-import argparse
 import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, machine, median, peak_gemm, peak_rss_mb, run_child, set_threads, table
+from common import (
+    against_reference,
+    emit,
+    machine,
+    median,
+    peak_gemm,
+    peak_rss_mb,
+    run_configs,
+    set_threads,
+    step_bench_args,
+    table,
+    write_report,
+)
 
 from tunesmith.utils.hardware import has_native_bf16  # noqa: E402
 
@@ -76,11 +86,7 @@ def summarise(results: list[dict], warmup: int) -> str:
                 median(r["times"]),
                 s["ex_s"],
                 s["tok_s"],
-                s["tok_s"] / base["tok_s"] if base else "-",
-                round(s["rss"]),
-                s["rss"] / base["rss"] if base else "-",
-                round(s["loss"], 4),
-                f"{100 * (s['loss'] / base['loss'] - 1):+.2f}%" if base else "-",
+                *against_reference(s, base),
             ]
         )
     headers = [
@@ -121,15 +127,7 @@ def summarise(results: list[dict], warmup: int) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--configs", default="", help="comma-separated; default: " + ",".join(DEFAULT))
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "classify.md"))
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = step_bench_args(__doc__, DEFAULT, "classify.md", steps=8)
     if args.child:
         return child(args.child, args.steps, args.warmup)
     set_threads()
@@ -143,18 +141,10 @@ def main() -> None:
         "",
         "command: `python " + " ".join(["bench/bench_classify.py", *sys.argv[1:]]) + "`",
     ]
-    results = []
-    for config in args.configs.split(",") if args.configs else DEFAULT:
-        print(f"{config} ...", file=sys.stderr, flush=True)
-        steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-        res = run_child(Path(__file__), ["--child", config, *steps])
-        results.append({"config": config, **res})
+    results = run_configs(Path(__file__), args, DEFAULT)
     title = "SMS spam, LoRA r16 all-linear + linear head, batch 8, max_length 64"
     report += ["", f"## {title}", "", summarise(results, args.warmup)]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results))
-    Path(args.out).write_text("\n".join(report) + "\n")
-    print("\n".join(report))
+    write_report(args.out, report, results)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ on the responses), are given to every framework as token ids; the pairs of each 
 tunesmith's seeded order. Each configuration runs in a fresh process (peak RSS = its VmHWM).
 """
 
-import argparse
 import datetime
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +22,11 @@ from common import (  # noqa: E402
     machine,
     median,
     peak_rss_mb,
-    run_child,
+    run_configs,
     set_threads,
+    step_bench_args,
     table,
+    write_report,
 )
 
 from tunesmith.utils.hardware import has_native_bf16  # noqa: E402
@@ -155,15 +155,7 @@ def summarise(results: list[dict], hyper: DpoHyper) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--configs", default="", help="comma-separated; default: " + ",".join(DEFAULT))
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "dpo.md"))
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = step_bench_args(__doc__, DEFAULT, "dpo.md", steps=20)
     if args.child:
         return child(args.child, args.steps, args.warmup)
     set_threads()
@@ -177,19 +169,9 @@ def main() -> None:
         f"alpha={hyper.alpha:g} on q_proj/v_proj, sigmoid loss, beta {hyper.beta}, lr {hyper.lr:g} "
         f"constant, seed {hyper.seed}; {args.warmup} warm-up + {args.steps} measured steps",
     ]
-    results = []
-    for config in args.configs.split(",") if args.configs else DEFAULT:
-        print(f"dpo: {config} ...", file=sys.stderr, flush=True)
-        res = run_child(
-            Path(__file__),
-            ["--child", config, "--steps", str(args.steps), "--warmup", str(args.warmup)],
-        )
-        results.append({"config": config, **res})
+    results = run_configs(Path(__file__), args, DEFAULT)
     report += ["", summarise(results, hyper)]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results))
-    Path(args.out).write_text("\n".join(report) + "\n")
-    print("\n".join(report))
+    write_report(args.out, report, results)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     Hyper,
+    against_reference,
     batch_order,
     emit,
     instruction_examples,
@@ -128,11 +129,7 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
                 r["config"],
                 median(r["times"]),
                 s["tok_s"],
-                s["tok_s"] / base["tok_s"] if base else "-",
-                round(s["rss"]),
-                s["rss"] / base["rss"] if base else "-",
-                round(s["loss"], 4),
-                f"{100 * (s['loss'] / base['loss'] - 1):+.2f}%" if base else "-",
+                *against_reference(s, base),
                 s["flop_s"] / 1e9,
                 f"{100 * s['flop_s'] / peak[PRECISION]:.0f}%",
             ]

@@ -30,12 +30,11 @@ the same head weights (set_head_weights; tunesmith's head bias 0).
 import dataclasses
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import DATA, StepClock, set_lora_weights
+from common import DATA, MEASURED_TRAINER_ARGS, StepClock, set_lora_weights, trainer_clock
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "sms_spam.yaml"
 SMS = DATA / "sms_spam" / "SMSSpamCollection"
@@ -134,7 +133,6 @@ def _peft_trainer(case: Case, bf16: bool) -> dict:
         AutoModelForSequenceClassification,
         AutoTokenizer,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -167,18 +165,7 @@ def _peft_trainer(case: Case, bf16: bool) -> dict:
         {"input_ids": case.ids[i], "labels": case.labels[i]} for idx in case.batches for i in idx
     ]
 
-    class Clock(TrainerCallback):
-        ends, losses, start = [], [], 0.0
-
-        def on_train_begin(self, args, state, control, **kw):
-            Clock.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            Clock.ends.append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                Clock.losses.append(float(logs["loss"]))
+    clock = trainer_clock()
 
     def collate(features):
         ids, mask = pad_batch([f["input_ids"] for f in features], pad)
@@ -192,28 +179,20 @@ def _peft_trainer(case: Case, bf16: bool) -> dict:
             per_device_train_batch_size=t.batch_size,
             max_steps=len(case.batches),
             learning_rate=t.lr,
-            lr_scheduler_type="constant",
             weight_decay=t.weight_decay,
             max_grad_norm=t.max_grad_norm,
             bf16=bf16,
-            use_cpu=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
+            **MEASURED_TRAINER_ARGS,
             seed=t.seed,
-            train_sampling_strategy="sequential",
-            dataloader_num_workers=0,
             remove_unused_columns=False,
         )
         trainer = Trainer(
-            model=model, args=args, train_dataset=rows, callbacks=[Clock()], data_collator=collate
+            model=model, args=args, train_dataset=rows, callbacks=[clock], data_collator=collate
         )
         trainer.train()
-    ends = [Clock.start] + Clock.ends
     return {
-        "times": [b - a for a, b in zip(ends, ends[1:])],
-        "losses": Clock.losses,
+        "times": clock.times(),
+        "losses": clock.losses,
         "optimizer": getattr(args.optim, "value", str(args.optim)),
     }
 

@@ -4,6 +4,7 @@ Every framework gets the same token ids, the same batches in the same order (tun
 epoch_order for the seed), the same LoRA A/B weights and the same hyper-parameters.
 """
 
+import argparse
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -95,6 +97,91 @@ def set_lora_weights(model, seed: int, targets: list[str] = TARGETS) -> int:
             b.zero_()
         done += 1
     return done
+
+
+def against_reference(stats: dict, base: Optional[dict]) -> list:
+    """Table cells of a configuration next to its reference: speed ratio, peak RSS MB and its
+    ratio, mean loss and its relative difference ("-" where there is no reference)."""
+    if not base:
+        return ["-", round(stats["rss"]), "-", round(stats["loss"], 4), "-"]
+    return [
+        stats["tok_s"] / base["tok_s"],
+        round(stats["rss"]),
+        stats["rss"] / base["rss"],
+        round(stats["loss"], 4),
+        f"{100 * (stats['loss'] / base['loss'] - 1):+.2f}%",
+    ]
+
+
+# transformers Trainer settings of every side-by-side run: the batches in the given order, a loss
+# logged at every step, nothing saved or printed.
+MEASURED_TRAINER_ARGS = {
+    "lr_scheduler_type": "constant",
+    "use_cpu": True,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": "none",
+    "disable_tqdm": True,
+    "train_sampling_strategy": "sequential",
+    "dataloader_num_workers": 0,
+}
+
+
+def step_bench_args(doc: str, defaults: list, out_name: str, steps: int):
+    """Command line of a step-timing benchmark that runs each configuration in a child process."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--configs", default="", help="comma-separated; default: " + ",".join(defaults))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / out_name))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def run_configs(script: Path, args, defaults: list) -> list[dict]:
+    """Each configuration of args.configs (else defaults) in a fresh process: its results."""
+    results = []
+    for config in args.configs.split(",") if args.configs else defaults:
+        print(f"{script.stem}: {config} ...", file=sys.stderr, flush=True)
+        steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+        results.append({"config": config, **run_child(script, ["--child", config, *steps])})
+    return results
+
+
+def write_report(out: str, report: list[str], results: list[dict]) -> None:
+    """The report as markdown at out, the raw results beside it (.json), and on stdout."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).with_suffix(".json").write_text(json.dumps(results))
+    Path(out).write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+
+
+def trainer_clock():
+    """A transformers TrainerCallback recording the end time of each optimizer step and each
+    logged loss; `.times()` gives the seconds of each step, from the start of training."""
+    from transformers import TrainerCallback
+
+    class TrainerClock(TrainerCallback):
+        def __init__(self):
+            self.start, self.ends, self.losses = 0.0, [], []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def times(self) -> list[float]:
+            marks = [self.start, *self.ends]
+            return [b - a for a, b in zip(marks, marks[1:])]
+
+    return TrainerClock()
 
 
 class StepClock:

@@ -28,7 +28,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from common import TARGETS, StepClock, set_lora_weights
+from common import MEASURED_TRAINER_ARGS, TARGETS, StepClock, set_lora_weights, trainer_clock
 
 CONFIGS = [
     "trl",
@@ -80,7 +80,6 @@ def _ordered(pairs: list, batches: list[list[int]]) -> list:
 def _trl(pairs, batches, hyper, bf16: bool, checkpointing: bool, precompute: bool) -> dict:
     import peft
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     import tunesmith
@@ -90,18 +89,7 @@ def _trl(pairs, batches, hyper, bf16: bool, checkpointing: bool, precompute: boo
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset
 
-    class Clock(TrainerCallback):
-        ends, losses, start = [], [], 0.0
-
-        def on_train_begin(self, args, state, control, **kw):
-            Clock.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            Clock.ends.append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                Clock.losses.append(float(logs["loss"]))
+    clock = trainer_clock()
 
     model, tokenizer = tunesmith.load_model("default")
     rows = [
@@ -117,23 +105,16 @@ def _trl(pairs, batches, hyper, bf16: bool, checkpointing: bool, precompute: boo
             per_device_train_batch_size=hyper.batch_size,
             max_steps=len(batches),
             learning_rate=hyper.lr,
-            lr_scheduler_type="constant",
             weight_decay=0.0,
             max_grad_norm=1.0,
             beta=hyper.beta,
             max_length=hyper.max_length,
             bf16=bf16,
+            **MEASURED_TRAINER_ARGS,
             gradient_checkpointing=checkpointing,
             precompute_ref_log_probs=precompute,
-            use_cpu=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
             seed=hyper.seed,
             optim="adamw_torch",
-            train_sampling_strategy="sequential",
-            dataloader_num_workers=0,
         )
         start = time.perf_counter()
         trainer = PreTokenized(
@@ -142,15 +123,14 @@ def _trl(pairs, batches, hyper, bf16: bool, checkpointing: bool, precompute: boo
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=[Clock()],
+            callbacks=[clock],
         )
         setup_s = time.perf_counter() - start  # includes the reference precompute when enabled
         set_lora_weights(trainer.model, hyper.seed)
         trainer.train()
-    ends = [Clock.start] + Clock.ends
     return {
-        "times": [b - a for a, b in zip(ends, ends[1:])],
-        "losses": Clock.losses,
+        "times": clock.times(),
+        "losses": clock.losses,
         "precompute_s": setup_s if precompute else 0.0,
     }
 

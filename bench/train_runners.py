@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import TARGETS, Hyper, StepClock, set_lora_weights
+from common import MEASURED_TRAINER_ARGS, TARGETS, Hyper, StepClock, set_lora_weights, trainer_clock
 
 OPTIONS = {
     "bf16w": ("dtype", "bfloat16"),
@@ -108,7 +108,7 @@ def _peft_loop(examples, batches, hyper: Hyper, bf16: bool) -> dict:
 
 
 def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool, full: bool = False) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from tunesmith.data import Example, collate
 
@@ -119,18 +119,7 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool, full: bool = Fals
         for i in idx
     ]
 
-    class Clock(TrainerCallback):
-        ends, losses, start = [], [], 0.0
-
-        def on_train_begin(self, args, state, control, **kw):
-            Clock.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            Clock.ends.append(time.perf_counter())
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                Clock.losses.append(float(logs["loss"]))
+    clock = trainer_clock()
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
@@ -138,19 +127,12 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool, full: bool = Fals
             per_device_train_batch_size=hyper.batch_size,
             max_steps=len(batches),
             learning_rate=hyper.lr,
-            lr_scheduler_type="constant",
             weight_decay=0.0,
             max_grad_norm=1.0,
             bf16=bf16,
-            use_cpu=True,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
+            **MEASURED_TRAINER_ARGS,
             seed=hyper.seed,
             optim="adamw_torch",
-            train_sampling_strategy="sequential",
-            dataloader_num_workers=0,
             remove_unused_columns=False,
         )
         pad = tokenizer.pad_token_id
@@ -158,12 +140,11 @@ def _peft_trainer(examples, batches, hyper: Hyper, bf16: bool, full: bool = Fals
             model=model,
             args=args,
             train_dataset=rows,
-            callbacks=[Clock()],
+            callbacks=[clock],
             data_collator=lambda f: collate([Example(x["input_ids"], x["labels"]) for x in f], pad),
         )
         trainer.train()
-    ends = [Clock.start] + Clock.ends
-    return {"times": [b - a for a, b in zip(ends, ends[1:])], "losses": Clock.losses}
+    return {"times": clock.times(), "losses": clock.losses}
 
 
 def _tunesmith(
