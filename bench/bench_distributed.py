@@ -53,7 +53,7 @@ def local_bytes(tensors) -> int:
 
 def measure_memory(model, objective, cfg) -> dict:
     """Bytes this rank holds after one update, built as training builds them."""
-    from tunesmith.methods.base import BASE_PARAMS_ATTR
+    from tunesmith.methods.base_params import BASE_PARAMS_ATTR
     from tunesmith.training.distributed import parallel_for
     from tunesmith.training.optim import build_optimizer
 

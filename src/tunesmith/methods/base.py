@@ -3,7 +3,8 @@
 A method wraps base modules in `AdapterLayer`s. Each layer keeps its parameters per adapter name
 (so one model can hold several adapters) and implements merge/unmerge/activation. Everything here
 works on any method through that interface: nothing branches on a method's name. Methods that
-train base weights in place (full, selected, bitfit) register them with `train_base_parameters`.
+train base weights in place (full, selected, bitfit) register them with
+`base_params.train_base_parameters`.
 
 Adding an adapter (`inject_adapter`, as PEFT's BaseTuner.inject_adapter) has one shape for every
 method; a method registers only the parts that are its own:
@@ -34,6 +35,12 @@ from torch import nn
 from ..config.schema import MethodConfig
 from ..errors import ConfigError, UnsupportedModuleError
 from ..utils.modules import is_linear_like
+from .base_params import (
+    BASE_PARAMS_ATTR,
+    base_parameters,
+    check_starting_weights_kept,
+    swap_base_parameters,
+)
 
 __all__ = [
     "AdapterLayer",
@@ -44,8 +51,6 @@ __all__ = [
     "record_adapter",
 ]
 ADAPTERS_ATTR = "tunesmith_adapters"  # {adapter name: MethodConfig}, stored on the model
-# {adapter name: [[parameter, its original tensor], ...]} for methods that train base weights in place
-BASE_PARAMS_ATTR = "tunesmith_base_params"
 PROMPT_LAYER_ATTR = (
     "prompt_encoder"  # backbone attribute holding a prompt method's VirtualTokenLayer
 )
@@ -237,14 +242,14 @@ def disabled_adapters(model: nn.Module):
     layers = [layer for _, layer in adapter_layers(model)]
     if any(layer.merged_adapters for layer in layers):
         raise ConfigError("adapters are merged into the weights; unmerge before disabling them")
-    _check_starting_weights_kept(model)
+    check_starting_weights_kept(model)
     for layer in layers:
         layer.disabled = True
-    _swap_base_parameters(model)
+    swap_base_parameters(model)
     try:
         yield model
     finally:
-        _swap_base_parameters(model)
+        swap_base_parameters(model)
         for layer in layers:
             layer.disabled = False
 
@@ -287,81 +292,6 @@ def mark_trainable(model: nn.Module, adapter_name: str) -> None:
                 p.requires_grad_(True)
     for p in base_parameters(model, adapter_name).values():
         p.requires_grad_(True)
-
-
-def train_base_parameters(model: nn.Module, adapter_name: str, params) -> None:
-    """Make base parameters `params` adapter `adapter_name`: they train in place (full, bitfit ...).
-
-    A copy of each original is kept so `disabled_adapters` can still run the base model; io saves
-    the parameters themselves as base_model.model.<parameter path>. Raises ConfigError when another
-    adapter already trains one of them.
-    """
-    held = getattr(model, BASE_PARAMS_ATTR, {})
-    taken = {id(p) for other, pairs in held.items() if other != adapter_name for p, _ in pairs}
-    unique = list({id(p): p for p in params}.values())  # tied weights count once
-    if any(id(p) in taken for p in unique):
-        raise ConfigError(
-            f"adapter {adapter_name!r} would train base weights that adapter(s) "
-            f"{', '.join(n for n in held if n != adapter_name)} already train; load one of them only"
-        )
-    held[adapter_name] = [[p, p.detach().clone()] for p in unique]
-    setattr(model, BASE_PARAMS_ATTR, held)
-
-
-def release_starting_weights(model: nn.Module) -> int:
-    """Drop the copies `train_base_parameters` keeps of the weights trained in place (one copy of
-    everything `full` trains); afterwards `disabled_adapters` raises. Returns the elements freed."""
-    freed = 0
-    for pairs in getattr(model, BASE_PARAMS_ATTR, {}).values():
-        for pair in pairs:
-            if pair[1] is not None:
-                freed += pair[1].numel()
-                pair[1] = None
-    return freed
-
-
-def _check_starting_weights_kept(model: nn.Module) -> None:
-    held = getattr(model, BASE_PARAMS_ATTR, {})
-    released = [name for name, pairs in held.items() if any(o is None for _, o in pairs)]
-    if released:
-        raise ConfigError(
-            f"adapter(s) {', '.join(released)} train base weights in place and their starting "
-            "values were released when training began, because the training objective did not "
-            "use the starting model (Objective.uses_starting_weights=False); train with an "
-            "objective that sets it to keep them"
-        )
-
-
-def base_parameter_paths(model: nn.Module) -> dict[str, list[str]]:
-    """For each adapter, the paths of the base parameters it trains in place (in its order)."""
-    paths = {id(p): n for n, p in model.named_parameters()}
-    held = getattr(model, BASE_PARAMS_ATTR, {})
-    return {name: [paths[id(p)] for p, _ in pairs] for name, pairs in held.items()}
-
-
-def rebind_base_parameters(model: nn.Module, paths: dict[str, list[str]]) -> None:
-    """Point the adapters' in-place base parameters at the model's parameters now at `paths`
-    (from base_parameter_paths), after a wrapper replaced the parameter objects (FSDP does)."""
-    current = dict(model.named_parameters())
-    for name, pairs in getattr(model, BASE_PARAMS_ATTR, {}).items():
-        for pair, path in zip(pairs, paths[name]):
-            pair[0] = current[path]
-
-
-def base_parameters(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
-    """The base parameters adapter `adapter_name` trains in place, by their current paths."""
-    pairs = getattr(model, BASE_PARAMS_ATTR, {}).get(adapter_name, [])
-    paths = {id(p): n for n, p in model.named_parameters()}  # first name of tied weights
-    return {paths[id(p)]: p for p, _ in pairs}
-
-
-def _swap_base_parameters(model: nn.Module) -> None:
-    # Swap storage, not values: no copy, and autograd's version counters stay untouched, so a
-    # reference forward pass inside disabled_adapters cannot break a pending backward pass.
-    for pairs in getattr(model, BASE_PARAMS_ATTR, {}).values():
-        for pair in pairs:
-            p, other = pair
-            pair[1], p.data = p.data, other.to(p.device, p.dtype)
 
 
 def find_target_linears(model: nn.Module, targets, exclude=("lm_head",)) -> list[str]:

@@ -24,9 +24,9 @@ from .base import (  # noqa: F401  (PEFT_PREFIX re-exported)
     PEFT_PREFIX,
     adapter_configs,
     adapter_layers,
-    base_parameters,
     inject_adapter,
 )
+from .base_params import base_parameters
 from .registry import check_quantized_base, get_method, spec_for_peft_type
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..errors import ConfigError
-from ..methods.base import base_parameter_paths, rebind_base_parameters
+from ..methods.base_params import base_parameter_paths, rebind_base_parameters
 from ..utils.modules import transformer_blocks
 from ..utils.seeding import rng_state
 from .distributed import DataParallel, LossModule, collective

@@ -22,7 +22,7 @@ import torch
 
 from ..config.schema import TrainConfig
 from ..errors import ConfigError, TrainingError
-from ..methods.base import release_starting_weights
+from ..methods.base_params import release_starting_weights
 from ..methods.registry import (
     MethodStates,
     method_reports,

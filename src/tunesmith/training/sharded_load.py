@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from ..errors import ModelLoadError
-from ..methods.base import BASE_PARAMS_ATTR
+from ..methods.base_params import BASE_PARAMS_ATTR
 from ..models.meta_init import WEIGHT_FILES_ATTR, deferred_weight_files
 
 

@@ -8,7 +8,7 @@ import torch
 from tests.tiny import tiny_gpt2, tiny_llama
 from tunesmith.errors import ConfigError
 from tunesmith.methods import apply_method, disabled_adapters, merge_and_unload
-from tunesmith.methods.base import BASE_PARAMS_ATTR
+from tunesmith.methods.base_params import BASE_PARAMS_ATTR
 from tunesmith.methods.bitfit import BitfitConfig
 from tunesmith.methods.full import FullConfig
 from tunesmith.methods.io import load_adapter, save_adapter

@@ -6,7 +6,8 @@ LM-head bias. Their originals are kept for `disabled_adapters`.
 
 from torch import nn
 
-from ..base import MethodSpec, train_base_parameters
+from ..base import MethodSpec
+from ..base_params import train_base_parameters
 from ..registry import register_method
 from .config import PEFT_TYPE, BitfitConfig, from_peft_config, to_peft_config
 from .layers import bias_parameters

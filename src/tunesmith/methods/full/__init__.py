@@ -6,7 +6,8 @@ base model; the saved "adapter" holds every weight under PEFT-style names.
 
 from torch import nn
 
-from ..base import MethodSpec, train_base_parameters
+from ..base import MethodSpec
+from ..base_params import train_base_parameters
 from ..registry import register_method
 from .config import PEFT_TYPE, FullConfig, from_peft_config, to_peft_config
 from .layers import full_parameters

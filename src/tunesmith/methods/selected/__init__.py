@@ -10,7 +10,8 @@ from torch import nn
 
 # (path, list) under its old name here; new code imports utils.modules.named_transformer_blocks
 from ...utils.modules import named_transformer_blocks as transformer_blocks
-from ..base import MethodSpec, train_base_parameters
+from ..base import MethodSpec
+from ..base_params import train_base_parameters
 from ..registry import register_method
 from .config import PEFT_TYPE, SelectedConfig, from_peft_config, to_peft_config
 from .layers import match_modules, selected_parameters, top_block_names
