@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     against_reference,
     emit,
+    failures,
     machine,
     median,
     peak_gemm,
@@ -122,8 +123,7 @@ def summarise(results: list[dict], warmup: int) -> str:
                 f"{r['prefix_cached']}, {r['trainable_params']} trainable parameters"
             )
     text += ("\n\n" + "; ".join(notes)) if notes else ""
-    failed = [f"{r.get('config')}: {r.get('error')}" for r in results if "times" not in r]
-    return text + ("\n\nfailed: " + "; ".join(failed) if failed else "")
+    return text + failures(results)
 
 
 def main() -> None:

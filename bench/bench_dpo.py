@@ -19,6 +19,7 @@ from common import (  # noqa: E402
     DATA,
     batch_order,
     emit,
+    failures,
     machine,
     median,
     peak_rss_mb,
@@ -150,8 +151,7 @@ def summarise(results: list[dict], hyper: DpoHyper) -> str:
             for i in range(max((len(r["losses"]) for r in ok), default=0))
         ],
     )
-    failed = [f"{r.get('config')}: {r.get('error')}" for r in results if "times" not in r]
-    return text + ("\n\nfailed: " + "; ".join(failed) if failed else "")
+    return text + failures(results)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from common import (
     against_reference,
     batch_order,
     emit,
+    failures,
     instruction_examples,
     lora_step_flops,
     machine,
@@ -160,8 +161,7 @@ def summarise(results: list[dict], peak: dict, warmup: int) -> tuple[str, dict]:
             f"\n\nFLOPs per useful token: {per_token / 1e6:.0f} M; {bounds}; real tokens / padded tokens "
             f"{100 * useful:.0f}%"
         )
-    failed = [f"{r.get('config')}: {r.get('error')}" for r in results if "times" not in r]
-    return text + ("\n\nfailed: " + "; ".join(failed) if failed else ""), stats
+    return text + failures(results), stats
 
 
 def main() -> None:

@@ -137,11 +137,11 @@ def _peft_trainer(case: Case, bf16: bool) -> dict:
     )
 
     from tunesmith.models.loading import default_model_dir
-    from tunesmith.models.sequence_classification import _pad_id
+    from tunesmith.models.sequence_classification import classification_pad_id
     from tunesmith.tasks.classify.modes.common import pad_batch
 
     cfg, method = case.cfg, case.cfg.method
-    pad = _pad_id(AutoTokenizer.from_pretrained(default_model_dir()))
+    pad = classification_pad_id(AutoTokenizer.from_pretrained(default_model_dir()))
     assert all(pad not in case.ids[i] for idx in case.batches for i in idx)
     model = AutoModelForSequenceClassification.from_pretrained(
         default_model_dir(),

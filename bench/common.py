@@ -150,6 +150,12 @@ def run_configs(script: Path, args, defaults: list) -> list[dict]:
     return results
 
 
+def failures(results: list[dict]) -> str:
+    """ "failed: <config>: <error>; ..." for the configurations that gave no times ("" if none)."""
+    failed = [f"{r.get('config')}: {r.get('error')}" for r in results if "times" not in r]
+    return "\n\nfailed: " + "; ".join(failed) if failed else ""
+
+
 def write_report(out: str, report: list[str], results: list[dict]) -> None:
     """The report as markdown at out, the raw results beside it (.json), and on stdout."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def to_sequence_classification(lm: nn.Module, weight: torch.Tensor, tokenizer):
     config = lm.config.__class__.from_dict(lm.config.to_dict())
     config.num_labels = weight.shape[0]
     config.architectures = None
-    config.pad_token_id = _pad_id(tokenizer)
+    config.pad_token_id = classification_pad_id(tokenizer)
     model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
     missing = model.base_model.load_state_dict(lm.base_model.state_dict(), strict=False)
     score = getattr(model, "score", None)
@@ -63,9 +63,10 @@ def to_sequence_classification(lm: nn.Module, weight: torch.Tensor, tokenizer):
     return model.eval(), tokenizer
 
 
-def _pad_id(tokenizer) -> int:
-    # Right padding is read by the attention mask in tunesmith, by the pad id in transformers: the
-    # pad id must not be a token a conversation can end with (EOS) or contain.
+def classification_pad_id(tokenizer) -> int:
+    """The pad id a sequence-classification config gets: a special token that no text or chat can
+    contain. Right padding is read by the attention mask in tunesmith, by the pad id in
+    transformers, so the pad id must not be a token a conversation can end with (EOS) or contain."""
     probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     used = {tokenizer.eos_token_id, tokenizer.bos_token_id}
     if getattr(tokenizer, "chat_template", None):
